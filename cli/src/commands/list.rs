@@ -1,0 +1,82 @@
+//! `ci list`: the caller's jobs, newest first.
+
+use crate::client::{Client, JobView};
+use crate::exit;
+
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// Print JSON (an array of jobs with stable field names) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Show at most this many jobs.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Only jobs with this status (queued, running, passed, failed, error, timed_out, cancelled, lost).
+    #[arg(long)]
+    pub status: Option<String>,
+}
+
+pub async fn run(client: &Client, args: ListArgs) -> anyhow::Result<u8> {
+    let mut query = Vec::new();
+    if let Some(l) = args.limit {
+        query.push(format!("limit={l}"));
+    }
+    if let Some(s) = &args.status {
+        query.push(format!("status={s}"));
+    }
+    let path = if query.is_empty() { "/v1/jobs".to_string() } else { format!("/v1/jobs?{}", query.join("&")) };
+    let jobs: Vec<JobView> = client.get_json(&path).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+    } else {
+        print!("{}", table(&jobs));
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn table(jobs: &[JobView]) -> String {
+    let header = ["ID", "STATUS", "PHASE", "CREATED", "STARTED", "FINISHED", "DURATION", "RESULT"].map(String::from);
+    let rows: Vec<[String; 8]> = jobs
+        .iter()
+        .map(|j| {
+            let phase = j.phase.as_deref().map(|p| p.replace('_', " ")).unwrap_or_else(|| "-".into());
+            let phase = match j.queue_position {
+                Some(p) => format!("position {p}"),
+                None => phase,
+            };
+            let result = match (&j.reason, j.exit_code) {
+                (Some(r), _) => r.clone(),
+                (None, Some(c)) => format!("exit {c}"),
+                _ => "-".into(),
+            };
+            [
+                j.id.clone(),
+                j.status.clone(),
+                phase,
+                short_time(Some(&j.created)),
+                short_time(j.started.as_deref()),
+                short_time(j.finished.as_deref()),
+                j.duration_secs.map_or("-".into(), |d| format!("{d:.1}s")),
+                result,
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `2026-11-21T10:50:54.123Z` -> `2026-11-21 10:50:54`.
+fn short_time(t: Option<&str>) -> String {
+    t.map_or("-".into(), |t| t.get(..19).unwrap_or(t).replace('T', " "))
+}

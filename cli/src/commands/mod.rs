@@ -1,0 +1,7 @@
+//! One module per subcommand.
+
+pub mod cancel;
+pub mod list;
+pub mod submit;
+pub mod wait;
+pub mod whoami;

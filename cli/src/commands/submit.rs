@@ -1,0 +1,51 @@
+//! `ci submit test`: pack the project, upload it, follow the run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::client::Client;
+use crate::{exit, pack};
+
+#[derive(clap::Args, Debug)]
+pub struct SubmitArgs {
+    /// What to run: `test` runs pytest after `pip install -r requirements.txt`.
+    #[arg(value_enum)]
+    pub what: What,
+
+    /// Print the job id and return at once; follow it later with `ci wait <id>`.
+    #[arg(long = "async")]
+    pub detach: bool,
+
+    /// Stop the job after this long (e.g. 90s, 5m); the server's own limit still applies.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// The project directory.
+    #[arg(long, short = 'C', default_value = ".")]
+    pub dir: PathBuf,
+}
+
+#[derive(clap::ValueEnum, Clone, Debug)]
+pub enum What {
+    Test,
+}
+
+pub async fn run(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
+    let dir = args.dir.canonicalize().with_context(|| format!("cannot open project directory {}", args.dir.display()))?;
+    let packed = pack::pack(&dir)?;
+    let timeout = args.timeout.map(|t| t.as_secs().max(1));
+    let job = client.submit(packed.archive, timeout).await?;
+    if args.detach {
+        println!("{}", job.id);
+        eprintln!("Submitted job {}; follow it with: ci wait {}", job.id, job.id);
+        return Ok(exit::SUCCESS);
+    }
+    eprintln!("Job ID: {}", job.id);
+    if let Some(pos) = job.queue_position.filter(|p| *p > 1) {
+        eprintln!("Queued at position {pos}");
+    }
+    crate::follow_to_end(client, &job.id, 0).await
+}
+

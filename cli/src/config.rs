@@ -1,0 +1,97 @@
+//! Where the server is and which key to use: flags, then environment, then `~/.ci/config`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8000";
+
+/// Settings read from `~/.ci/config` (`key=value` lines, `#` comments).
+#[derive(Default, Debug, PartialEq)]
+pub struct FileConfig {
+    pub server_url: Option<String>,
+    pub api_key: Option<String>,
+}
+
+impl FileConfig {
+    pub fn parse(text: &str) -> FileConfig {
+        let mut config = FileConfig::default();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else { continue };
+            let v = v.trim().trim_matches('"').to_string();
+            match k.trim() {
+                "server_url" => config.server_url = Some(v),
+                "api_key" => config.api_key = Some(v),
+                _ => {}
+            }
+        }
+        config
+    }
+
+    /// Reads the file if it exists, warning when others can read the key in it.
+    pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileConfig::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let config = FileConfig::parse(&text);
+        if config.api_key.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    eprintln!(
+                        "ci: warning: {} holds an API key and is readable by others; run: chmod 600 {}",
+                        path.display(),
+                        path.display()
+                    );
+                }
+            }
+        }
+        Ok(config)
+    }
+}
+
+pub fn config_path() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ci/config"))
+}
+
+/// The settings in force for one command.
+pub struct Settings {
+    pub server: String,
+    pub api_key: String,
+}
+
+/// Resolves the server URL and key: `--server`/`--api-key` (which clap already merged with
+/// `CI_SERVER_URL`/`CI_API_KEY`), then the config file.
+pub fn resolve(server: Option<String>, api_key: Option<String>) -> anyhow::Result<Settings> {
+    let file = match config_path() {
+        Some(p) if server.is_none() || api_key.is_none() => FileConfig::load(&p)?,
+        _ => FileConfig::default(),
+    };
+    let server = server.or(file.server_url).unwrap_or_else(|| DEFAULT_SERVER.to_string());
+    let server = server.trim_end_matches('/').to_string();
+    if !server.starts_with("http://") && !server.starts_with("https://") {
+        bail!("invalid server URL {server:?}: it must start with http:// or https://");
+    }
+    let Some(api_key) = api_key.or(file.api_key).filter(|k| !k.is_empty()) else {
+        bail!("no API key: pass --api-key, set CI_API_KEY, or put api_key=<key> in ~/.ci/config");
+    };
+    Ok(Settings { server, api_key })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_config_lines() {
+        let c = FileConfig::parse("# comment\nserver_url = http://ci:8000\n\napi_key=\"ci_abc\"\nother=1\nnonsense\n");
+        assert_eq!(c, FileConfig { server_url: Some("http://ci:8000".into()), api_key: Some("ci_abc".into()) });
+        assert_eq!(FileConfig::parse(""), FileConfig::default());
+    }
+}

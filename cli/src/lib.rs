@@ -1,0 +1,83 @@
+//! The `ci` client: argument parsing, the commands, and the exit code of each outcome.
+
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod exit;
+pub mod follow;
+pub mod pack;
+
+use clap::{Parser, Subcommand};
+
+use client::Client;
+
+#[derive(Parser, Debug)]
+#[command(name = "ci", version, about = "Run a Python project's tests on the CI server")]
+pub struct Cli {
+    /// Server URL [env: CI_SERVER_URL; else server_url= in ~/.ci/config; default http://127.0.0.1:8000].
+    #[arg(long, global = true, env = "CI_SERVER_URL", hide_env = true)]
+    pub server: Option<String>,
+
+    /// API key [env: CI_API_KEY; else api_key= in ~/.ci/config].
+    #[arg(long, global = true, env = "CI_API_KEY", hide_env = true, hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Pack this project, run it on the server and stream the output.
+    Submit(commands::submit::SubmitArgs),
+    /// Follow a job until it ends (new output only, or everything with --all).
+    Wait(commands::wait::WaitArgs),
+    /// List your jobs, newest first.
+    List(commands::list::ListArgs),
+    /// Cancel a queued or running job.
+    Cancel(commands::cancel::CancelArgs),
+    /// Show who your API key belongs to.
+    Whoami,
+}
+
+/// Runs a command; returns the process exit code. Errors become one line on stderr.
+pub async fn run(cli: Cli) -> u8 {
+    let result = async {
+        let settings = config::resolve(cli.server, cli.api_key)?;
+        let client = Client::new(&settings)?;
+        match cli.command {
+            Command::Submit(args) => commands::submit::run(&client, args).await,
+            Command::Wait(args) => commands::wait::run(&client, args).await,
+            Command::List(args) => commands::list::run(&client, args).await,
+            Command::Cancel(args) => commands::cancel::run(&client, args).await,
+            Command::Whoami => commands::whoami::run(&client).await,
+        }
+    };
+    match result.await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ci: error: {e:#}");
+            exit::CLIENT_ERROR
+        }
+    }
+}
+
+/// Follows a job's log to its end and returns the exit code its result means. Ctrl+C leaves
+/// the job running and says how to get back to it.
+pub async fn follow_to_end(client: &Client, id: &str, offset: u64) -> anyhow::Result<u8> {
+    tokio::select! {
+        job = follow::follow(client, id, offset) => {
+            let job = job?;
+            if !job.passed() && job.status != "failed" {
+                if let Some(reason) = &job.reason {
+                    eprintln!("ci: job {} {}: {reason}", job.id, job.status.replace('_', " "));
+                }
+            }
+            Ok(if job.passed() { exit::SUCCESS } else { exit::JOB_FAILED })
+        }
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\nci: interrupted; job {id} keeps running on the server. Reconnect with: ci wait {id}");
+            Ok(exit::INTERRUPTED)
+        }
+    }
+}
