@@ -68,7 +68,11 @@ impl Client {
             .user_agent(concat!("ci/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("cannot set up the HTTP client")?;
-        Ok(Client { http, base: settings.server.clone(), key: settings.api_key.clone() })
+        Ok(Client {
+            http,
+            base: settings.server.clone(),
+            key: settings.api_key.clone(),
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -80,15 +84,25 @@ impl Client {
             let detail = std::error::Error::source(&e)
                 .and_then(|s| s.source().or(Some(s)))
                 .map_or_else(|| e.to_string(), |s| s.to_string());
-            RequestError::Connect { base: self.base.clone(), detail }
+            RequestError::Connect {
+                base: self.base.clone(),
+                detail,
+            }
         } else {
             RequestError::Other(format!("request to {} failed: {e}", self.base))
         }
     }
 
     /// Sends a request and turns non-2xx answers into their message.
-    pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, RequestError> {
-        let resp = req.bearer_auth(&self.key).send().await.map_err(|e| self.describe(e))?;
+    pub async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, RequestError> {
+        let resp = req
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .map_err(|e| self.describe(e))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -103,26 +117,46 @@ impl Client {
 
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, RequestError> {
         let resp = self.send(self.http.get(self.url(path))).await?;
-        resp.json().await.map_err(|e| RequestError::Other(format!("the server sent a bad answer: {e}")))
+        resp.json()
+            .await
+            .map_err(|e| RequestError::Other(format!("the server sent a bad answer: {e}")))
     }
 
-    pub async fn post_json<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> Result<T, RequestError> {
+    pub async fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, RequestError> {
         let resp = self.send(self.http.post(self.url(path)).json(body)).await?;
-        resp.json().await.map_err(|e| RequestError::Other(format!("the server sent a bad answer: {e}")))
+        resp.json()
+            .await
+            .map_err(|e| RequestError::Other(format!("the server sent a bad answer: {e}")))
     }
 
     pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, RequestError> {
         let resp = self.send(self.http.delete(self.url(path))).await?;
-        resp.json().await.map_err(|e| RequestError::Other(format!("the server sent a bad answer: {e}")))
+        resp.json()
+            .await
+            .map_err(|e| RequestError::Other(format!("the server sent a bad answer: {e}")))
     }
 
-    pub async fn submit(&self, archive: Vec<u8>, timeout_secs: Option<u64>) -> Result<JobView, RequestError> {
-        let mut req = self.http.post(self.url("/v1/jobs")).header("content-type", "application/gzip").body(archive);
+    pub async fn submit(
+        &self,
+        archive: Vec<u8>,
+        timeout_secs: Option<u64>,
+    ) -> Result<JobView, RequestError> {
+        let mut req = self
+            .http
+            .post(self.url("/v1/jobs"))
+            .header("content-type", "application/gzip")
+            .body(archive);
         if let Some(t) = timeout_secs {
             req = req.query(&[("timeout_secs", t)]);
         }
         let resp = self.send(req).await?;
-        resp.json().await.map_err(|e| RequestError::Other(format!("the server sent a bad answer: {e}")))
+        resp.json()
+            .await
+            .map_err(|e| RequestError::Other(format!("the server sent a bad answer: {e}")))
     }
 
     pub async fn job(&self, id: &str) -> Result<JobView, RequestError> {
@@ -131,7 +165,12 @@ impl Client {
 
     /// The log from byte `offset` on, as a live response.
     pub async fn log(&self, id: &str, offset: u64) -> Result<reqwest::Response, RequestError> {
-        self.send(self.http.get(self.url(&format!("/v1/jobs/{id}/log"))).query(&[("offset", offset)])).await
+        self.send(
+            self.http
+                .get(self.url(&format!("/v1/jobs/{id}/log")))
+                .query(&[("offset", offset)]),
+        )
+        .await
     }
 }
 

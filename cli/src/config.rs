@@ -21,7 +21,9 @@ impl FileConfig {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let Some((k, v)) = line.split_once('=') else { continue };
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
             let v = v.trim().trim_matches('"').to_string();
             match k.trim() {
                 "server_url" => config.server_url = Some(v),
@@ -73,7 +75,9 @@ pub fn resolve(server: Option<String>, api_key: Option<String>) -> anyhow::Resul
         Some(p) if server.is_none() || api_key.is_none() => FileConfig::load(&p)?,
         _ => FileConfig::default(),
     };
-    let server = server.or(file.server_url).unwrap_or_else(|| DEFAULT_SERVER.to_string());
+    let server = server
+        .or(file.server_url)
+        .unwrap_or_else(|| DEFAULT_SERVER.to_string());
     let server = server.trim_end_matches('/').to_string();
     if !server.starts_with("http://") && !server.starts_with("https://") {
         bail!("invalid server URL {server:?}: it must start with http:// or https://");
@@ -90,8 +94,16 @@ mod tests {
 
     #[test]
     fn parses_config_lines() {
-        let c = FileConfig::parse("# comment\nserver_url = http://ci:8000\n\napi_key=\"ci_abc\"\nother=1\nnonsense\n");
-        assert_eq!(c, FileConfig { server_url: Some("http://ci:8000".into()), api_key: Some("ci_abc".into()) });
+        let c = FileConfig::parse(
+            "# comment\nserver_url = http://ci:8000\n\napi_key=\"ci_abc\"\nother=1\nnonsense\n",
+        );
+        assert_eq!(
+            c,
+            FileConfig {
+                server_url: Some("http://ci:8000".into()),
+                api_key: Some("ci_abc".into())
+            }
+        );
         assert_eq!(FileConfig::parse(""), FileConfig::default());
     }
 }

@@ -22,8 +22,10 @@ pub async fn follow(client: &Client, id: &str, mut offset: u64) -> anyhow::Resul
             let resp = client.log(id, offset).await?;
             let mut body = resp.bytes_stream();
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| RequestError::Other(format!("connection lost: {e}")))?;
-                out.write_all(&chunk).map_err(|e| RequestError::Other(format!("cannot write output: {e}")))?;
+                let chunk =
+                    chunk.map_err(|e| RequestError::Other(format!("connection lost: {e}")))?;
+                out.write_all(&chunk)
+                    .map_err(|e| RequestError::Other(format!("cannot write output: {e}")))?;
                 out.flush().ok();
                 offset += chunk.len() as u64;
                 away_since = None;
@@ -49,7 +51,10 @@ pub async fn follow(client: &Client, id: &str, mut offset: u64) -> anyhow::Resul
                     std::time::Instant::now()
                 });
                 if since.elapsed() > GIVE_UP_AFTER {
-                    return Err(anyhow!("{e}; gave up after {}s (the job may still run: ci wait {id})", GIVE_UP_AFTER.as_secs()));
+                    return Err(anyhow!(
+                        "{e}; gave up after {}s (the job may still run: ci wait {id})",
+                        GIVE_UP_AFTER.as_secs()
+                    ));
                 }
             }
         }

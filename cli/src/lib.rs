@@ -12,14 +12,24 @@ use clap::{Parser, Subcommand};
 use client::Client;
 
 #[derive(Parser, Debug)]
-#[command(name = "ci", version, about = "Run a Python project's tests on the CI server")]
+#[command(
+    name = "ci",
+    version,
+    about = "Run a Python project's tests on the CI server"
+)]
 pub struct Cli {
     /// Server URL [env: CI_SERVER_URL; else server_url= in ~/.ci/config; default http://127.0.0.1:8000].
     #[arg(long, global = true, env = "CI_SERVER_URL", hide_env = true)]
     pub server: Option<String>,
 
     /// API key [env: CI_API_KEY; else api_key= in ~/.ci/config].
-    #[arg(long, global = true, env = "CI_API_KEY", hide_env = true, hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "CI_API_KEY",
+        hide_env = true,
+        hide_env_values = true
+    )]
     pub api_key: Option<String>,
 
     #[command(subcommand)]

@@ -46,16 +46,23 @@ pub fn pack(root: &Path) -> anyhow::Result<Packed> {
         if rel.as_os_str().is_empty() {
             continue;
         }
-        let Some(kind) = entry.file_type() else { continue };
+        let Some(kind) = entry.file_type() else {
+            continue;
+        };
         if kind.is_dir() {
-            tar.append_dir(rel, path).with_context(|| format!("cannot pack {}", path.display()))?;
+            tar.append_dir(rel, path)
+                .with_context(|| format!("cannot pack {}", path.display()))?;
         } else if kind.is_file() || kind.is_symlink() {
-            tar.append_path_with_name(path, rel).with_context(|| format!("cannot pack {}", path.display()))?;
+            tar.append_path_with_name(path, rel)
+                .with_context(|| format!("cannot pack {}", path.display()))?;
             files += 1;
         }
         // Sockets, fifos and devices are not part of a project.
     }
-    let archive = tar.into_inner().and_then(|gz| gz.finish()).context("cannot compress the project")?;
+    let archive = tar
+        .into_inner()
+        .and_then(|gz| gz.finish())
+        .context("cannot compress the project")?;
     if archive.len() > MAX_ARCHIVE_BYTES {
         bail!(
             "the project packs to {} MiB, over the server's {} MiB limit; add large files to .gitignore",
@@ -72,8 +79,11 @@ mod tests {
 
     fn names(archive: &[u8]) -> Vec<String> {
         let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
-        let mut names: Vec<String> =
-            tar.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = tar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         names
     }
@@ -101,7 +111,10 @@ mod tests {
             std::fs::write(p, body).unwrap();
         }
         let packed = pack(root).unwrap();
-        assert_eq!(names(&packed.archive), ["requirements.txt", "src", "src/app.py"]);
+        assert_eq!(
+            names(&packed.archive),
+            ["requirements.txt", "src", "src/app.py"]
+        );
         assert_eq!(packed.files, 2);
     }
 }

@@ -142,8 +142,10 @@ impl Store {
         let config = ImageConfig::from_config_json(&config_bytes, &manifest.config.digest)?;
 
         let started = Instant::now();
-        let blobs: Vec<PathBuf> = futures_util::stream::iter(&manifest.layers)
-            .map(|layer| self.blob(registry, layer))
+        // Owned descriptors and an `async move` block: with a borrowing closure the future is
+        // not `Send` for every lifetime, and the server runs pulls on its worker threads.
+        let blobs: Vec<PathBuf> = futures_util::stream::iter(manifest.layers.iter().cloned())
+            .map(|layer| async move { self.blob(registry, &layer).await })
             .buffered(PARALLEL_DOWNLOADS)
             .try_collect()
             .await?;

@@ -10,7 +10,12 @@ pub struct CancelArgs {
 }
 
 pub async fn run(client: &Client, args: CancelArgs) -> anyhow::Result<u8> {
-    let job: JobView = client.post_json(&format!("/v1/jobs/{}/cancel", args.id), &serde_json::json!({})).await?;
+    let job: JobView = client
+        .post_json(
+            &format!("/v1/jobs/{}/cancel", args.id),
+            &serde_json::json!({}),
+        )
+        .await?;
     eprintln!("Cancel requested for job {} (was {})", job.id, job.status);
     Ok(exit::SUCCESS)
 }

@@ -24,7 +24,11 @@ pub async fn run(client: &Client, args: ListArgs) -> anyhow::Result<u8> {
     if let Some(s) = &args.status {
         query.push(format!("status={s}"));
     }
-    let path = if query.is_empty() { "/v1/jobs".to_string() } else { format!("/v1/jobs?{}", query.join("&")) };
+    let path = if query.is_empty() {
+        "/v1/jobs".to_string()
+    } else {
+        format!("/v1/jobs?{}", query.join("&"))
+    };
     let jobs: Vec<JobView> = client.get_json(&path).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
@@ -35,11 +39,18 @@ pub async fn run(client: &Client, args: ListArgs) -> anyhow::Result<u8> {
 }
 
 fn table(jobs: &[JobView]) -> String {
-    let header = ["ID", "STATUS", "PHASE", "CREATED", "STARTED", "FINISHED", "DURATION", "RESULT"].map(String::from);
+    let header = [
+        "ID", "STATUS", "PHASE", "CREATED", "STARTED", "FINISHED", "DURATION", "RESULT",
+    ]
+    .map(String::from);
     let rows: Vec<[String; 8]> = jobs
         .iter()
         .map(|j| {
-            let phase = j.phase.as_deref().map(|p| p.replace('_', " ")).unwrap_or_else(|| "-".into());
+            let phase = j
+                .phase
+                .as_deref()
+                .map(|p| p.replace('_', " "))
+                .unwrap_or_else(|| "-".into());
             let phase = match j.queue_position {
                 Some(p) => format!("position {p}"),
                 None => phase,
@@ -69,7 +80,11 @@ fn table(jobs: &[JobView]) -> String {
     }
     let mut out = String::new();
     for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }

@@ -33,13 +33,19 @@ pub enum What {
 }
 
 pub async fn run(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
-    let dir = args.dir.canonicalize().with_context(|| format!("cannot open project directory {}", args.dir.display()))?;
+    let dir = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("cannot open project directory {}", args.dir.display()))?;
     let packed = pack::pack(&dir)?;
     let timeout = args.timeout.map(|t| t.as_secs().max(1));
     let job = client.submit(packed.archive, timeout).await?;
     if args.detach {
         println!("{}", job.id);
-        eprintln!("Submitted job {}; follow it with: ci wait {}", job.id, job.id);
+        eprintln!(
+            "Submitted job {}; follow it with: ci wait {}",
+            job.id, job.id
+        );
         return Ok(exit::SUCCESS);
     }
     eprintln!("Job ID: {}", job.id);
@@ -48,4 +54,3 @@ pub async fn run(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
     }
     crate::follow_to_end(client, &job.id, 0).await
 }
-

@@ -1,0 +1,40 @@
+//! Runs CI job steps in OCI containers with youki's libcontainer; the only crate that
+//! touches namespaces and cgroups.
+//!
+//! # Process model
+//!
+//! The server never calls libcontainer itself (it chdirs the process, clone3()s and makes
+//! the caller non-dumpable, which breaks a multi-threaded server). Per container it:
+//!
+//! 1. calls [`ensure_mountpoints`] once per unpacked rootfs, before sharing it;
+//! 2. writes a bundle with [`prepare_bundle`];
+//! 3. spawns its own binary with [`container_args`] (`__container --bundle B --state-root S
+//!    --id ID --result R`), stdin `/dev/null`, stdout a pipe that receives the container's
+//!    stdout *and* stderr in order, stderr for the helper's diagnostics. The binary's
+//!    `main` hands such argv to [`helper_main`] before starting any thread;
+//! 4. to stop it early, sends SIGTERM to the helper, which SIGKILLs the container;
+//! 5. reads the [`Outcome`] JSON from R once the helper has exited.
+//!
+//! At startup it runs `__cleanup --state-root S` ([`cleanup_args`]), which removes
+//! whatever a crash left behind ([`reconcile`]).
+
+mod cgroup;
+mod cleanup;
+mod cli;
+mod error;
+mod helper;
+mod net;
+mod seccomp;
+mod spec;
+
+pub use cleanup::{cleanup, reconcile};
+pub use cli::{
+    cleanup_args, container_args, exit_codes, helper_main, is_helper_invocation,
+    CLEANUP_SUBCOMMAND, CONTAINER_SUBCOMMAND,
+};
+pub use error::{chain as error_chain, Error};
+pub use helper::{run_helper, Outcome};
+pub use spec::{
+    build_spec, ensure_mountpoints, prepare_bundle, validate, validate_id, BindMount,
+    ContainerSpec, Limits, Network, Tmpfs, DEFAULT_PATH, HOSTNAME,
+};

@@ -1,0 +1,925 @@
+//! What a job's container looks like ([`ContainerSpec`]) and its translation into an OCI
+//! runtime bundle (`config.json`) that libcontainer runs.
+
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::seccomp;
+
+/// The `PATH` given to the container when the spec's env has none: libcontainer refuses
+/// to start a process without one (its executor looks `args[0]` up in it).
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Hostname inside every container (UTS namespace); `/etc/hosts` resolves it to loopback.
+pub const HOSTNAME: &str = "ci";
+
+/// Name of the generated hosts file inside the bundle directory.
+pub const HOSTS_FILE: &str = "hosts";
+
+/// Contents of the container's `/etc/hosts`. Slim images ship none and glibc does not
+/// special-case `localhost`, so without it `localhost` would not resolve in tests.
+const HOSTS_CONTENT: &str = "127.0.0.1\tlocalhost ci\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+
+/// The host file bound read-only at `/etc/resolv.conf` in [`Network::Host`] containers.
+const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Longest accepted container id; it becomes a directory name and a cgroup name.
+const MAX_ID_LEN: usize = 100;
+
+/// Everything needed to run one container; serialisable so the server can hand it to the
+/// helper process.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ContainerSpec {
+    /// Unique id, e.g. `ci-<job>-install`: `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 100 bytes.
+    pub id: String,
+    /// Shared, cached, unpacked image. Mounted read-only and never written by a container;
+    /// its mount points must exist first (see [`ensure_mountpoints`]).
+    pub rootfs: PathBuf,
+    /// The command; `args[0]` is looked up in the env's `PATH`.
+    pub args: Vec<String>,
+    /// `KEY=value` entries. [`DEFAULT_PATH`] is added when there is no `PATH`.
+    pub env: Vec<String>,
+    /// Absolute working directory inside the container.
+    pub cwd: String,
+    pub mounts: Vec<BindMount>,
+    pub network: Network,
+    pub limits: Limits,
+    pub tmpfs: Vec<Tmpfs>,
+    /// Absolute cgroup path under which the container's cgroup `<cgroup_parent>/<id>` is
+    /// created in every hierarchy, e.g. `/ci`.
+    pub cgroup_parent: String,
+}
+
+/// A host path made visible in the container.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct BindMount {
+    /// Absolute host path, a directory or a file.
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub destination: String,
+    /// Read-only for the whole subtree (`rro`), not only the top mount.
+    pub readonly: bool,
+}
+
+/// Which network namespace the container gets.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Network {
+    /// The host's network namespace (install phase: pip must reach the index).
+    Host,
+    /// A namespace of its own holding only `lo`, brought up so tests can use localhost.
+    None,
+}
+
+/// Resource limits, enforced through cgroups (rootful only for now).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Limits {
+    /// Memory limit; memory+swap gets the same value, so the container cannot swap.
+    pub memory_bytes: Option<u64>,
+    /// Maximum number of tasks (processes and threads) in the container.
+    pub pids: Option<i64>,
+    /// CPU time allowed per period (CFS quota).
+    pub cpu_quota_us: Option<i64>,
+    /// CFS period; 100 ms when a quota is set without one.
+    pub cpu_period_us: Option<u64>,
+}
+
+/// A size-limited tmpfs, e.g. `/tmp` and `$HOME`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Tmpfs {
+    pub destination: String,
+    pub size_bytes: u64,
+}
+
+/// Checks what libcontainer or the kernel would otherwise reject late and obscurely, and
+/// what would let a spec reach outside its container (relative or `..` paths).
+pub fn validate(spec: &ContainerSpec) -> Result<(), Error> {
+    validate_id(&spec.id)?;
+    let invalid = |msg: String| Err(Error::InvalidSpec(msg));
+    if !spec.rootfs.is_absolute() {
+        return invalid(format!("rootfs {} is not absolute", spec.rootfs.display()));
+    }
+    if spec.args.is_empty() || spec.args[0].is_empty() {
+        return invalid("args is empty".into());
+    }
+    if let Some(bad) = spec
+        .env
+        .iter()
+        .find(|e| !e.contains('=') || e.starts_with('='))
+    {
+        return invalid(format!("env entry {bad:?} is not KEY=value"));
+    }
+    check_container_path("cwd", &spec.cwd)?;
+    check_container_path("cgroup_parent", &spec.cgroup_parent)?;
+
+    let mut destinations = HashSet::new();
+    for dest in spec
+        .mounts
+        .iter()
+        .map(|m| &m.destination)
+        .chain(spec.tmpfs.iter().map(|t| &t.destination))
+    {
+        check_container_path("mount destination", dest)?;
+        let normalized = Path::new(dest).components().collect::<PathBuf>();
+        let resolv_conf =
+            spec.network == Network::Host && normalized == Path::new(HOST_RESOLV_CONF);
+        if normalized == Path::new("/")
+            || resolv_conf
+            || RESERVED.iter().any(|r| normalized.starts_with(r))
+        {
+            return invalid(format!("mount destination {dest} is reserved"));
+        }
+        if !destinations.insert(normalized) {
+            return invalid(format!("mount destination {dest} is used twice"));
+        }
+    }
+    if let Some(m) = spec.mounts.iter().find(|m| !m.source.is_absolute()) {
+        return invalid(format!(
+            "bind source {} is not absolute",
+            m.source.display()
+        ));
+    }
+    if let Some(t) = spec.tmpfs.iter().find(|t| t.size_bytes == 0) {
+        return invalid(format!("tmpfs {} has size 0", t.destination));
+    }
+    let limits = &spec.limits;
+    if limits.memory_bytes == Some(0)
+        || limits.pids.is_some_and(|p| p <= 0)
+        || limits.cpu_quota_us.is_some_and(|q| q <= 0)
+        || limits.cpu_period_us == Some(0)
+        || limits
+            .memory_bytes
+            .is_some_and(|m| i64::try_from(m).is_err())
+    {
+        return invalid(format!("limits {limits:?} out of range"));
+    }
+    Ok(())
+}
+
+/// Mounts this module sets up itself; a job's mount may not shadow them.
+const RESERVED: &[&str] = &["/proc", "/dev", "/sys", "/etc/hosts"];
+
+/// Container ids become a state directory name and a cgroup directory name: keep them to a
+/// conservative alphabet (libcontainer's own check also allows `+`, and ids starting with
+/// `.`, which would hide them from a directory listing).
+pub fn validate_id(id: &str) -> Result<(), Error> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidSpec(format!(
+            "container id {id:?} must match [A-Za-z0-9][A-Za-z0-9_.-]* and be at most {MAX_ID_LEN} bytes"
+        )))
+    }
+}
+
+fn check_container_path(what: &str, path: &str) -> Result<(), Error> {
+    let p = Path::new(path);
+    let clean = p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if clean {
+        Ok(())
+    } else {
+        Err(Error::InvalidSpec(format!(
+            "{what} {path:?} must be absolute without . or .. components"
+        )))
+    }
+}
+
+/// Writes the bundle: `config.json` and the `hosts` file it binds at `/etc/hosts`.
+/// `bundle_dir` must exist. Touches nothing outside it.
+pub fn prepare_bundle(bundle_dir: &Path, spec: &ContainerSpec) -> Result<(), Error> {
+    validate(spec)?;
+    // libcontainer resolves bind sources against the helper's cwd, and the helper chdirs
+    // into the state dir during build: every path in config.json must be absolute.
+    let bundle_dir = fs_err::canonicalize(bundle_dir).map_err(|source| Error::Read {
+        path: bundle_dir.to_owned(),
+        source,
+    })?;
+    let hosts = bundle_dir.join(HOSTS_FILE);
+    fs_err::write(&hosts, HOSTS_CONTENT).map_err(|source| Error::Write {
+        path: hosts.clone(),
+        source,
+    })?;
+    let oci = build_spec(spec, &hosts)?;
+    let config = bundle_dir.join("config.json");
+    let json = serde_json::to_vec_pretty(&oci).map_err(|source| Error::Encode {
+        what: "config.json",
+        source,
+    })?;
+    fs_err::write(&config, json).map_err(|source| Error::Write {
+        path: config,
+        source,
+    })
+}
+
+/// Translates a [`ContainerSpec`] into the OCI runtime spec. Pure: `hosts_file` (bound at
+/// `/etc/hosts`) is only referenced, not read or written.
+pub fn build_spec(spec: &ContainerSpec, hosts_file: &Path) -> Result<Spec, Error> {
+    validate(spec)?;
+    let b = Error::BuildSpec;
+
+    let mut env = spec.env.clone();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, DEFAULT_PATH.to_owned());
+    }
+
+    // Roughly Docker's default set minus MKNOD, NET_RAW, AUDIT_WRITE and SETFCAP, which
+    // neither pip nor test suites need. Root in the container keeps DAC_OVERRIDE etc. so
+    // that tools expecting root behave, but without SYS_ADMIN it cannot mount, and the
+    // rootfs and inputs are read-only mounts anyway.
+    let caps: HashSet<Capability> = [
+        Capability::Chown,
+        Capability::DacOverride,
+        Capability::Fowner,
+        Capability::Fsetid,
+        Capability::Kill,
+        Capability::Setgid,
+        Capability::Setuid,
+        Capability::Setpcap,
+        Capability::NetBindService,
+        Capability::SysChroot,
+    ]
+    .into();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
+        .build()
+        .map_err(b)?;
+
+    let rlimits = vec![
+        // Root here lacks CAP_SYS_RESOURCE, so a hard limit above the helper's own fails
+        // with EPERM in setrlimit(2); 1024 is the kernel default and enough for pytest.
+        PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .soft(1024u64)
+            .hard(1024u64)
+            .build()
+            .map_err(b)?,
+        // No core files: they would only fill the tmpfs (everything else is read-only).
+        PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitCore)
+            .soft(0u64)
+            .hard(0u64)
+            .build()
+            .map_err(b)?,
+    ];
+
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(
+            UserBuilder::default()
+                .uid(0u32)
+                .gid(0u32)
+                .build()
+                .map_err(b)?,
+        )
+        .args(spec.args.clone())
+        .env(env)
+        .cwd(&spec.cwd)
+        .no_new_privileges(true)
+        .capabilities(capabilities)
+        .rlimits(rlimits)
+        .build()
+        .map_err(b)?;
+
+    // User namespace: a later step (rootless server). It would go here as
+    // LinuxNamespaceType::User plus uid/gid mappings, with `resources` left None on
+    // cgroup v1 and the cgroups prepared by root beforehand (see the libcontainer notes).
+    let mut namespaces = vec![
+        namespace(LinuxNamespaceType::Pid)?,
+        namespace(LinuxNamespaceType::Mount)?,
+        namespace(LinuxNamespaceType::Ipc)?,
+        namespace(LinuxNamespaceType::Uts)?,
+        // Hides the host's cgroup paths from /proc/self/cgroup.
+        namespace(LinuxNamespaceType::Cgroup)?,
+    ];
+    if spec.network == Network::None {
+        namespaces.push(namespace(LinuxNamespaceType::Network)?);
+    }
+
+    let linux = LinuxBuilder::default()
+        // Without it libcontainer uses the literal directory name ":youki:<id>" on v1.
+        .cgroups_path(PathBuf::from(&spec.cgroup_parent).join(&spec.id))
+        .resources(resources(&spec.limits)?)
+        .namespaces(namespaces)
+        .masked_paths(strings(MASKED_PATHS))
+        .readonly_paths(strings(READONLY_PATHS))
+        .seccomp(seccomp::profile()?)
+        .build()
+        .map_err(b)?;
+
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path(&spec.rootfs)
+                .readonly(true)
+                .build()
+                .map_err(b)?,
+        )
+        .hostname(HOSTNAME)
+        .process(process)
+        .mounts(mounts(spec, hosts_file)?)
+        .linux(linux)
+        .build()
+        .map_err(b)
+}
+
+/// runc's default masked paths: kernel interfaces that leak host information or allow
+/// side channels. Masking mounts /dev/null over files and an empty read-only tmpfs over
+/// directories.
+const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// runc's default read-only paths: writable /proc files that change the host kernel.
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn namespace(typ: LinuxNamespaceType) -> Result<LinuxNamespace, Error> {
+    LinuxNamespaceBuilder::default()
+        .typ(typ)
+        .build()
+        .map_err(Error::BuildSpec)
+}
+
+/// `resources` is always set (rootful): libcontainer then also writes the default device
+/// allow-list (null, zero, full, random, urandom, tty, ptmx) into the devices cgroup.
+fn resources(limits: &Limits) -> Result<oci_spec::runtime::LinuxResources, Error> {
+    let b = Error::BuildSpec;
+    let mut r = LinuxResourcesBuilder::default().devices(vec![]);
+    if let Some(bytes) = limits.memory_bytes {
+        // Checked by validate(): fits in i64.
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        // On v1 `swap` is memory+swap (memory.memsw.limit_in_bytes): equal means no swap.
+        r = r.memory(
+            LinuxMemoryBuilder::default()
+                .limit(bytes)
+                .swap(bytes)
+                .build()
+                .map_err(b)?,
+        );
+    }
+    if let Some(pids) = limits.pids {
+        r = r.pids(LinuxPidsBuilder::default().limit(pids).build().map_err(b)?);
+    }
+    if let Some(quota) = limits.cpu_quota_us {
+        r = r.cpu(
+            LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(limits.cpu_period_us.unwrap_or(100_000))
+                .build()
+                .map_err(b)?,
+        );
+    }
+    r.build().map_err(b)
+}
+
+fn mount(destination: &str, typ: &str, source: &Path, options: &[&str]) -> Result<Mount, Error> {
+    MountBuilder::default()
+        .destination(destination)
+        .typ(typ)
+        .source(source)
+        .options(strings(options))
+        .build()
+        .map_err(Error::BuildSpec)
+}
+
+fn mounts(spec: &ContainerSpec, hosts_file: &Path) -> Result<Vec<Mount>, Error> {
+    let mut mounts = vec![
+        mount(
+            "/proc",
+            "proc",
+            Path::new("proc"),
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/dev",
+            "tmpfs",
+            Path::new("tmpfs"),
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            Path::new("devpts"),
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            Path::new("shm"),
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            Path::new("mqueue"),
+            &["nosuid", "noexec", "nodev"],
+        )?,
+    ];
+    match spec.network {
+        // sysfs shows the network devices of the mounting process's netns, so the kernel
+        // refuses a fresh sysfs mount to a process that does not own its netns (EPERM).
+        // A plain (non-recursive) bind of the host's /sys is the closest equivalent: like
+        // a fresh sysfs it carries none of the host's submounts (cgroupfs, debugfs,
+        // tracefs, bpffs), which a recursive bind would expose read-only.
+        Network::Host => mounts.push(mount(
+            "/sys",
+            "bind",
+            Path::new("/sys"),
+            &["bind", "ro", "nosuid", "noexec", "nodev"],
+        )?),
+        Network::None => mounts.push(mount(
+            "/sys",
+            "sysfs",
+            Path::new("sysfs"),
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?),
+    }
+    for t in &spec.tmpfs {
+        // Sticky and world-writable for temp dirs as on a normal host; other tmpfs (e.g.
+        // HOME) belong to the container's root user.
+        let mode = if matches!(t.destination.as_str(), "/tmp" | "/var/tmp") {
+            "mode=1777"
+        } else {
+            "mode=755"
+        };
+        let size = format!("size={}", t.size_bytes);
+        mounts.push(mount(
+            &t.destination,
+            "tmpfs",
+            Path::new("tmpfs"),
+            &["nosuid", "nodev", mode, &size],
+        )?);
+    }
+    for m in &spec.mounts {
+        mounts.push(bind(&m.source, &m.destination, m.readonly)?);
+    }
+    mounts.push(bind(hosts_file, "/etc/hosts", true)?);
+    if spec.network == Network::Host {
+        // The rootfs is shared and read-only, so DNS config comes from the host at run
+        // time rather than from whatever the image was built with.
+        mounts.push(bind(Path::new(HOST_RESOLV_CONF), HOST_RESOLV_CONF, true)?);
+    }
+    Ok(mounts)
+}
+
+/// A recursive bind. `ro` alone would only make the top mount read-only; `rro` applies
+/// MOUNT_ATTR_RDONLY to every submount too (mount_setattr(2) with AT_RECURSIVE).
+fn bind(source: &Path, destination: &str, readonly: bool) -> Result<Mount, Error> {
+    let mut options = vec!["rbind", "nosuid", "nodev"];
+    if readonly {
+        options.extend(["ro", "rro"]);
+    }
+    mount(destination, "bind", source, &options)
+}
+
+/// Creates, once, the mount points the spec needs in a shared rootfs: directories for
+/// directory mounts and `cwd`, empty files for file binds, plus `/etc/hosts` and
+/// `/etc/resolv.conf` so that one call covers both network modes. Idempotent.
+///
+/// Call it before the rootfs is shared: otherwise libcontainer creates missing mount
+/// points itself, inside the shared tree, while several containers may be starting.
+/// Paths are resolved with libpathrs inside `rootfs`, so symlinks in an image cannot
+/// make this create anything outside it.
+pub fn ensure_mountpoints(rootfs: &Path, spec: &ContainerSpec) -> Result<(), Error> {
+    validate(spec)?;
+    let root = pathrs::Root::open(rootfs).map_err(|source| Error::MountPoint {
+        path: rootfs.to_owned(),
+        source,
+    })?;
+    let mut dirs: Vec<&str> = vec!["/proc", "/dev", "/sys", &spec.cwd];
+    dirs.extend(spec.tmpfs.iter().map(|t| t.destination.as_str()));
+    let mut files: Vec<&str> = vec!["/etc/hosts", HOST_RESOLV_CONF];
+    for m in &spec.mounts {
+        if m.source.is_dir() {
+            dirs.push(&m.destination);
+        } else {
+            files.push(&m.destination);
+        }
+    }
+    for dir in dirs {
+        mkdir_all(&root, Path::new(dir))?;
+    }
+    for file in files {
+        create_file(&root, Path::new(file))?;
+    }
+    Ok(())
+}
+
+fn mkdir_all(root: &pathrs::Root, dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    root.mkdir_all(dir, &std::fs::Permissions::from_mode(0o755))
+        .map(drop)
+        .map_err(|source| Error::MountPoint {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+fn create_file(root: &pathrs::Root, file: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    // Anything already there (including a symlink that resolves inside the root) is
+    // left alone: libcontainer resolves the same way when it mounts.
+    if root.resolve(file).is_ok() {
+        return Ok(());
+    }
+    if let Some(parent) = file.parent() {
+        mkdir_all(root, parent)?;
+    }
+    root.create_file(
+        file,
+        pathrs::flags::OpenFlags::O_WRONLY | pathrs::flags::OpenFlags::O_NOFOLLOW,
+        &std::fs::Permissions::from_mode(0o644),
+    )
+    .map(drop)
+    .map_err(|source| Error::MountPoint {
+        path: file.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use oci_spec::runtime::LinuxSeccompAction;
+
+    use super::*;
+
+    pub(crate) fn sample(network: Network) -> ContainerSpec {
+        ContainerSpec {
+            id: "ci-42-test".into(),
+            rootfs: "/var/cache/ci/rootfs/abc".into(),
+            args: vec!["python3".into(), "-m".into(), "pytest".into()],
+            env: vec!["HOME=/root".into()],
+            cwd: "/workspace".into(),
+            mounts: vec![
+                BindMount {
+                    source: "/srv/ci/jobs/42/src".into(),
+                    destination: "/workspace".into(),
+                    readonly: true,
+                },
+                BindMount {
+                    source: "/srv/ci/jobs/42/deps".into(),
+                    destination: "/deps".into(),
+                    readonly: false,
+                },
+            ],
+            network,
+            limits: Limits {
+                memory_bytes: Some(512 << 20),
+                pids: Some(256),
+                cpu_quota_us: Some(150_000),
+                cpu_period_us: None,
+            },
+            tmpfs: vec![
+                Tmpfs {
+                    destination: "/tmp".into(),
+                    size_bytes: 64 << 20,
+                },
+                Tmpfs {
+                    destination: "/root".into(),
+                    size_bytes: 16 << 20,
+                },
+            ],
+            cgroup_parent: "/ci".into(),
+        }
+    }
+
+    fn build(spec: &ContainerSpec) -> Spec {
+        build_spec(spec, Path::new("/bundle/hosts")).expect("spec builds")
+    }
+
+    fn find_mount<'a>(oci: &'a Spec, dest: &str) -> &'a Mount {
+        oci.mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new(dest))
+            .unwrap_or_else(|| panic!("no mount at {dest}"))
+    }
+
+    fn options(m: &Mount) -> Vec<&str> {
+        m.options()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(String::as_str)
+            .collect()
+    }
+
+    fn namespace_types(oci: &Spec) -> Vec<LinuxNamespaceType> {
+        let linux = oci.linux().as_ref().unwrap();
+        let namespaces = linux.namespaces().as_ref().unwrap();
+        namespaces.iter().map(|n| n.typ()).collect()
+    }
+
+    #[test]
+    fn root_is_readonly() {
+        let oci = build(&sample(Network::None));
+        let root = oci.root().as_ref().unwrap();
+        assert_eq!(root.path(), Path::new("/var/cache/ci/rootfs/abc"));
+        assert_eq!(root.readonly(), Some(true));
+        assert_eq!(oci.hostname().as_deref(), Some(HOSTNAME));
+    }
+
+    #[test]
+    fn readonly_binds_are_recursively_readonly() {
+        let oci = build(&sample(Network::None));
+        let ws = find_mount(&oci, "/workspace");
+        assert_eq!(
+            ws.source().as_deref(),
+            Some(Path::new("/srv/ci/jobs/42/src"))
+        );
+        assert_eq!(options(ws), ["rbind", "nosuid", "nodev", "ro", "rro"]);
+        let deps = find_mount(&oci, "/deps");
+        assert_eq!(options(deps), ["rbind", "nosuid", "nodev"]);
+        let hosts = find_mount(&oci, "/etc/hosts");
+        assert_eq!(hosts.source().as_deref(), Some(Path::new("/bundle/hosts")));
+        assert!(options(hosts).contains(&"rro"));
+    }
+
+    #[test]
+    fn tmpfs_have_size_and_mode() {
+        let oci = build(&sample(Network::None));
+        let tmp = find_mount(&oci, "/tmp");
+        assert_eq!(tmp.typ().as_deref(), Some("tmpfs"));
+        assert_eq!(
+            options(tmp),
+            [
+                "nosuid",
+                "nodev",
+                "mode=1777",
+                &format!("size={}", 64 << 20)
+            ]
+        );
+        assert!(options(find_mount(&oci, "/root")).contains(&"mode=755"));
+    }
+
+    #[test]
+    fn network_none_gets_own_netns_and_sysfs() {
+        let oci = build(&sample(Network::None));
+        let types = namespace_types(&oci);
+        for t in [
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Network,
+        ] {
+            assert!(types.contains(&t), "missing {t:?}");
+        }
+        assert!(!types.contains(&LinuxNamespaceType::User));
+        let sys = find_mount(&oci, "/sys");
+        assert_eq!(sys.typ().as_deref(), Some("sysfs"));
+        assert!(options(sys).contains(&"ro"));
+        let has_resolv = oci
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.destination() == Path::new("/etc/resolv.conf"));
+        assert!(!has_resolv);
+    }
+
+    #[test]
+    fn network_host_shares_netns_and_binds_sys_and_resolv_conf() {
+        let oci = build(&sample(Network::Host));
+        assert!(!namespace_types(&oci).contains(&LinuxNamespaceType::Network));
+        let sys = find_mount(&oci, "/sys");
+        assert_eq!(sys.source().as_deref(), Some(Path::new("/sys")));
+        assert_eq!(options(sys), ["bind", "ro", "nosuid", "noexec", "nodev"]);
+        let resolv = find_mount(&oci, "/etc/resolv.conf");
+        assert_eq!(
+            resolv.source().as_deref(),
+            Some(Path::new("/etc/resolv.conf"))
+        );
+        assert!(options(resolv).contains(&"ro"));
+    }
+
+    #[test]
+    fn cgroups_path_and_limits() {
+        let oci = build(&sample(Network::None));
+        let linux = oci.linux().as_ref().unwrap();
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/ci/ci-42-test"))
+        );
+        let res = linux.resources().as_ref().unwrap();
+        let mem = res.memory().as_ref().unwrap();
+        assert_eq!(mem.limit(), Some(512 << 20));
+        assert_eq!(mem.swap(), Some(512 << 20));
+        assert_eq!(res.pids().as_ref().unwrap().limit(), 256);
+        let cpu = res.cpu().as_ref().unwrap();
+        assert_eq!((cpu.quota(), cpu.period()), (Some(150_000), Some(100_000)));
+    }
+
+    #[test]
+    fn no_limits_means_no_controllers_configured() {
+        let mut spec = sample(Network::None);
+        spec.limits = Limits::default();
+        let oci = build(&spec);
+        let res = oci.linux().as_ref().unwrap().resources().clone().unwrap();
+        assert!(res.memory().is_none() && res.pids().is_none() && res.cpu().is_none());
+    }
+
+    #[test]
+    fn process_is_locked_down() {
+        let oci = build(&sample(Network::None));
+        let p = oci.process().as_ref().unwrap();
+        assert_eq!(p.no_new_privileges(), Some(true));
+        assert_eq!(p.terminal(), Some(false));
+        assert_eq!(p.cwd(), Path::new("/workspace"));
+        let env = p.env().as_ref().unwrap();
+        assert_eq!(env[0], DEFAULT_PATH);
+        let caps = p.capabilities().as_ref().unwrap();
+        let bounding = caps.bounding().as_ref().unwrap();
+        assert!(!bounding.contains(&Capability::SysAdmin));
+        assert!(!bounding.contains(&Capability::NetRaw));
+        assert!(caps.ambient().as_ref().unwrap().is_empty());
+        let nofile = p
+            .rlimits()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|r| r.typ() == PosixRlimitType::RlimitNofile)
+            .unwrap();
+        assert_eq!((nofile.soft(), nofile.hard()), (1024, 1024));
+        let linux = oci.linux().as_ref().unwrap();
+        assert!(linux
+            .masked_paths()
+            .as_ref()
+            .unwrap()
+            .contains(&"/proc/kcore".to_owned()));
+        let seccomp = linux.seccomp().as_ref().unwrap();
+        assert_eq!(seccomp.default_action(), LinuxSeccompAction::ScmpActAllow);
+    }
+
+    #[test]
+    fn explicit_path_is_kept() {
+        let mut spec = sample(Network::None);
+        spec.env = vec!["PATH=/opt/bin".into()];
+        let oci = build(&spec);
+        let env = oci.process().as_ref().unwrap().env().clone().unwrap();
+        assert_eq!(env, ["PATH=/opt/bin"]);
+    }
+
+    fn check_invalid(edit: impl FnOnce(&mut ContainerSpec)) {
+        let mut spec = sample(Network::None);
+        edit(&mut spec);
+        assert!(
+            matches!(validate(&spec), Err(Error::InvalidSpec(_))),
+            "accepted {spec:?}"
+        );
+    }
+
+    #[test]
+    fn validation_rejects_bad_specs() {
+        check_invalid(|s| s.id = String::new());
+        check_invalid(|s| s.id = "../x".into());
+        check_invalid(|s| s.id = ".hidden".into());
+        check_invalid(|s| s.id = "a/b".into());
+        check_invalid(|s| s.id = "x".repeat(101));
+        check_invalid(|s| s.rootfs = "rootfs".into());
+        check_invalid(|s| s.args.clear());
+        check_invalid(|s| s.env.push("NOEQUALS".into()));
+        check_invalid(|s| s.cwd = "workspace".into());
+        check_invalid(|s| s.cgroup_parent = "/ci/../..".into());
+        check_invalid(|s| s.mounts[0].destination = "/workspace/../etc".into());
+        check_invalid(|s| s.mounts[0].destination = "/".into());
+        check_invalid(|s| s.mounts[0].destination = "/proc/sys".into());
+        check_invalid(|s| s.mounts[0].destination = "/etc/hosts".into());
+        check_invalid(|s| {
+            s.network = Network::Host;
+            s.mounts[0].destination = "/etc/resolv.conf".into();
+        });
+        check_invalid(|s| s.mounts[1].destination = "/workspace".into());
+        check_invalid(|s| s.mounts[0].source = "src".into());
+        check_invalid(|s| s.tmpfs[0].size_bytes = 0);
+        check_invalid(|s| s.limits.pids = Some(0));
+        check_invalid(|s| s.limits.memory_bytes = Some(u64::MAX));
+    }
+
+    #[test]
+    fn validation_accepts_sample_ids() {
+        for id in ["a", "ci-1-install", "ci_2.test", "A9"] {
+            validate_id(id).unwrap();
+        }
+    }
+
+    #[test]
+    fn prepare_bundle_writes_config_and_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare_bundle(dir.path(), &sample(Network::Host)).unwrap();
+        let oci = Spec::load(dir.path().join("config.json")).unwrap();
+        let hosts = find_mount(&oci, "/etc/hosts");
+        let source = hosts.source().clone().unwrap();
+        assert!(source.is_absolute());
+        let content = std::fs::read_to_string(source).unwrap();
+        assert!(content.contains("127.0.0.1\tlocalhost"));
+    }
+
+    #[test]
+    fn spec_roundtrips_through_json() {
+        let spec = sample(Network::Host);
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<ContainerSpec>(&json).unwrap(), spec);
+    }
+
+    #[test]
+    fn ensure_mountpoints_creates_dirs_and_files_once() {
+        let rootfs = tempfile::tempdir().unwrap();
+        let sources = tempfile::tempdir().unwrap();
+        let ca = sources.path().join("ca.pem");
+        std::fs::write(&ca, "x").unwrap();
+        let mut spec = sample(Network::Host);
+        spec.rootfs = rootfs.path().to_owned();
+        spec.mounts = vec![
+            BindMount {
+                source: sources.path().to_owned(),
+                destination: "/workspace".into(),
+                readonly: true,
+            },
+            BindMount {
+                source: ca,
+                destination: "/etc/ci/ca.pem".into(),
+                readonly: true,
+            },
+        ];
+        ensure_mountpoints(rootfs.path(), &spec).unwrap();
+        ensure_mountpoints(rootfs.path(), &spec).unwrap();
+        let r = rootfs.path();
+        for dir in ["proc", "dev", "sys", "workspace", "tmp", "root"] {
+            assert!(r.join(dir).is_dir(), "{dir}");
+        }
+        for file in ["etc/hosts", "etc/resolv.conf", "etc/ci/ca.pem"] {
+            assert!(r.join(file).is_file(), "{file}");
+        }
+    }
+
+    #[test]
+    fn ensure_mountpoints_stays_inside_rootfs() {
+        let rootfs = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        // An image whose /etc is an absolute symlink to a host directory.
+        std::os::unix::fs::symlink(outside.path(), rootfs.path().join("etc")).unwrap();
+        let mut spec = sample(Network::None);
+        spec.rootfs = rootfs.path().to_owned();
+        spec.mounts.clear();
+        let result = ensure_mountpoints(rootfs.path(), &spec);
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        // pathrs resolves the symlink inside the root: either it creates the files under
+        // <rootfs>/<outside path>, or it refuses; it never writes to the host path.
+        if result.is_ok() {
+            let inside = rootfs
+                .path()
+                .join(outside.path().strip_prefix("/").unwrap());
+            assert!(inside.join("hosts").is_file());
+        }
+    }
+}

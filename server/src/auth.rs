@@ -1,0 +1,146 @@
+//! API keys and who is calling: key generation, hashing, and the extractor every endpoint but
+//! `/healthz` goes through.
+//!
+//! A key is `ci_` followed by 64 hex digits (256 random bits). Its first 8 hex digits are the
+//! key's public id, so a lookup needs no scan and no secret-dependent index; the SHA-256 of the
+//! whole key is compared in constant time. Keys are never stored or logged.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::model::{now_ms, ApiKey, Role, User};
+use crate::AppState;
+
+pub const KEY_PREFIX: &str = "ci_";
+const ID_LEN: usize = 8;
+
+/// A fresh key and its stored record (key ids are unique among the given existing ones).
+pub fn new_key(user_id: &str, name: &str, taken: impl Fn(&str) -> bool) -> (String, ApiKey) {
+    loop {
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let key = format!("{KEY_PREFIX}{}", hex::encode(secret));
+        let id = key[KEY_PREFIX.len()..KEY_PREFIX.len() + ID_LEN].to_string();
+        if taken(&id) {
+            continue;
+        }
+        let record = ApiKey {
+            id,
+            user_id: user_id.to_string(),
+            name: name.to_string(),
+            hash: hash_key(&key),
+            created_ms: now_ms(),
+            last_used_ms: None,
+            revoked: false,
+        };
+        return (key, record);
+    }
+}
+
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// The key id of something shaped like a key, else `None`.
+fn key_id(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(KEY_PREFIX)?;
+    (rest.len() == 64 && rest.bytes().all(|b| b.is_ascii_hexdigit())).then(|| &rest[..ID_LEN])
+}
+
+/// Checks a presented key: the user it belongs to, or why not.
+pub fn authenticate(state: &AppState, presented: &str) -> Result<User, ApiError> {
+    let unknown = || ApiError::Unauthorized("unknown or revoked API key".into());
+    let id = key_id(presented).ok_or_else(unknown)?;
+    let mut record = state.db.key(id)?.ok_or_else(unknown)?;
+    let matches: bool = hash_key(presented)
+        .as_bytes()
+        .ct_eq(record.hash.as_bytes())
+        .into();
+    if !matches || record.revoked {
+        return Err(unknown());
+    }
+    let user = state.db.user(&record.user_id)?.ok_or_else(unknown)?;
+    if !user.active {
+        return Err(ApiError::Forbidden(format!(
+            "user {} is disabled",
+            user.email
+        )));
+    }
+    // Keep last-used roughly current without a write per request.
+    let now = now_ms();
+    if record.last_used_ms.is_none_or(|t| now - t > 60_000) {
+        record.last_used_ms = Some(now);
+        state.db.put_key(&record)?;
+    }
+    Ok(user)
+}
+
+/// The authenticated caller of a request.
+pub struct Caller(pub User);
+
+impl Caller {
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.0.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("this needs an admin API key".into()))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "missing API key (send 'Authorization: Bearer <key>')".into(),
+                )
+            })?;
+        let presented = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "malformed Authorization header: expected 'Bearer <key>'".into(),
+                )
+            })?;
+        authenticate(state, presented).map(Caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_prefixed_random_and_hashed() {
+        let (a, ra) = new_key("u", "laptop", |_| false);
+        let (b, _) = new_key("u", "laptop", |_| false);
+        assert_ne!(a, b);
+        assert!(a.starts_with("ci_") && a.len() == 67);
+        assert_eq!(key_id(&a), Some(ra.id.as_str()));
+        assert_eq!(ra.hash, hash_key(&a));
+        assert!(!ra.hash.contains(&a[3..]));
+    }
+
+    #[test]
+    fn key_shapes() {
+        assert_eq!(key_id("ci_"), None);
+        assert_eq!(key_id(&format!("ci_{}", "g".repeat(64))), None);
+        assert_eq!(key_id(&format!("xx_{}", "a".repeat(64))), None);
+        assert_eq!(key_id(&format!("ci_{}", "a".repeat(64))), Some("aaaaaaaa"));
+    }
+}

@@ -1,0 +1,162 @@
+//! Command-line configuration of `ci-server serve`, with the defaults a single host wants.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Options of `ci-server serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CI_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+
+    /// Where jobs, logs, the image cache and the database live
+    /// [default: $XDG_DATA_HOME/ci-server or ~/.local/share/ci-server].
+    #[arg(long, env = "CI_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Image every job runs in, pulled once and cached unpacked.
+    #[arg(long, env = "CI_IMAGE", default_value = "python:3.12-slim")]
+    pub image: String,
+
+    /// Where pulled images are kept unpacked [default: <data-dir>/images]. Servers on one host
+    /// may share it.
+    #[arg(long, value_name = "DIR")]
+    pub image_cache: Option<PathBuf>,
+
+    /// Registry host (HOST or HOST:PORT) to reach over plain HTTP; loopback always is.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+
+    /// CA bundle handed to pip in the install phase [default: $SSL_CERT_FILE or $PIP_CERT if
+    /// set, else the system bundle].
+    #[arg(long, value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+
+    /// Memory limit of each container (e.g. 512MiB, 2GiB).
+    #[arg(long, default_value = "2GiB", value_parser = parse_size)]
+    pub memory_limit: u64,
+
+    /// Maximum number of processes (pids) in each container.
+    #[arg(long, default_value_t = 512)]
+    pub pids_limit: i64,
+
+    /// Size of the writable tmpfs at /tmp (and of $HOME) in each container.
+    #[arg(long, default_value = "512MiB", value_parser = parse_size)]
+    pub tmp_size: u64,
+
+    /// How many jobs run at once; the others wait in order [default: number of CPUs].
+    #[arg(long)]
+    pub max_jobs: Option<usize>,
+
+    /// Wall-clock limit of a job (install and tests); a client may ask for less.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub job_timeout: Duration,
+
+    /// Most log output stored per job; past it the job is stopped ("log limit reached").
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub max_log_size: u64,
+
+    /// On SIGTERM or Ctrl-C, how long running jobs may go on before they are stopped.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl ServeArgs {
+    /// The data directory, with the per-user default applied.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.data_dir {
+            return dir.clone();
+        }
+        if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(xdg).join("ci-server");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+        PathBuf::from(home).join(".local/share/ci-server")
+    }
+
+    /// The CA bundle for pip: the flag, then the variables pip and OpenSSL read, then the
+    /// system bundle. `None` when none of them names an existing file.
+    pub fn ca_bundle(&self) -> Option<PathBuf> {
+        let candidates = self
+            .ca_bundle
+            .clone()
+            .into_iter()
+            .chain(
+                ["SSL_CERT_FILE", "PIP_CERT"]
+                    .iter()
+                    .filter_map(|v| std::env::var_os(v).map(PathBuf::from)),
+            )
+            .chain([PathBuf::from("/etc/ssl/certs/ca-certificates.crt")]);
+        candidates.into_iter().find(|p| p.is_file())
+    }
+
+    pub fn max_jobs(&self) -> usize {
+        self.max_jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+}
+
+/// Parses a byte size such as `512MiB`, `2GiB`, `64M` or `1048576`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 512MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {s:?}: use K, M, G or T"
+            ))
+        }
+    };
+    num.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Formats a byte count the way `parse_size` reads it back, for messages.
+pub fn format_size(bytes: u64) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return format!("{} {unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expected: Result<u64, ()>) {
+        assert_eq!(parse_size(input).map_err(|_| ()), expected, "{input}");
+    }
+
+    #[test]
+    fn sizes() {
+        check("1048576", Ok(1 << 20));
+        check("512MiB", Ok(512 << 20));
+        check("2GiB", Ok(2 << 30));
+        check("64m", Ok(64 << 20));
+        check("1 G", Ok(1 << 30));
+        check("12parsecs", Err(()));
+        check("", Err(()));
+        check("99999999999T", Err(()));
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(format_size(2 << 30), "2 GiB");
+        assert_eq!(format_size(512 << 20), "512 MiB");
+        assert_eq!(format_size(1000), "1000 bytes");
+    }
+}

@@ -1,0 +1,175 @@
+//! The CI server: HTTP API, job queue, logs and users. It launches containers only through
+//! helper processes of `ci-runner`, never in its own process.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod execute;
+pub mod image;
+pub mod jobs;
+pub mod logs;
+pub mod model;
+pub mod upload;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use config::ServeArgs;
+
+/// Everything handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: db::Db,
+    pub logs: logs::LogStore,
+    pub jobs: jobs::Jobs,
+    pub run: Arc<execute::RunContext>,
+    pub upload_limits: upload::Limits,
+}
+
+/// Largest upload accepted, compressed.
+pub const MAX_UPLOAD_BYTES: usize = 100 << 20;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/v1/jobs", post(api::submit).get(api::list_jobs))
+        .route("/v1/jobs/{id}", get(api::get_job))
+        .route("/v1/jobs/{id}/log", get(api::log))
+        .route("/v1/jobs/{id}/cancel", post(api::cancel))
+        .route("/v1/whoami", get(api::whoami))
+        .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
+        .with_state(state)
+}
+
+/// Opens the data directory, settles what a previous run left, and builds the state.
+pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppState> {
+    let data = args.data_dir();
+    fs_err::create_dir_all(&data).context("cannot create the data directory")?;
+    let db = db::Db::open(&data.join("db"))?;
+    let logs = logs::LogStore::new(data.join("logs"))?;
+    let state_root = data.join("containers");
+    let jobs_dir = data.join("jobs");
+    fs_err::create_dir_all(&state_root)?;
+    fs_err::create_dir_all(&jobs_dir)?;
+
+    let reference: ci_rootfs::ImageRef = args
+        .image
+        .parse()
+        .with_context(|| format!("invalid --image {:?}", args.image))?;
+    let store = ci_rootfs::Store::new(
+        args.image_cache
+            .clone()
+            .unwrap_or_else(|| data.join("images")),
+    );
+    let options = ci_rootfs::PullOptions {
+        insecure_registries: args.insecure_registries.clone(),
+    };
+    let ca_bundle = args.ca_bundle();
+    if ca_bundle.is_none() {
+        tracing::warn!(
+            "no CA bundle found: pip in the install phase uses the image's own certificates"
+        );
+    }
+    let run = Arc::new(execute::RunContext {
+        helper_exe,
+        state_root,
+        jobs_dir,
+        cache_dir: data.join("cache"),
+        image: image::ImageProvider::new(store, reference, options),
+        ca_bundle,
+        memory_limit: args.memory_limit,
+        pids_limit: args.pids_limit,
+        tmp_size: args.tmp_size,
+        log_cap: args.max_log_size,
+        cgroup_parent: "/ci".into(),
+    });
+
+    // Containers of a previous server process (it crashed or was killed) go first, so their
+    // jobs can be marked lost with nothing of theirs left on the host.
+    reconcile_containers(&run).await;
+    let jobs = jobs::Jobs::new(
+        db.clone(),
+        logs.clone(),
+        run.clone(),
+        args.max_jobs(),
+        args.job_timeout,
+    );
+    let state = AppState {
+        db,
+        logs,
+        jobs,
+        run,
+        upload_limits: upload::Limits {
+            max_unpacked_bytes: 1 << 30,
+            max_entries: 100_000,
+        },
+    };
+    api::bootstrap_admin(&state, &data.join("admin.key"))?;
+    state.jobs.recover().await?;
+    Ok(state)
+}
+
+async fn reconcile_containers(run: &execute::RunContext) {
+    let status = tokio::process::Command::new(&run.helper_exe)
+        .args(ci_runner::cleanup_args(&run.state_root, None))
+        .stdin(std::process::Stdio::null())
+        .status()
+        .await;
+    if !status.as_ref().is_ok_and(|s| s.success()) {
+        tracing::error!(
+            ?status,
+            "cleanup of containers left by a previous run failed"
+        );
+    }
+    // Half-finished job directories of jobs that are no longer running are removed by recover().
+}
+
+/// Serves until `shutdown` resolves, then stops taking jobs and winds down running ones.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    grace: std::time::Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let dispatcher = tokio::spawn(state.jobs.clone().dispatch());
+    // Warm the image in the background so the first job does not wait for a pull.
+    let run = state.run.clone();
+    tokio::spawn(async move {
+        if let Err(e) = run.image.get().await {
+            tracing::error!(image = %run.image.reference(), error = %e, "image is not available yet; jobs will retry");
+        }
+    });
+    let jobs = state.jobs.clone();
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let graceful = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new jobs");
+        let _ = stopped_tx.send(());
+    };
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(graceful);
+    let server = tokio::spawn(async move { server.await });
+    let _ = stopped_rx.await;
+    // Running jobs get the grace period; log followers see their end, then the server stops.
+    jobs.shutdown(grace).await;
+    dispatcher.abort();
+    server.await??;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

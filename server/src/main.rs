@@ -1,0 +1,70 @@
+//! `ci-server`: the CI server binary.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ci-server",
+    version,
+    about = "CI server: runs pytest for uploaded Python projects in containers, no Docker daemon"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the server.
+    Serve(ci_server::ServeArgs),
+}
+
+fn main() -> ExitCode {
+    // The per-container helper: this same binary, started by the server, must reach
+    // libcontainer before any thread exists (see ci_runner's process model).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if ci_runner::is_helper_invocation(&args) {
+        return ExitCode::from(ci_runner::helper_main(args) as u8);
+    }
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ci-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let helper = std::env::current_exe()?;
+            let state = ci_server::open(&args, helper).await?;
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+            tracing::info!(address = %listener.local_addr()?, data_dir = %args.data_dir().display(), "listening");
+            ci_server::serve(
+                listener,
+                state,
+                args.shutdown_grace,
+                ci_server::shutdown_signal(),
+            )
+            .await
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,92 @@
+//! Bad input and bad circumstances: one clear line, the right exit code, nothing lost.
+
+use ci_e2e::{fixture, project, shared_server, Server};
+
+#[test]
+fn missing_requirements_is_a_job_error() {
+    let server = shared_server();
+    let dir = project(&[("tests/test_x.py", "def test_x():\n    pass\n")]);
+    let run = server.ci(dir.path()).args(["submit", "test"]).run();
+    run.expect_code(1)
+        .expect_stdout("requirements.txt not found in project");
+}
+
+#[test]
+fn dead_server_gives_one_line() {
+    let server = shared_server();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let run = server
+        .ci(&fixture("dummy_project"))
+        .env("CI_SERVER_URL", format!("http://127.0.0.1:{port}"))
+        .args(["submit", "test"])
+        .run();
+    run.expect_code(2)
+        .expect_stderr("cannot reach the CI server");
+    assert_eq!(run.stderr().trim().lines().count(), 1, "{run}");
+    assert!(!run.stderr().contains("panicked"), "{run}");
+}
+
+#[test]
+fn bad_key_is_refused() {
+    let server = shared_server();
+    let fake = format!("ci_{}", "0".repeat(64));
+    let run = server
+        .ci(&fixture("dummy_project"))
+        .env("CI_API_KEY", fake)
+        .args(["submit", "test"])
+        .run();
+    run.expect_code(2)
+        .expect_stderr("authentication failed: unknown or revoked API key");
+}
+
+#[test]
+fn missing_key_says_how_to_set_one() {
+    let server = shared_server();
+    let run = server
+        .ci(&fixture("dummy_project"))
+        .env_remove("CI_API_KEY")
+        .args(["list"])
+        .run();
+    run.expect_code(2)
+        .expect_stderr("--api-key")
+        .expect_stderr("CI_API_KEY")
+        .expect_stderr("~/.ci/config");
+}
+
+#[test]
+fn malformed_upload_is_refused_with_a_message() {
+    let server = shared_server();
+    let (status, body) = ci_e2e::http(
+        "POST",
+        &server.addr,
+        "/v1/jobs",
+        Some(&server.admin_key),
+        b"not a tarball",
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).contains("not a valid tar.gz"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+#[test]
+fn admin_key_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start(Default::default());
+    let mode = std::fs::metadata(server.data_dir.join("admin.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        !server.log().contains(&server.admin_key),
+        "the server logged the admin key"
+    );
+}

@@ -1,0 +1,466 @@
+//! Shared support for the end-to-end tests: a real `ci-server` on a free loopback port with
+//! its own data directory, the real `ci` binary, and guards that stop what a test started even
+//! when it panics.
+//!
+//! The tests need a registry on loopback serving the stand-in image: `scripts/test` starts one
+//! and exports `CI_TEST_REGISTRY=127.0.0.1:PORT`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A built binary of this workspace (`cargo build --bins` runs before the tests).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    // target/<profile>/deps/e2e-<hash> -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// The image the test servers run jobs in.
+pub fn test_image() -> String {
+    let registry = std::env::var("CI_TEST_REGISTRY").expect(
+        "CI_TEST_REGISTRY is not set: run the suite with scripts/test, which starts the loopback registry",
+    );
+    format!("{registry}/library/python:3.11-slim")
+}
+
+/// Image cache shared by every test server, so the image is unpacked once per run.
+fn image_cache() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-image-cache")
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
+pub fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.1 request, enough for assertions on status and body.
+pub fn http(
+    method: &str,
+    addr: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let mut body = raw[split..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&data[start..(start + size).min(data.len())]);
+        data = &data[(start + size + 2).min(data.len())..];
+    }
+    out
+}
+
+/// How to start a test server.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    pub extra_args: Vec<String>,
+}
+
+/// A running `ci-server`, killed when dropped.
+pub struct Server {
+    child: Option<Child>,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub admin_key: String,
+    options: ServerOptions,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    pub fn start(options: ServerOptions) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("ci-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let data_dir = dir.path().join("data");
+        let mut server = Server {
+            child: None,
+            addr: String::new(),
+            data_dir,
+            admin_key: String::new(),
+            options,
+            _dir: Some(dir),
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let port = free_port();
+        self.addr = format!("127.0.0.1:{port}");
+        std::fs::create_dir_all(&self.data_dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut cmd = Command::new(bin("ci-server"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(&self.addr)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--image")
+            .arg(test_image())
+            .arg("--image-cache")
+            .arg(image_cache())
+            .args(&self.options.extra_args)
+            .env("CI_LOG", "info,ci_server=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; the server dies with the test process.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        self.child = Some(cmd.spawn().expect("start ci-server"));
+        let addr = self.addr.clone();
+        poll(
+            Duration::from_secs(60),
+            "ci-server to answer /healthz",
+            || {
+                if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                    panic!("ci-server exited with {status}:\n{}", self.log());
+                }
+                matches!(http("GET", &addr, "/healthz", None, b""), Ok((200, _))).then_some(())
+            },
+        );
+        self.admin_key = std::fs::read_to_string(self.data_dir.join("admin.key"))
+            .unwrap()
+            .trim()
+            .to_string();
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.join("../server.log")
+    }
+
+    /// Everything the server printed.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Sends a signal and waits for the server to exit.
+    pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        poll(Duration::from_secs(120), "ci-server to exit", || {
+            child.try_wait().unwrap()
+        })
+    }
+
+    /// Starts the server again on the same data directory (after `stop_with`).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        self.launch();
+    }
+
+    /// A `ci` command against this server with the admin key, from `dir`, with an empty HOME.
+    pub fn ci(&self, dir: &Path) -> Ci {
+        Ci::new(self, dir, &self.admin_key)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One server for every test that does not need its own, started on first use. It runs from a
+/// thread that never ends, because the death signal that stops it fires when the *thread* that
+/// spawned it exits, and the test harness ends each test's thread.
+pub fn shared_server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let server = Server::start(ServerOptions::default());
+            let leaked: &'static Server = Box::leak(Box::new(server));
+            tx.send(leaked).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+        let server: &'static Server = rx.recv().expect("shared server started");
+        // Copy the fields out: the leaked server stays alive with its thread.
+        Server {
+            child: None,
+            addr: server.addr.clone(),
+            data_dir: server.data_dir.clone(),
+            admin_key: server.admin_key.clone(),
+            options: server.options.clone(),
+            _dir: None,
+        }
+    })
+}
+
+/// A `ci` invocation under construction.
+pub struct Ci {
+    cmd: Command,
+    timeout: Duration,
+    _home: tempfile::TempDir,
+}
+
+impl Ci {
+    fn new(server: &Server, dir: &Path, key: &str) -> Ci {
+        let home = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(bin("ci"));
+        cmd.current_dir(dir)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .env("CI_SERVER_URL", server.url())
+            .env("CI_API_KEY", key)
+            .stdin(Stdio::null());
+        Ci {
+            cmd,
+            timeout: Duration::from_secs(600),
+            _home: home,
+        }
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Ci
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> Ci {
+        self.cmd.env(k, v);
+        self
+    }
+
+    pub fn env_remove(mut self, k: &str) -> Ci {
+        self.cmd.env_remove(k);
+        self
+    }
+
+    pub fn command(self) -> (Command, tempfile::TempDir) {
+        (self.cmd, self._home)
+    }
+
+    /// Runs to completion (panics past the timeout, after killing it).
+    pub fn run(mut self) -> Run {
+        let child = self
+            .cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ci");
+        let output = wait_with_timeout(child, self.timeout);
+        Run(output)
+    }
+}
+
+/// Waits for a child, reading its output, killing it after `timeout`.
+pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            let (o, e) = (out.join().unwrap(), err.join().unwrap());
+            panic!(
+                "command timed out after {timeout:?} ({status})\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&o),
+                String::from_utf8_lossy(&e)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// The result of a `ci` run, with helpers that print everything when an assertion fails.
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+
+    pub fn expect_code(&self, code: i32) -> &Run {
+        assert_eq!(self.code(), code, "unexpected exit code\n{self}");
+        self
+    }
+
+    pub fn expect_stdout(&self, needle: &str) -> &Run {
+        assert!(
+            self.stdout().contains(needle),
+            "stdout lacks {needle:?}\n{self}"
+        );
+        self
+    }
+
+    pub fn expect_stderr(&self, needle: &str) -> &Run {
+        assert!(
+            self.stderr().contains(needle),
+            "stderr lacks {needle:?}\n{self}"
+        );
+        self
+    }
+
+    /// The job id from `Job ID: <id>` on stderr.
+    pub fn job_id(&self) -> String {
+        self.stderr()
+            .lines()
+            .find_map(|l| l.strip_prefix("Job ID: "))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no job id\n{self}"))
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.0.status,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+}
+
+/// Writes a small project (path -> content) into a new temp dir.
+pub fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("ci-project-")
+        .tempdir()
+        .unwrap();
+    for (path, body) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    dir
+}
