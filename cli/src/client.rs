@@ -45,7 +45,8 @@ pub struct Client {
 pub enum RequestError {
     #[error("cannot reach the CI server at {base}: {detail} (is it running? set --server or CI_SERVER_URL)")]
     Connect { base: String, detail: String },
-    #[error("{0}")]
+    /// The status and the server's message; only the message is shown.
+    #[error("{1}")]
     Http(u16, String),
     #[error("{0}")]
     Other(String),
@@ -81,9 +82,13 @@ impl Client {
 
     fn describe(&self, e: reqwest::Error) -> RequestError {
         if e.is_connect() || e.is_timeout() {
-            let detail = std::error::Error::source(&e)
-                .and_then(|s| s.source().or(Some(s)))
-                .map_or_else(|| e.to_string(), |s| s.to_string());
+            // The innermost cause says what happened ("Connection refused (os error 111)").
+            let mut detail = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                detail = s.to_string();
+                source = s.source();
+            }
             RequestError::Connect {
                 base: self.base.clone(),
                 detail,

@@ -71,18 +71,23 @@ pub struct Settings {
 /// Resolves the server URL and key: `--server`/`--api-key` (which clap already merged with
 /// `CI_SERVER_URL`/`CI_API_KEY`), then the config file.
 pub fn resolve(server: Option<String>, api_key: Option<String>) -> anyhow::Result<Settings> {
-    let file = match config_path() {
-        Some(p) if server.is_none() || api_key.is_none() => FileConfig::load(&p)?,
+    let given = |v: Option<String>| v.map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let (server, api_key) = (given(server), given(api_key));
+    // Read even when flags cover everything, so a key readable by others is always reported;
+    // an unreadable file only matters when something must come from it.
+    let file = match config_path().map(|p| FileConfig::load(&p)) {
+        Some(Ok(file)) => file,
+        Some(Err(e)) if server.is_none() || api_key.is_none() => return Err(e),
         _ => FileConfig::default(),
     };
     let server = server
-        .or(file.server_url)
+        .or(given(file.server_url))
         .unwrap_or_else(|| DEFAULT_SERVER.to_string());
     let server = server.trim_end_matches('/').to_string();
     if !server.starts_with("http://") && !server.starts_with("https://") {
         bail!("invalid server URL {server:?}: it must start with http:// or https://");
     }
-    let Some(api_key) = api_key.or(file.api_key).filter(|k| !k.is_empty()) else {
+    let Some(api_key) = api_key.or(given(file.api_key)) else {
         bail!("no API key: pass --api-key, set CI_API_KEY, or put api_key=<key> in ~/.ci/config");
     };
     Ok(Settings { server, api_key })

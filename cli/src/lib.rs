@@ -48,6 +48,8 @@ pub enum Command {
     Cancel(commands::cancel::CancelArgs),
     /// Show who your API key belongs to.
     Whoami,
+    /// Manage users and API keys (needs an admin key).
+    Admin(commands::admin::AdminArgs),
 }
 
 /// Runs a command; returns the process exit code. Errors become one line on stderr.
@@ -61,6 +63,7 @@ pub async fn run(cli: Cli) -> u8 {
             Command::List(args) => commands::list::run(&client, args).await,
             Command::Cancel(args) => commands::cancel::run(&client, args).await,
             Command::Whoami => commands::whoami::run(&client).await,
+            Command::Admin(args) => commands::admin::run(&client, args).await,
         }
     };
     match result.await {

@@ -17,6 +17,11 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Any other path: a JSON 404 like every other error.
+pub async fn no_such_endpoint(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("endpoint {method} {}", uri.path()))
+}
+
 #[derive(Deserialize)]
 pub struct SubmitQuery {
     /// Wall-clock limit in seconds; capped by the server's own.

@@ -66,7 +66,7 @@ pub fn authenticate(state: &AppState, presented: &str) -> Result<User, ApiError>
     let user = state.db.user(&record.user_id)?.ok_or_else(unknown)?;
     if !user.active {
         return Err(ApiError::Forbidden(format!(
-            "user {} is disabled",
+            "access denied: user {} is disabled (an admin can enable it again)",
             user.email
         )));
     }
@@ -79,6 +79,13 @@ pub fn authenticate(state: &AppState, presented: &str) -> Result<User, ApiError>
     Ok(user)
 }
 
+/// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 9110, section 11.1).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// The authenticated caller of a request.
 pub struct Caller(pub User);
 
@@ -87,7 +94,9 @@ impl Caller {
         if self.0.role == Role::Admin {
             Ok(())
         } else {
-            Err(ApiError::Forbidden("this needs an admin API key".into()))
+            Err(ApiError::Forbidden(
+                "access denied: this needs an admin API key".into(),
+            ))
         }
     }
 }
@@ -110,8 +119,7 @@ impl FromRequestParts<AppState> for Caller {
         let presented = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(bearer_token)
             .ok_or_else(|| {
                 ApiError::Unauthorized(
                     "malformed Authorization header: expected 'Bearer <key>'".into(),
@@ -134,6 +142,15 @@ mod tests {
         assert_eq!(key_id(&a), Some(ra.id.as_str()));
         assert_eq!(ra.hash, hash_key(&a));
         assert!(!ra.hash.contains(&a[3..]));
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(bearer_token("Bearer ci_x"), Some("ci_x"));
+        assert_eq!(bearer_token("bearer  ci_x "), Some("ci_x"));
+        assert_eq!(bearer_token("Basic ci_x"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("ci_x"), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CI_IMAGE", default_value = "python:3.12-slim")]
     pub image: String,
 
-    /// Where pulled images are kept unpacked [default: <data-dir>/images]. Servers on one host
+    /// Where pulled images are kept unpacked [default: DATA_DIR/images]. Servers on one host
     /// may share it.
     #[arg(long, value_name = "DIR")]
     pub image_cache: Option<PathBuf>,

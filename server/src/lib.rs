@@ -1,6 +1,7 @@
 //! The CI server: HTTP API, job queue, logs and users. It launches containers only through
 //! helper processes of `ci-runner`, never in its own process.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 pub use config::ServeArgs;
@@ -45,6 +46,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/log", get(api::log))
         .route("/v1/jobs/{id}/cancel", post(api::cancel))
         .route("/v1/whoami", get(api::whoami))
+        .route(
+            "/v1/admin/users",
+            post(admin::create_user).get(admin::list_users),
+        )
+        .route("/v1/admin/users/{email}/disable", post(admin::disable_user))
+        .route("/v1/admin/users/{email}/enable", post(admin::enable_user))
+        .route("/v1/admin/keys", post(admin::create_key).get(admin::list_keys))
+        .route("/v1/admin/keys/{id}", delete(admin::revoke_key))
+        .fallback(api::no_such_endpoint)
         .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
         .with_state(state)
 }

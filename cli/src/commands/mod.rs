@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod admin;
 pub mod cancel;
 pub mod list;
 pub mod submit;

@@ -1,0 +1,355 @@
+//! Admin endpoints under `/v1/admin`: users and their API keys. The server holds the sled
+//! database open, so administration goes through it over HTTP (`ci admin ...`), also while jobs
+//! run. Every handler needs an admin caller; a key is returned only by `POST /v1/admin/keys`,
+//! once, and never logged (only its short id is).
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::model::{now_ms, ApiKey, KeyView, Role, User, UserView};
+use crate::AppState;
+
+/// Serializes the check-then-write of admin changes (duplicate emails, the last admin), so two
+/// concurrent requests cannot both pass a check that only one of them should.
+static WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const MAX_NAME: usize = 100;
+const MAX_EMAIL: usize = 254;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    name: String,
+    email: String,
+    /// `admin` or `user` (default).
+    #[serde(default)]
+    role: Option<Role>,
+}
+
+/// `POST /v1/admin/users`: 201 with the user; 409 if the email is taken.
+pub async fn create_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<NewUser>, JsonRejection>,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
+    caller.require_admin()?;
+    let Json(new) = body.map_err(bad_json)?;
+    let name = valid_name("name", &new.name)?;
+    let email = valid_email(&new.email)?;
+    let _guard = WRITES.lock().await;
+    if state.db.user_by_email(&email)?.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "a user with email {email} already exists"
+        )));
+    }
+    let user = User {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        name,
+        email,
+        role: new.role.unwrap_or(Role::User),
+        active: true,
+        created_ms: now_ms(),
+    };
+    state.db.put_user(&user)?;
+    state.db.flush().await?;
+    tracing::info!(by = %caller.0.email, user = %user.email, role = ?user.role, "user created");
+    Ok((StatusCode::CREATED, Json((&user).into())))
+}
+
+/// `GET /v1/admin/users`: every user, oldest first.
+pub async fn list_users(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<UserView>>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(state.db.users()?.iter().map(UserView::from).collect()))
+}
+
+/// `POST /v1/admin/users/{email}/disable`: the user's keys answer 403 from the next request on.
+pub async fn disable_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(email): Path<String>,
+) -> Result<Json<UserView>, ApiError> {
+    set_active(state, caller, &email, false).await
+}
+
+/// `POST /v1/admin/users/{email}/enable`.
+pub async fn enable_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(email): Path<String>,
+) -> Result<Json<UserView>, ApiError> {
+    set_active(state, caller, &email, true).await
+}
+
+async fn set_active(
+    state: AppState,
+    caller: Caller,
+    email: &str,
+    active: bool,
+) -> Result<Json<UserView>, ApiError> {
+    caller.require_admin()?;
+    let _guard = WRITES.lock().await;
+    let mut user = user_by_email(&state, email)?;
+    if !active && user.active && user.role == Role::Admin {
+        let other_admins = state
+            .db
+            .users()?
+            .iter()
+            .filter(|u| u.role == Role::Admin && u.active && u.id != user.id)
+            .count();
+        if other_admins == 0 {
+            return Err(ApiError::Conflict(format!(
+                "{} is the only active admin: it cannot be disabled",
+                user.email
+            )));
+        }
+    }
+    if user.active != active {
+        user.active = active;
+        state.db.put_user(&user)?;
+        state.db.flush().await?;
+        let what = if active { "enabled" } else { "disabled" };
+        tracing::info!(by = %caller.0.email, user = %user.email, "user {what}");
+    }
+    Ok(Json((&user).into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    email: String,
+    name: String,
+}
+
+/// A key just created: the only answer that carries the key itself.
+#[derive(Serialize)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    view: KeyView,
+    key: String,
+}
+
+/// `POST /v1/admin/keys`: 201 with the new key for the user with that email.
+pub async fn create_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<NewKey>, JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    caller.require_admin()?;
+    let Json(new) = body.map_err(bad_json)?;
+    let name = valid_name("key name", &new.name)?;
+    let _guard = WRITES.lock().await;
+    let user = user_by_email(&state, new.email.trim())?;
+    let db = state.db.clone();
+    // A lookup error counts as free: storing the key then fails with that same error.
+    let (key, record) =
+        crate::auth::new_key(&user.id, &name, |id| matches!(db.key(id), Ok(Some(_))));
+    state.db.put_key(&record)?;
+    state.db.flush().await?;
+    tracing::info!(by = %caller.0.email, user = %user.email, key_id = %record.id, "API key created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            view: key_view(&record, &user.email),
+            key,
+        }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct KeyQuery {
+    email: Option<String>,
+}
+
+/// `GET /v1/admin/keys[?email=E]`: keys (never the keys themselves), oldest first.
+pub async fn list_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<KeyQuery>,
+) -> Result<Json<Vec<KeyView>>, ApiError> {
+    caller.require_admin()?;
+    let users = state.db.users()?;
+    let only = match q.email.as_deref() {
+        Some(email) => Some(user_by_email(&state, email)?.id),
+        None => None,
+    };
+    let views = state
+        .db
+        .keys()?
+        .iter()
+        .filter(|k| only.as_ref().is_none_or(|id| &k.user_id == id))
+        .map(|k| {
+            let email = users
+                .iter()
+                .find(|u| u.id == k.user_id)
+                .map_or("?", |u| u.email.as_str());
+            key_view(k, email)
+        })
+        .collect();
+    Ok(Json(views))
+}
+
+/// `DELETE /v1/admin/keys/{id}`: revokes a key; it answers 401 from the next request on.
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    caller.require_admin()?;
+    let _guard = WRITES.lock().await;
+    let not_found = || ApiError::NotFound(format!("API key {id}"));
+    // Ids are 8 lowercase hex digits; anything else cannot name a key (and is not looked up).
+    if id.len() != 8 || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(not_found());
+    }
+    let mut key = state.db.key(&id)?.ok_or_else(not_found)?;
+    let owner = state.db.user(&key.user_id)?;
+    let email = owner.as_ref().map_or("?".to_string(), |u| u.email.clone());
+    if !key.revoked {
+        if let Some(owner) = owner.filter(|u| u.role == Role::Admin && u.active) {
+            refuse_admin_lockout(&state, &owner, &key)?;
+        }
+        key.revoked = true;
+        state.db.put_key(&key)?;
+        state.db.flush().await?;
+        tracing::info!(by = %caller.0.email, user = %email, key_id = %key.id, "API key revoked");
+    }
+    Ok(Json(key_view(&key, &email)))
+}
+
+/// Refuses to revoke the last working key of the last active admin: nobody could administer
+/// the server any more (the database is only reachable through it).
+fn refuse_admin_lockout(state: &AppState, owner: &User, key: &ApiKey) -> Result<(), ApiError> {
+    let admins: Vec<String> = state
+        .db
+        .users()?
+        .into_iter()
+        .filter(|u| u.role == Role::Admin && u.active)
+        .map(|u| u.id)
+        .collect();
+    let other_working = state
+        .db
+        .keys()?
+        .iter()
+        .any(|k| !k.revoked && k.id != key.id && admins.contains(&k.user_id));
+    if other_working {
+        Ok(())
+    } else {
+        Err(ApiError::Conflict(format!(
+            "key {} is the last working key of an active admin ({}): create another admin key first",
+            key.id, owner.email
+        )))
+    }
+}
+
+fn key_view(key: &ApiKey, email: &str) -> KeyView {
+    KeyView {
+        id: key.id.clone(),
+        name: key.name.clone(),
+        user_email: email.to_string(),
+        created: crate::model::rfc3339(key.created_ms),
+        last_used: key.last_used_ms.map(crate::model::rfc3339),
+        revoked: key.revoked,
+    }
+}
+
+fn user_by_email(state: &AppState, email: &str) -> Result<User, ApiError> {
+    state
+        .db
+        .user_by_email(email.trim())?
+        .ok_or_else(|| ApiError::NotFound(format!("user {}", email.trim())))
+}
+
+fn bad_json(rejection: JsonRejection) -> ApiError {
+    ApiError::BadRequest(format!("invalid request body: {}", rejection.body_text()))
+}
+
+/// A trimmed, non-empty, printable name of at most `MAX_NAME` characters.
+fn valid_name(what: &str, name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(ApiError::BadRequest(format!("{what} must not be empty")));
+    }
+    if name.chars().count() > MAX_NAME {
+        return Err(ApiError::BadRequest(format!(
+            "{what} is longer than {MAX_NAME} characters"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "{what} must not contain control characters"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+/// `local@domain`, no spaces or control characters, lowercased (emails identify users and are
+/// compared without case).
+fn valid_email(email: &str) -> Result<String, ApiError> {
+    let email = email.trim();
+    let invalid = || {
+        ApiError::BadRequest(format!(
+            "invalid email {email:?}: expected something like name@example.com"
+        ))
+    };
+    if email.len() > MAX_EMAIL
+        || email
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '<' | '>' | '"'))
+    {
+        return Err(invalid());
+    }
+    let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
+    let domain_ok = !domain.is_empty()
+        && !domain.contains('@')
+        && domain
+            .split('.')
+            .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'));
+    if local.is_empty() || !domain_ok {
+        return Err(invalid());
+    }
+    Ok(email.to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(email: &str, expected: Option<&str>) {
+        assert_eq!(valid_email(email).ok().as_deref(), expected, "{email:?}");
+    }
+
+    #[test]
+    fn emails() {
+        check("bob@example.com", Some("bob@example.com"));
+        check("  Bob.Smith+ci@Example.COM ", Some("bob.smith+ci@example.com"));
+        check("admin@localhost", Some("admin@localhost"));
+        check("bob", None);
+        check("@example.com", None);
+        check("bob@", None);
+        check("bob@@example.com", None);
+        check("bob@exa mple.com", None);
+        check("bob@example..com", None);
+        check("bob@.example.com", None);
+        check("bob@example.com.", None);
+        check("bo/b@example.com", None);
+        check("bob@-example.com", None);
+        check(&format!("{}@example.com", "a".repeat(250)), None);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(valid_name("name", "  Bob  ").unwrap(), "Bob");
+        assert!(valid_name("name", "   ").is_err());
+        assert!(valid_name("name", "a\nb").is_err());
+        assert!(valid_name("name", &"x".repeat(101)).is_err());
+        assert!(valid_name("name", &"é".repeat(100)).is_ok());
+    }
+}
