@@ -216,7 +216,7 @@ async fn execute(
         }
         let spec = common.install_spec(&staging, &job.owner);
         let run = run_container(ctx, &spec, &job_dir.join("install"), log, control, deadline).await;
-        if let Some(ending) = run.interrupted(ctx) {
+        if let Some(ending) = run.interrupted(ctx, job) {
             return ending;
         }
         match run.outcome {
@@ -247,7 +247,7 @@ async fn execute(
     .await;
     let spec = common.test_spec(&deps);
     let run = run_container(ctx, &spec, &job_dir.join("test"), log, control, deadline).await;
-    if let Some(ending) = run.interrupted(ctx) {
+    if let Some(ending) = run.interrupted(ctx, job) {
         return ending;
     }
     let Some(outcome) = run.outcome else {
@@ -469,7 +469,7 @@ struct ContainerRun {
 }
 
 impl ContainerRun {
-    fn interrupted(&self, ctx: &RunContext) -> Option<Ending> {
+    fn interrupted(&self, ctx: &RunContext, job: &Job) -> Option<Ending> {
         let (status, reason) = match self.interruption? {
             Interruption::Stop(StopReason::Cancelled) => {
                 (Status::Cancelled, "cancelled".to_string())
@@ -478,7 +478,13 @@ impl ContainerRun {
                 Status::Lost,
                 "the server shut down while the job was running".into(),
             ),
-            Interruption::TimedOut => (Status::TimedOut, "timed out".into()),
+            Interruption::TimedOut => (
+                Status::TimedOut,
+                format!(
+                    "timed out after {}",
+                    humantime::format_duration(Duration::from_secs(job.timeout_secs))
+                ),
+            ),
             Interruption::LogLimit => (
                 Status::Error,
                 format!(

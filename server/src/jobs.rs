@@ -75,6 +75,7 @@ pub struct Jobs {
     wake: Arc<Notify>,
     slots: Arc<Semaphore>,
     tasks: TaskTracker,
+    max_jobs: usize,
     max_timeout: Duration,
 }
 
@@ -97,6 +98,7 @@ impl Jobs {
             wake: Arc::new(Notify::new()),
             slots: Arc::new(Semaphore::new(max_jobs)),
             tasks: TaskTracker::new(),
+            max_jobs,
             max_timeout,
         }
     }
@@ -147,6 +149,21 @@ impl Jobs {
         }
         self.db.put_job(&job)?;
         self.db.flush().await?;
+        // Tell a waiting client where it stands, in the log it follows. Written before the job
+        // is queued, so it never races with the job's own start.
+        let (ahead, running) = {
+            let inner = self.inner.lock().expect("jobs lock");
+            (inner.queue.len(), inner.running.len())
+        };
+        if ahead + running >= self.max_jobs {
+            self.logs.note_offline(
+                &job.id,
+                &format!(
+                    "waiting for a free slot: position {} in the queue",
+                    ahead + 1
+                ),
+            )?;
+        }
         let position = {
             let mut inner = self.inner.lock().expect("jobs lock");
             inner.queue.push_back(job.id.clone());

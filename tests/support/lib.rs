@@ -242,6 +242,46 @@ impl Server {
         self.launch();
     }
 
+    /// `GET /v1/jobs/{id}` as the admin.
+    pub fn job(&self, id: &str) -> serde_json::Value {
+        let (status, body) = http(
+            "GET",
+            &self.addr,
+            &format!("/v1/jobs/{id}"),
+            Some(&self.admin_key),
+            b"",
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// Polls the job until `pred` holds for it.
+    pub fn wait_job(
+        &self,
+        id: &str,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        poll(Duration::from_secs(300), what, || {
+            Some(self.job(id)).filter(|j| pred(j))
+        })
+    }
+
+    /// The whole stored log of a finished job, straight from the server.
+    pub fn stored_log(&self, id: &str) -> Vec<u8> {
+        let (status, body) = http(
+            "GET",
+            &self.addr,
+            &format!("/v1/jobs/{id}/log?offset=0"),
+            Some(&self.admin_key),
+            b"",
+        )
+        .unwrap();
+        assert_eq!(status, 200);
+        body
+    }
+
     /// A `ci` command against this server with the admin key, from `dir`, with an empty HOME.
     pub fn ci(&self, dir: &Path) -> Ci {
         Ci::new(self, dir, &self.admin_key)
@@ -341,6 +381,20 @@ impl Ci {
         (self.cmd, self._home)
     }
 
+    /// Starts it with piped output, for tests that act while it runs.
+    pub fn spawn(mut self) -> Running {
+        let child = self
+            .cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ci");
+        Running {
+            child: Some(child),
+            _home: self._home,
+        }
+    }
+
     /// Runs to completion (panics past the timeout, after killing it).
     pub fn run(mut self) -> Run {
         let child = self
@@ -351,6 +405,49 @@ impl Ci {
             .expect("run ci");
         let output = wait_with_timeout(child, self.timeout);
         Run(output)
+    }
+}
+
+/// A `ci` process still running.
+pub struct Running {
+    child: Option<Child>,
+    _home: tempfile::TempDir,
+}
+
+impl Running {
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.as_ref().unwrap().id() as i32)
+    }
+
+    /// Reads stdout until it contains `needle`, returns what was read; the rest stays readable
+    /// through `finish`.
+    pub fn read_until(&mut self, needle: &str) -> String {
+        let stdout = self.child.as_mut().unwrap().stdout.as_mut().unwrap();
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !String::from_utf8_lossy(&seen).contains(needle) {
+            match stdout.read(&mut byte) {
+                Ok(1) => seen.push(byte[0]),
+                _ => panic!(
+                    "output ended before {needle:?}:\n{}",
+                    String::from_utf8_lossy(&seen)
+                ),
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+
+    pub fn finish(mut self, timeout: Duration) -> Run {
+        Run(wait_with_timeout(self.child.take().unwrap(), timeout))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

@@ -1,0 +1,104 @@
+//! Restart safety: a server killed mid-job, even with SIGKILL, comes back with every finished
+//! job and log intact, the running job `lost` and nothing of its container left.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ci_e2e::{fixture, poll, project, Server, ServerOptions};
+use nix::sys::signal::Signal;
+
+fn slow_project() -> tempfile::TempDir {
+    project(&[
+        ("requirements.txt", "pytest==7.4.3\n"),
+        (
+            "tests/test_slow.py",
+            "import time\n\ndef test_slow():\n    time.sleep(300)\n",
+        ),
+    ])
+}
+
+fn container_gone(id: &str) -> bool {
+    ["pids", "memory", "cpu"]
+        .iter()
+        .all(|ctrl| !Path::new(&format!("/sys/fs/cgroup/{ctrl}/ci/ci-{id}-test")).exists())
+}
+
+#[test]
+fn sigkill_mid_job_then_restart_marks_it_lost_and_keeps_the_rest() {
+    let mut server = Server::start(ServerOptions::default());
+    let done = server
+        .ci(&fixture("dummy_project"))
+        .args(["submit", "test"])
+        .run();
+    done.expect_code(0);
+    let done_id = done.job_id();
+    let done_log = server.stored_log(&done_id);
+
+    let slow = slow_project();
+    let id = server
+        .ci(slow.path())
+        .args(["submit", "test", "--async"])
+        .run()
+        .stdout()
+        .trim()
+        .to_string();
+    server.wait_job(&id, "slow job to run its tests", |j| {
+        j["phase"] == "testing"
+    });
+    server.stop_with(Signal::SIGKILL);
+    // The helpers die with the server and take their containers along.
+    poll(Duration::from_secs(30), "the container to be gone", || {
+        container_gone(&id).then_some(())
+    });
+
+    server.restart();
+    let job = server.job(&id);
+    assert_eq!(job["status"], "lost", "{job}");
+    assert!(
+        job["reason"].as_str().unwrap().contains("server stopped"),
+        "{job}"
+    );
+    let waited = server.ci(slow.path()).args(["wait", &id]).run();
+    waited.expect_code(1).expect_stderr("lost");
+    assert!(String::from_utf8_lossy(&server.stored_log(&id)).contains("result: lost"));
+    assert_eq!(server.job(&done_id)["status"], "passed");
+    assert_eq!(server.stored_log(&done_id), done_log);
+    assert!(
+        !server.data_dir.join("jobs").join(&id).exists(),
+        "the lost job's directory is left"
+    );
+    // And it still runs jobs.
+    server
+        .ci(&fixture("dummy_project"))
+        .args(["submit", "test"])
+        .run()
+        .expect_code(0);
+}
+
+#[test]
+fn sigterm_waits_for_the_grace_period_then_stops_jobs() {
+    let mut server = Server::start(ServerOptions {
+        extra_args: vec!["--shutdown-grace".into(), "2s".into()],
+    });
+    let slow = slow_project();
+    let id = server
+        .ci(slow.path())
+        .args(["submit", "test", "--async"])
+        .run()
+        .stdout()
+        .trim()
+        .to_string();
+    server.wait_job(&id, "slow job to run its tests", |j| {
+        j["phase"] == "testing"
+    });
+    let status = server.stop_with(Signal::SIGTERM);
+    assert!(status.success(), "server exit: {status}");
+    assert!(container_gone(&id));
+    server.restart();
+    let job = server.job(&id);
+    assert_eq!(job["status"], "lost", "{job}");
+    assert!(
+        job["reason"].as_str().unwrap().contains("shut down"),
+        "{job}"
+    );
+}
