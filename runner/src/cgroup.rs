@@ -7,6 +7,7 @@ use libcgroups::common::{CgroupConfig, CgroupManager, CgroupSetup};
 use libcgroups::v1::ControllerType;
 
 use crate::error::Error;
+use crate::spec::Limits;
 
 /// Counters the kernel keeps per cgroup. `None` where the file or line is missing (an
 /// older kernel, or a controller not mounted).
@@ -75,6 +76,64 @@ pub fn remove(id: &str, cgroup_path: &Path) -> Result<(), Error> {
         path: cgroup_path.to_owned(),
         source: Box::new(source),
     })
+}
+
+/// [`crate::CgroupMode::Delegated`]: creates the container's cgroups (`cgroup_path`, e.g.
+/// `/ci-alice/<id>`, inside a subtree the user owns) and writes `limits` into them, before
+/// libcontainer moves the container in. Only cgroup v1: there a directory created by a
+/// user belongs to that user, files included (cgroup_kn_set_ugid), so no root is needed.
+/// A limit whose controller is not mounted is an error, never silently dropped.
+pub fn prepare_delegated(cgroup_path: &Path, limits: &Limits) -> Result<(), Error> {
+    if limits == &Limits::default() {
+        // Nothing to write; libcontainer's rootless path then does what the host allows.
+        return Ok(());
+    }
+    match libcgroups::common::get_cgroup_setup() {
+        Ok(CgroupSetup::Legacy | CgroupSetup::Hybrid) => {}
+        Ok(CgroupSetup::Unified) => {
+            return Err(Error::Delegation(
+                "delegated cgroups are implemented for cgroup v1 only".into(),
+            ))
+        }
+        Err(e) => return Err(Error::CgroupSetup(Box::new(e))),
+    }
+    let rel = cgroup_path.strip_prefix("/").unwrap_or(cgroup_path);
+    let dir = |ctrl: ControllerType| -> Result<PathBuf, Error> {
+        let mount = libcgroups::v1::util::get_subsystem_mount_point(&ctrl).map_err(|e| {
+            Error::Delegation(format!("the {ctrl} controller is not available: {e}"))
+        })?;
+        let dir = mount.join(rel);
+        match fs_err::create_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(Error::Write {
+                path: dir,
+                source: e,
+            }),
+            _ => Ok(dir),
+        }
+    };
+    let write = |dir: &Path, file: &str, value: String| {
+        let path = dir.join(file);
+        fs_err::write(&path, value).map_err(|source| Error::Write { path, source })
+    };
+    if let Some(bytes) = limits.memory_bytes {
+        let memory = dir(ControllerType::Memory)?;
+        write(&memory, "memory.limit_in_bytes", bytes.to_string())?;
+        // memory+swap: only with swap accounting; it must not be below the limit, which
+        // it is not once the limit is written first.
+        if memory.join("memory.memsw.limit_in_bytes").exists() {
+            write(&memory, "memory.memsw.limit_in_bytes", bytes.to_string())?;
+        }
+    }
+    if let Some(pids) = limits.pids {
+        write(&dir(ControllerType::Pids)?, "pids.max", pids.to_string())?;
+    }
+    if let Some(quota) = limits.cpu_quota_us {
+        let cpu = dir(ControllerType::Cpu)?;
+        let period = limits.cpu_period_us.unwrap_or(100_000);
+        write(&cpu, "cpu.cfs_period_us", period.to_string())?;
+        write(&cpu, "cpu.cfs_quota_us", quota.to_string())?;
+    }
+    Ok(())
 }
 
 fn read_value(path: &Path) -> Option<u64> {

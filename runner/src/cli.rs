@@ -163,6 +163,11 @@ pub fn helper_main(args: Vec<String>) -> i32 {
             result,
             die_with_parent,
         } => {
+            // Before anything else: it may re-execute this process.
+            if let Err(err) = crate::helper::enter_own_userns(&bundle) {
+                eprintln!("ci-runner helper: failed to {}", chain(&err));
+                return exit_codes::FAILED;
+            }
             if die_with_parent {
                 if let Err(err) = die_with_parent_thread() {
                     eprintln!("ci-runner helper: {err}");

@@ -41,6 +41,26 @@ pub enum Error {
         source: pathrs::error::Error,
     },
 
+    #[error("chown {} to the container's root", path.display())]
+    Chown {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+
+    #[error(
+        "reach {} as the container's root (host uid {uid}): {} has mode {mode:04o}; \
+         keep what containers use under directories that others may search (o+x)",
+        path.display(),
+        blocker.display()
+    )]
+    Unreachable {
+        path: PathBuf,
+        blocker: PathBuf,
+        mode: u32,
+        uid: u32,
+    },
+
     #[error("load the bundle's config.json")]
     LoadBundle(#[source] oci_spec::OciSpecError),
 
@@ -60,8 +80,14 @@ pub enum Error {
         source: Box<LibcontainerError>,
     },
 
-    #[error("bring up the loopback interface in the container's network namespace")]
-    Loopback(#[source] nix::Error),
+    #[error("{0}")]
+    UserNamespace(&'static str, #[source] nix::Error),
+
+    #[error("set up the container's network: {0}")]
+    Network(&'static str, #[source] nix::Error),
+
+    #[error("start slirp4netns: {0}")]
+    Slirp(String),
 
     #[error("start container {id}")]
     Start {
@@ -80,6 +106,9 @@ pub enum Error {
         #[source]
         source: Box<libcgroups::common::AnyManagerError>,
     },
+
+    #[error("prepare delegated cgroups: {0}")]
+    Delegation(String),
 
     #[error("find the cgroup hierarchy")]
     CgroupSetup(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -31,7 +31,8 @@ use crate::cgroup::{self, Counters};
 use crate::cleanup;
 use crate::error::Error;
 use crate::net;
-use crate::spec::validate_id;
+use crate::slirp::{self, Slirp};
+use crate::spec::{validate_id, HelperPlan};
 
 /// How a container ended.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -58,6 +59,65 @@ fn stop_signals() -> SigSet {
     set.add(Signal::SIGINT);
     set.add(Signal::SIGHUP);
     set
+}
+
+/// [`crate::UserNamespace::Caller`]: when the bundle asks for it and this process is not
+/// in a user namespace yet, creates one mapping this (normal) user's uid and gid to 0 and
+/// re-executes the same binary with the same arguments inside it. Returns only when there
+/// is nothing to do (or it failed); otherwise the process image is replaced.
+///
+/// Re-executing matters: the kernel ties a process's memory to the user namespace it was
+/// exec'd in, and libcontainer's non-dumpable init inherits that; only a helper exec'd in
+/// the namespace has the CAP_SYS_PTRACE there that opening init's /proc/PID/ns files
+/// needs. Call it before any thread exists: unshare(CLONE_NEWUSER) refuses otherwise.
+pub fn enter_own_userns(bundle_dir: &Path) -> Result<(), Error> {
+    let spec = Spec::load(bundle_dir.join("config.json")).map_err(Error::LoadBundle)?;
+    if !HelperPlan::of(&spec)?.enter_userns {
+        return Ok(());
+    }
+    let uid_map = std::fs::read_to_string("/proc/self/uid_map").map_err(|source| Error::Read {
+        path: "/proc/self/uid_map".into(),
+        source,
+    })?;
+    let initial = uid_map.split_whitespace().eq(["0", "0", "4294967295"]);
+    if !initial {
+        // Already inside one: ours, after the re-exec below.
+        return Ok(());
+    }
+    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    if uid.is_root() {
+        return Err(Error::InvalidSpec(
+            "a user namespace of the caller's own ids is for a helper run by a normal user; \
+             root maps a range"
+                .into(),
+        ));
+    }
+    let err = |what| move |e| Error::UserNamespace(what, e);
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(err("create a user namespace"))?;
+    // Without CAP_SETGID in the parent namespace, setgroups(2) must be disabled before a
+    // gid_map may be written (CVE-2014-8989, user_namespaces(7)).
+    for (file, content) in [
+        ("setgroups", "deny".to_owned()),
+        ("uid_map", format!("0 {uid} 1")),
+        ("gid_map", format!("0 {gid} 1")),
+    ] {
+        std::fs::write(format!("/proc/self/{file}"), content).map_err(|e| {
+            Error::UserNamespace(
+                "write the id maps of the user namespace",
+                Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            )
+        })?;
+    }
+    let args: Vec<std::ffi::CString> = std::env::args_os()
+        .map(|a| {
+            use std::os::unix::ffi::OsStringExt;
+            std::ffi::CString::new(a.into_vec()).unwrap_or_default()
+        })
+        .collect();
+    let exe = c"/proc/self/exe";
+    let Err(e) = nix::unistd::execv(exe, &args);
+    Err(Error::UserNamespace("re-execute in the user namespace", e))
 }
 
 /// Builds and starts the container of `bundle_dir/config.json`, waits for it and
@@ -93,25 +153,32 @@ pub fn run_helper(
         source,
     })?;
     let spec = Spec::load(bundle_dir.join("config.json")).map_err(Error::LoadBundle)?;
+    let plan = HelperPlan::of(&spec)?;
     let linux = spec.linux().as_ref();
     let cgroup_path = linux.and_then(|l| l.cgroups_path().clone());
-    let own_netns = linux
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| {
-            ns.iter()
-                .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_none())
-        });
+    let new_namespace = |typ: LinuxNamespaceType| {
+        linux
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| ns.iter().any(|n| n.typ() == typ && n.path().is_none()))
+    };
+    let network = NetworkSetup {
+        own_netns: new_namespace(LinuxNamespaceType::Network),
+        // Root can enter the container's namespaces from outside; a normal user has
+        // capabilities only inside the container's user namespace.
+        join_userns: new_namespace(LinuxNamespaceType::User) && !nix::unistd::geteuid().is_root(),
+        slirp_log: plan.slirp.then(|| bundle_dir.join(slirp::LOG_FILE)),
+    };
 
-    let run = launch_and_wait(&bundle_dir, &state_root, id, &signals, own_netns).map(
-        |(outcome, mut container)| {
+    let run = prepare_cgroups(&plan, cgroup_path.as_deref())
+        .and_then(|()| launch_and_wait(&bundle_dir, &state_root, id, &signals, &network))
+        .map(|(outcome, mut container)| {
             // delete() SIGKILLs stragglers and removes the cgroups and the state dir.
             if let Err(err) = container.delete(true) {
                 // The cleanup below retries by other means; only its failure counts.
                 tracing::warn!(id, error = %crate::error::chain(&err), "delete failed");
             }
             outcome
-        },
-    );
+        });
     // Always, also after success: a no-op when delete() above worked.
     let cleanup = cleanup::cleanup_with_cgroup(&state_root, id, cgroup_path.as_deref());
     reap_children();
@@ -130,6 +197,23 @@ pub fn run_helper(
     }
 }
 
+/// What the helper does to the container's network namespace before start.
+struct NetworkSetup {
+    own_netns: bool,
+    join_userns: bool,
+    /// Attach slirp4netns, logging there.
+    slirp_log: Option<PathBuf>,
+}
+
+/// [`crate::CgroupMode::Delegated`]: the helper creates the cgroups and writes the limits.
+fn prepare_cgroups(plan: &HelperPlan, cgroup_path: Option<&Path>) -> Result<(), Error> {
+    match (&plan.delegated_limits, cgroup_path) {
+        (Some(limits), Some(path)) => cgroup::prepare_delegated(path, limits),
+        (Some(_), None) => Err(Error::Delegation("the bundle has no cgroups path".into())),
+        (None, _) => Ok(()),
+    }
+}
+
 /// Everything between "nothing exists yet" and "init has been reaped". The returned
 /// container still exists (stopped) so the caller can delete it after reading counters.
 fn launch_and_wait(
@@ -137,8 +221,16 @@ fn launch_and_wait(
     state_root: &Path,
     id: &str,
     signals: &SignalFd,
-    own_netns: bool,
+    network: &NetworkSetup,
 ) -> Result<(Outcome, Container), Error> {
+    // Read in the helper's own (the host's) namespace, before the container exists.
+    let unreachable: Vec<net::Ipv4Net> = if network.slirp_log.is_some() {
+        std::iter::once(net::LINK_LOCAL)
+            .chain(net::host_addresses())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let (stdin, stdout, stderr) = container_stdio()?;
     let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::default())
         .with_root_path(state_root)
@@ -162,15 +254,23 @@ fn launch_and_wait(
     let pid = container.pid().ok_or_else(|| Error::Wait(Errno::ESRCH))?;
     let pidfd = pidfd_open(pid).map_err(Error::Wait)?;
 
-    if own_netns {
-        net::bring_up_loopback(pid)?;
+    if network.own_netns {
+        net::configure(pid, network.join_userns, &unreachable)?;
     }
+    // Held until init has exited; dropping it stops slirp4netns, also on every error path.
+    let mut slirp: Option<Slirp> = match &network.slirp_log {
+        Some(log) => Some(slirp::start(pid, network.join_userns, log)?),
+        None => None,
+    };
     container.start().map_err(|source| Error::Start {
         id: id.to_owned(),
         source: Box::new(source),
     })?;
 
     let killed_by_request = wait_for_exit(&mut container, &pidfd, signals)?;
+    if let Some(slirp) = &mut slirp {
+        slirp.stop();
+    }
     let status = loop {
         match waitpid(pid, None) {
             Err(Errno::EINTR) => continue,

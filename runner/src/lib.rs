@@ -24,8 +24,11 @@ mod cli;
 mod error;
 mod helper;
 mod net;
+pub mod probe;
 mod seccomp;
+mod slirp;
 mod spec;
+mod userns;
 
 pub use cleanup::{cleanup, reconcile};
 pub use cli::{
@@ -35,6 +38,7 @@ pub use cli::{
 pub use error::{chain as error_chain, Error};
 pub use helper::{run_helper, Outcome};
 pub use spec::{
-    build_spec, ensure_mountpoints, prepare_bundle, validate, validate_id, BindMount,
-    ContainerSpec, Limits, Network, Tmpfs, DEFAULT_PATH, HOSTNAME,
+    build_spec, ensure_mountpoints, prepare_bundle, validate, validate_id, BindMount, CgroupMode,
+    ContainerSpec, IdRange, Limits, Network, Tmpfs, UserNamespace, DEFAULT_PATH, HOSTNAME,
 };
+pub use userns::{check_reachable, give_to_container};

@@ -5,10 +5,10 @@ use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,17 @@ const HOSTS_CONTENT: &str = "127.0.0.1\tlocalhost ci\n::1\tlocalhost ip6-localho
 
 /// The host file bound read-only at `/etc/resolv.conf` in [`Network::Host`] containers.
 const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Name of the generated resolv.conf inside the bundle directory ([`Network::Slirp`]).
+pub const RESOLV_CONF_FILE: &str = "resolv.conf";
+
+/// slirp4netns's DNS forwarder (10.0.2.3 in its default 10.0.2.0/24 network): it relays
+/// queries to the host's resolvers from the host's network namespace.
+const SLIRP_RESOLV_CONTENT: &str = "nameserver 10.0.2.3\noptions edns0\n";
+
+/// Annotation in `config.json` carrying what the helper must do around libcontainer
+/// ([`HelperPlan`]): OCI annotations are the spec's place for runtime-specific data.
+pub(crate) const HELPER_ANNOTATION: &str = "org.ci-runner.helper";
 
 /// Longest accepted container id; it becomes a directory name and a cgroup name.
 const MAX_ID_LEN: usize = 100;
@@ -57,6 +68,118 @@ pub struct ContainerSpec {
     /// Absolute cgroup path under which the container's cgroup `<cgroup_parent>/<id>` is
     /// created in every hierarchy, e.g. `/ci`.
     pub cgroup_parent: String,
+    /// The user namespace: which host ids the container's ids map to. `None` runs the
+    /// container as the host's root (no user namespace), which the server never does.
+    #[serde(default)]
+    pub user_namespace: Option<UserNamespace>,
+    /// Who writes the limits into the cgroups.
+    #[serde(default)]
+    pub cgroups: CgroupMode,
+}
+
+/// The user namespace a container runs in: its root is never the host's root.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserNamespace {
+    /// For a helper run by root: container ids `0..count` are host ids `uid..uid + count`
+    /// (`gid..` for groups). libcontainer creates the namespace and writes the one line of
+    /// `uid_map`/`gid_map` itself: no `newuidmap` for a single line, however long its
+    /// range (user_namespaces(7)).
+    Range(IdRange),
+    /// For a helper run by a normal user, who may map only its own ids: the helper first
+    /// enters a user namespace of its own mapping its uid and gid to 0 and re-executes
+    /// itself there (what `unshare --map-root-user` does), so libcontainer runs as that
+    /// namespace's root and the container shares it. The container's root is the user.
+    ///
+    /// Why not a namespace of the container's own: libcontainer makes the container's
+    /// init non-dumpable, and then only a process with CAP_SYS_PTRACE in the user
+    /// namespace of init's memory (the helper's, at exec time) may open its
+    /// /proc/PID/ns files, which the helper needs to set up the network namespace.
+    Caller,
+}
+
+/// Host ids: `count` uids from `uid`, `count` gids from `gid`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdRange {
+    pub uid: u32,
+    pub gid: u32,
+    pub count: u32,
+}
+
+impl UserNamespace {
+    /// The range for containers of a server run by root: 65536 ids from 1879048192
+    /// (0x70000000). Outside what `useradd` hands out as subordinate ids (login.defs:
+    /// SUB_UID_MIN 100000 to SUB_UID_MAX 600100000), so no user's own rootless containers
+    /// share these ids, and in the block systemd leaves unused (its nspawn ranges end at
+    /// 1879048191); below 2^31 for tools that keep ids in signed integers.
+    pub const ROOTFUL_DEFAULT: UserNamespace = UserNamespace::Range(IdRange {
+        uid: 1_879_048_192,
+        gid: 1_879_048_192,
+        count: 65536,
+    });
+
+    /// The host ids behind the container's ids 0.. (for [`UserNamespace::Caller`], the
+    /// calling process's effective ids).
+    pub fn host_ids(&self) -> IdRange {
+        match *self {
+            UserNamespace::Range(range) => range,
+            UserNamespace::Caller => IdRange {
+                uid: nix::unistd::geteuid().as_raw(),
+                gid: nix::unistd::getegid().as_raw(),
+                count: 1,
+            },
+        }
+    }
+
+    /// Whether container group `gid` exists (is mapped) in this namespace.
+    pub fn maps_gid(&self, gid: u32) -> bool {
+        match self {
+            UserNamespace::Range(range) => gid < range.count,
+            UserNamespace::Caller => gid == 0,
+        }
+    }
+}
+
+/// How a container's limits reach its cgroups.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// libcontainer creates the cgroups and writes the limits (and the device rules).
+    /// Needs root.
+    #[default]
+    Runtime,
+    /// For a normal user on cgroup v1: `cgroup_parent` is a subtree that root delegated
+    /// once (`scripts/delegate-cgroups`). The helper creates the container's cgroups in
+    /// it and writes the limits before libcontainer runs, and libcontainer only moves
+    /// the container in (`linux.resources` is left out: its default device rules need
+    /// root).
+    Delegated,
+}
+
+/// What the helper does around libcontainer for this container, read from the bundle.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub(crate) struct HelperPlan {
+    /// Enter a user namespace of the helper's own first ([`UserNamespace::Caller`]).
+    #[serde(default)]
+    pub enter_userns: bool,
+    /// Attach slirp4netns to the container's network namespace before start.
+    #[serde(default)]
+    pub slirp: bool,
+    /// Create the cgroups and write these limits before build ([`CgroupMode::Delegated`]).
+    #[serde(default)]
+    pub delegated_limits: Option<Limits>,
+}
+
+impl HelperPlan {
+    pub(crate) fn of(spec: &Spec) -> Result<Self, Error> {
+        let Some(json) = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(HELPER_ANNOTATION))
+        else {
+            return Ok(HelperPlan::default());
+        };
+        serde_json::from_str(json)
+            .map_err(|e| Error::InvalidSpec(format!("annotation {HELPER_ANNOTATION}: {e}")))
+    }
 }
 
 /// A host path made visible in the container.
@@ -73,13 +196,26 @@ pub struct BindMount {
 /// Which network namespace the container gets.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Network {
-    /// The host's network namespace (install phase: pip must reach the index).
+    /// The host's network namespace: everything the host reaches, including services on
+    /// its loopback. Only a fallback where slirp4netns is missing.
     Host,
     /// A namespace of its own holding only `lo`, brought up so tests can use localhost.
     None,
+    /// A namespace of its own with `lo` and `tap0`, NATed to the outside by slirp4netns in
+    /// user mode (install phase: pip must reach the index). The host's loopback is
+    /// refused by slirp4netns, the host's own addresses and link-local 169.254.0.0/16
+    /// get unreachable routes, DNS goes through slirp4netns's forwarder.
+    Slirp,
 }
 
-/// Resource limits, enforced through cgroups (rootful only for now).
+impl Network {
+    /// The container gets a network namespace of its own.
+    pub fn own_namespace(self) -> bool {
+        self != Network::Host
+    }
+}
+
+/// Resource limits, enforced through cgroups (see [`CgroupMode`]).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Limits {
     /// Memory limit; memory+swap gets the same value, so the container cannot swap.
@@ -130,7 +266,7 @@ pub fn validate(spec: &ContainerSpec) -> Result<(), Error> {
         check_container_path("mount destination", dest)?;
         let normalized = Path::new(dest).components().collect::<PathBuf>();
         let resolv_conf =
-            spec.network == Network::Host && normalized == Path::new(HOST_RESOLV_CONF);
+            spec.network != Network::None && normalized == Path::new(HOST_RESOLV_CONF);
         if normalized == Path::new("/")
             || resolv_conf
             || RESERVED.iter().any(|r| normalized.starts_with(r))
@@ -160,6 +296,15 @@ pub fn validate(spec: &ContainerSpec) -> Result<(), Error> {
             .is_some_and(|m| i64::try_from(m).is_err())
     {
         return invalid(format!("limits {limits:?} out of range"));
+    }
+    if let Some(UserNamespace::Range(r)) = spec.user_namespace {
+        let fits = |base: u32| base.checked_add(r.count).is_some();
+        if r.count == 0 || !fits(r.uid) || !fits(r.gid) {
+            return invalid(format!("user namespace {r:?} out of range"));
+        }
+    }
+    if spec.cgroups == CgroupMode::Delegated && spec.user_namespace.is_none() {
+        return invalid("delegated cgroups need a user namespace".into());
     }
     Ok(())
 }
@@ -200,7 +345,8 @@ fn check_container_path(what: &str, path: &str) -> Result<(), Error> {
     }
 }
 
-/// Writes the bundle: `config.json` and the `hosts` file it binds at `/etc/hosts`.
+/// Writes the bundle: `config.json`, the `hosts` file it binds at `/etc/hosts` and, for
+/// [`Network::Slirp`], the `resolv.conf` it binds at `/etc/resolv.conf`.
 /// `bundle_dir` must exist. Touches nothing outside it.
 pub fn prepare_bundle(bundle_dir: &Path, spec: &ContainerSpec) -> Result<(), Error> {
     validate(spec)?;
@@ -215,6 +361,13 @@ pub fn prepare_bundle(bundle_dir: &Path, spec: &ContainerSpec) -> Result<(), Err
         path: hosts.clone(),
         source,
     })?;
+    if spec.network == Network::Slirp {
+        let resolv = bundle_dir.join(RESOLV_CONF_FILE);
+        fs_err::write(&resolv, SLIRP_RESOLV_CONTENT).map_err(|source| Error::Write {
+            path: resolv.clone(),
+            source,
+        })?;
+    }
     let oci = build_spec(spec, &hosts)?;
     let config = bundle_dir.join("config.json");
     let json = serde_json::to_vec_pretty(&oci).map_err(|source| Error::Encode {
@@ -228,7 +381,8 @@ pub fn prepare_bundle(bundle_dir: &Path, spec: &ContainerSpec) -> Result<(), Err
 }
 
 /// Translates a [`ContainerSpec`] into the OCI runtime spec. Pure: `hosts_file` (bound at
-/// `/etc/hosts`) is only referenced, not read or written.
+/// `/etc/hosts`) is only referenced, not read or written; for [`Network::Slirp`] the
+/// `resolv.conf` next to it is bound at `/etc/resolv.conf`.
 pub fn build_spec(spec: &ContainerSpec, hosts_file: &Path) -> Result<Spec, Error> {
     validate(spec)?;
     let b = Error::BuildSpec;
@@ -300,9 +454,6 @@ pub fn build_spec(spec: &ContainerSpec, hosts_file: &Path) -> Result<Spec, Error
         .build()
         .map_err(b)?;
 
-    // User namespace: a later step (rootless server). It would go here as
-    // LinuxNamespaceType::User plus uid/gid mappings, with `resources` left None on
-    // cgroup v1 and the cgroups prepared by root beforehand (see the libcontainer notes).
     let mut namespaces = vec![
         namespace(LinuxNamespaceType::Pid)?,
         namespace(LinuxNamespaceType::Mount)?,
@@ -311,20 +462,58 @@ pub fn build_spec(spec: &ContainerSpec, hosts_file: &Path) -> Result<Spec, Error
         // Hides the host's cgroup paths from /proc/self/cgroup.
         namespace(LinuxNamespaceType::Cgroup)?,
     ];
-    if spec.network == Network::None {
+    if spec.network.own_namespace() {
         namespaces.push(namespace(LinuxNamespaceType::Network)?);
     }
 
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if let Some(UserNamespace::Range(range)) = spec.user_namespace {
+        // libcontainer creates it first, so every other namespace is owned by it: root in
+        // the container has capabilities over its own mounts and network, none over the
+        // host's, and host files outside the range appear as nobody (65534).
+        namespaces.push(namespace(LinuxNamespaceType::User)?);
+        let map = |host: u32| {
+            LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(host)
+                .size(range.count)
+                .build()
+                .map_err(b)
+        };
+        linux = linux
+            .uid_mappings(vec![map(range.uid)?])
+            .gid_mappings(vec![map(range.gid)?]);
+    }
+    let plan = HelperPlan {
+        enter_userns: spec.user_namespace == Some(UserNamespace::Caller),
+        slirp: spec.network == Network::Slirp,
+        delegated_limits: (spec.cgroups == CgroupMode::Delegated).then(|| spec.limits.clone()),
+    };
+    if spec.cgroups == CgroupMode::Runtime {
+        linux = linux.resources(resources(&spec.limits)?);
+    }
+    let mut linux = linux
         // Without it libcontainer uses the literal directory name ":youki:<id>" on v1.
         .cgroups_path(PathBuf::from(&spec.cgroup_parent).join(&spec.id))
-        .resources(resources(&spec.limits)?)
         .namespaces(namespaces)
         .masked_paths(strings(MASKED_PATHS))
         .readonly_paths(strings(READONLY_PATHS))
         .seccomp(seccomp::profile()?)
         .build()
         .map_err(b)?;
+    if spec.cgroups == CgroupMode::Delegated {
+        // The builder starts from Linux::default(), whose resources hold an empty device
+        // list, which libcontainer would still turn into device rules it may not write.
+        linux.set_resources(None);
+    }
+    let mut annotations = std::collections::HashMap::new();
+    if plan != HelperPlan::default() {
+        let json = serde_json::to_string(&plan).map_err(|source| Error::Encode {
+            what: "the helper plan",
+            source,
+        })?;
+        annotations.insert(HELPER_ANNOTATION.to_owned(), json);
+    }
 
     SpecBuilder::default()
         .version("1.0.2")
@@ -339,6 +528,7 @@ pub fn build_spec(spec: &ContainerSpec, hosts_file: &Path) -> Result<Spec, Error
         .process(process)
         .mounts(mounts(spec, hosts_file)?)
         .linux(linux)
+        .annotations(annotations)
         .build()
         .map_err(b)
 }
@@ -424,6 +614,19 @@ fn mount(destination: &str, typ: &str, source: &Path, options: &[&str]) -> Resul
 }
 
 fn mounts(spec: &ContainerSpec, hosts_file: &Path) -> Result<Vec<Mount>, Error> {
+    // devpts's gid=5 (tty) must exist in the user namespace; a normal user's namespace
+    // maps only its own ids, and then the pty group is root's.
+    let tty_gid = spec.user_namespace.is_none_or(|u| u.maps_gid(5));
+    let mut devpts = vec![
+        "nosuid",
+        "noexec",
+        "newinstance",
+        "ptmxmode=0666",
+        "mode=0620",
+    ];
+    if tty_gid {
+        devpts.push("gid=5");
+    }
     let mut mounts = vec![
         mount(
             "/proc",
@@ -437,19 +640,7 @@ fn mounts(spec: &ContainerSpec, hosts_file: &Path) -> Result<Vec<Mount>, Error> 
             Path::new("tmpfs"),
             &["nosuid", "strictatime", "mode=755", "size=65536k"],
         )?,
-        mount(
-            "/dev/pts",
-            "devpts",
-            Path::new("devpts"),
-            &[
-                "nosuid",
-                "noexec",
-                "newinstance",
-                "ptmxmode=0666",
-                "mode=0620",
-                "gid=5",
-            ],
-        )?,
+        mount("/dev/pts", "devpts", Path::new("devpts"), &devpts)?,
         mount(
             "/dev/shm",
             "tmpfs",
@@ -469,13 +660,23 @@ fn mounts(spec: &ContainerSpec, hosts_file: &Path) -> Result<Vec<Mount>, Error> 
         // A plain (non-recursive) bind of the host's /sys is the closest equivalent: like
         // a fresh sysfs it carries none of the host's submounts (cgroupfs, debugfs,
         // tracefs, bpffs), which a recursive bind would expose read-only.
-        Network::Host => mounts.push(mount(
+        Network::Host if spec.user_namespace.is_none() => mounts.push(mount(
             "/sys",
             "bind",
             Path::new("/sys"),
             &["bind", "ro", "nosuid", "noexec", "nodev"],
         )?),
-        Network::None => mounts.push(mount(
+        // From a user namespace the host's submounts of /sys are locked to it: a
+        // non-recursive bind would uncover what they hide and fails with EINVAL. So all
+        // of it, read-only throughout; the container's root is an unprivileged host uid,
+        // which keeps root-only files (debugfs, tracefs) closed.
+        Network::Host => mounts.push(mount(
+            "/sys",
+            "bind",
+            Path::new("/sys"),
+            &["rbind", "ro", "rro", "nosuid", "noexec", "nodev"],
+        )?),
+        Network::None | Network::Slirp => mounts.push(mount(
             "/sys",
             "sysfs",
             Path::new("sysfs"),
@@ -502,10 +703,15 @@ fn mounts(spec: &ContainerSpec, hosts_file: &Path) -> Result<Vec<Mount>, Error> 
         mounts.push(bind(&m.source, &m.destination, m.readonly)?);
     }
     mounts.push(bind(hosts_file, "/etc/hosts", true)?);
-    if spec.network == Network::Host {
+    match spec.network {
         // The rootfs is shared and read-only, so DNS config comes from the host at run
         // time rather than from whatever the image was built with.
-        mounts.push(bind(Path::new(HOST_RESOLV_CONF), HOST_RESOLV_CONF, true)?);
+        Network::Host => mounts.push(bind(Path::new(HOST_RESOLV_CONF), HOST_RESOLV_CONF, true)?),
+        Network::Slirp => {
+            let resolv = hosts_file.with_file_name(RESOLV_CONF_FILE);
+            mounts.push(bind(&resolv, HOST_RESOLV_CONF, true)?);
+        }
+        Network::None => {}
     }
     Ok(mounts)
 }
@@ -546,6 +752,7 @@ pub fn ensure_mountpoints(rootfs: &Path, spec: &ContainerSpec) -> Result<(), Err
     }
     for dir in dirs {
         mkdir_all(&root, Path::new(dir))?;
+        open_mountpoint_to_all(&root, Path::new(dir))?;
     }
     for file in files {
         create_file(&root, Path::new(file))?;
@@ -561,6 +768,34 @@ fn mkdir_all(root: &pathrs::Root, dir: &Path) -> Result<(), Error> {
             path: dir.to_owned(),
             source,
         })
+}
+
+/// Lets anyone open the mount point `dir` (o+rx): libcontainer re-opens a mount point
+/// with O_DIRECTORY from inside the user namespace, where an image's `/root` (0700, owned
+/// by the host's root, so `nobody` there) would fail with EACCES. The directory is
+/// covered by the mount in every container, so its own mode is never seen there.
+fn open_mountpoint_to_all(root: &pathrs::Root, dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| Error::MountPoint {
+        path: dir.to_owned(),
+        source,
+    };
+    let file = root
+        .resolve(dir)
+        .and_then(|h| {
+            h.reopen(pathrs::flags::OpenFlags::O_RDONLY | pathrs::flags::OpenFlags::O_DIRECTORY)
+        })
+        .map_err(err)?;
+    let io_err = |source| Error::Write {
+        path: dir.to_owned(),
+        source,
+    };
+    let mode = file.metadata().map_err(io_err)?.permissions().mode();
+    if mode & 0o005 != 0o005 {
+        file.set_permissions(std::fs::Permissions::from_mode((mode | 0o005) & 0o7777))
+            .map_err(io_err)?;
+    }
+    Ok(())
 }
 
 fn create_file(root: &pathrs::Root, file: &Path) -> Result<(), Error> {
@@ -628,6 +863,8 @@ pub(crate) mod tests {
                 },
             ],
             cgroup_parent: "/ci".into(),
+            user_namespace: None,
+            cgroups: CgroupMode::Runtime,
         }
     }
 

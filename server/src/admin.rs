@@ -3,7 +3,7 @@
 //! run. Every handler needs an admin caller; a key is returned only by `POST /v1/admin/keys`,
 //! once, and never logged (only its short id is).
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -35,10 +35,10 @@ pub struct NewUser {
 pub async fn create_user(
     State(state): State<AppState>,
     caller: Caller,
-    body: Result<Json<NewUser>, JsonRejection>,
+    body: Bytes,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     caller.require_admin()?;
-    let Json(new) = body.map_err(bad_json)?;
+    let new: NewUser = parse(&body)?;
     let name = valid_name("name", &new.name)?;
     let email = valid_email(&new.email)?;
     let _guard = WRITES.lock().await;
@@ -57,7 +57,11 @@ pub async fn create_user(
     };
     state.db.put_user(&user)?;
     state.db.flush().await?;
-    tracing::info!(by = %caller.0.email, user = %user.email, role = ?user.role, "user created");
+    let role = match user.role {
+        Role::Admin => "admin",
+        Role::User => "user",
+    };
+    tracing::info!(by = %caller.0.email, user = %user.email, role, "user created");
     Ok((StatusCode::CREATED, Json((&user).into())))
 }
 
@@ -140,10 +144,10 @@ pub struct CreatedKey {
 pub async fn create_key(
     State(state): State<AppState>,
     caller: Caller,
-    body: Result<Json<NewKey>, JsonRejection>,
+    body: Bytes,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     caller.require_admin()?;
-    let Json(new) = body.map_err(bad_json)?;
+    let new: NewKey = parse(&body)?;
     let name = valid_name("key name", &new.name)?;
     let _guard = WRITES.lock().await;
     let user = user_by_email(&state, new.email.trim())?;
@@ -206,7 +210,11 @@ pub async fn revoke_key(
     let _guard = WRITES.lock().await;
     let not_found = || ApiError::NotFound(format!("API key {id}"));
     // Ids are 8 lowercase hex digits; anything else cannot name a key (and is not looked up).
-    if id.len() != 8 || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if id.len() != 8
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(not_found());
     }
     let mut key = state.db.key(&id)?.ok_or_else(not_found)?;
@@ -267,8 +275,10 @@ fn user_by_email(state: &AppState, email: &str) -> Result<User, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("user {}", email.trim())))
 }
 
-fn bad_json(rejection: JsonRejection) -> ApiError {
-    ApiError::BadRequest(format!("invalid request body: {}", rejection.body_text()))
+/// The JSON body, whatever its `Content-Type` says (`curl -d` sends a form type).
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 /// A trimmed, non-empty, printable name of at most `MAX_NAME` characters.
@@ -329,7 +339,10 @@ mod tests {
     #[test]
     fn emails() {
         check("bob@example.com", Some("bob@example.com"));
-        check("  Bob.Smith+ci@Example.COM ", Some("bob.smith+ci@example.com"));
+        check(
+            "  Bob.Smith+ci@Example.COM ",
+            Some("bob.smith+ci@example.com"),
+        );
         check("admin@localhost", Some("admin@localhost"));
         check("bob", None);
         check("@example.com", None);

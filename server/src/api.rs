@@ -33,8 +33,15 @@ pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<SubmitQuery>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(format!(
+            "the upload is over the server's {} limit",
+            crate::config::format_size(state.upload_limits.max_compressed_bytes)
+        )),
+        _ => ApiError::BadRequest(format!("cannot read the upload: {e}")),
+    })?;
     if body.is_empty() {
         return Err(ApiError::BadRequest(
             "empty upload: send the project as a tar.gz body".into(),

@@ -116,15 +116,9 @@ impl FromRequestParts<AppState> for Caller {
                     "missing API key (send 'Authorization: Bearer <key>')".into(),
                 )
             })?;
-        let presented = header
-            .to_str()
-            .ok()
-            .and_then(bearer_token)
-            .ok_or_else(|| {
-                ApiError::Unauthorized(
-                    "malformed Authorization header: expected 'Bearer <key>'".into(),
-                )
-            })?;
+        let presented = header.to_str().ok().and_then(bearer_token).ok_or_else(|| {
+            ApiError::Unauthorized("malformed Authorization header: expected 'Bearer <key>'".into())
+        })?;
         authenticate(state, presented).map(Caller)
     }
 }

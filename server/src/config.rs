@@ -11,8 +11,9 @@ pub struct ServeArgs {
     #[arg(long, env = "CI_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
 
-    /// Where jobs, logs, the image cache and the database live
-    /// [default: $XDG_DATA_HOME/ci-server or ~/.local/share/ci-server].
+    /// Where jobs, logs, the image cache and the database live; jobs must be able to
+    /// search every directory on the way [default: /var/lib/ci-server for root, else
+    /// $XDG_DATA_HOME/ci-server or ~/.local/share/ci-server].
     #[arg(long, env = "CI_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
@@ -58,9 +59,44 @@ pub struct ServeArgs {
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub max_log_size: u64,
 
+    /// Largest project upload, compressed.
+    #[arg(long, default_value = "100MiB", value_parser = parse_size)]
+    pub max_upload_size: u64,
+
+    /// Largest project once unpacked.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    pub max_unpacked_size: u64,
+
+    /// Most files, directories and links in one project.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_upload_entries: u64,
+
     /// On SIGTERM or Ctrl-C, how long running jobs may go on before they are stopped.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Host ids that the jobs' container ids 0.. map to, as START:COUNT (a user namespace;
+    /// root only, a normal user's jobs run as that user) [default: 1879048192:65536].
+    #[arg(long, value_name = "START:COUNT", value_parser = crate::sandbox::parse_id_range)]
+    pub userns_range: Option<ci_runner::IdRange>,
+
+    /// Network of the install phase: `slirp` (a namespace of its own, NATed by slirp4netns,
+    /// no access to this machine's services) or `host` (this machine's network: only
+    /// where slirp4netns is missing).
+    #[arg(long, value_enum, default_value_t = InstallNetwork::Slirp)]
+    pub install_network: InstallNetwork,
+
+    /// Start even where --memory-limit or --pids-limit cannot be enforced (no usable cgroup
+    /// controller), and run jobs without that limit.
+    #[arg(long)]
+    pub allow_unlimited: bool,
+}
+
+/// `--install-network`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallNetwork {
+    Slirp,
+    Host,
 }
 
 impl ServeArgs {
@@ -68,6 +104,10 @@ impl ServeArgs {
     pub fn data_dir(&self) -> PathBuf {
         if let Some(dir) = &self.data_dir {
             return dir.clone();
+        }
+        // Root's jobs run as an unprivileged uid, which cannot search root's home (0700).
+        if nix::unistd::geteuid().is_root() {
+            return PathBuf::from("/var/lib/ci-server");
         }
         if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
             return PathBuf::from(xdg).join("ci-server");

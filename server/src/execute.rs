@@ -34,6 +34,8 @@ pub struct RunContext {
     pub tmp_size: u64,
     pub log_cap: u64,
     pub cgroup_parent: String,
+    /// User namespace, cgroups and install network of every job (`sandbox::plan`).
+    pub sandbox: crate::sandbox::Sandbox,
 }
 
 impl RunContext {
@@ -253,6 +255,15 @@ async fn execute(
     let Some(outcome) = run.outcome else {
         return Ending::error(run.helper_failure());
     };
+    // A limit that was hit explains a failure better than pytest's exit code does: a test
+    // whose child was OOM-killed, or that could not fork, fails for that reason.
+    if outcome.exit_code != Some(0) && (outcome.oom_killed || outcome.pids_limit_hit) {
+        return Ending {
+            status: Status::Error,
+            exit_code: outcome.exit_code,
+            reason: Some(describe(ctx, &outcome)),
+        };
+    }
     match outcome.exit_code {
         Some(0) => Ending {
             status: Status::Passed,
@@ -368,8 +379,8 @@ impl Common<'_> {
             }],
             network,
             limits: Limits {
-                memory_bytes: Some(ctx.memory_limit),
-                pids: Some(ctx.pids_limit),
+                memory_bytes: ctx.sandbox.memory_limit,
+                pids: ctx.sandbox.pids_limit,
                 ..Limits::default()
             },
             tmpfs: vec![
@@ -383,6 +394,8 @@ impl Common<'_> {
                 },
             ],
             cgroup_parent: ctx.cgroup_parent.clone(),
+            user_namespace: Some(ctx.sandbox.user_namespace),
+            cgroups: ctx.sandbox.cgroups,
         }
     }
 
@@ -410,7 +423,14 @@ impl Common<'_> {
             "-r",
             "/workspace/requirements.txt",
         ];
-        let mut spec = self.base("install", &args, self.env(&extra), Network::Host);
+        let network = self.ctx.sandbox.install_network;
+        let mut spec = self.base("install", &args, self.env(&extra), network);
+        // The container's root is an unprivileged host uid: the directories pip writes
+        // must be its own. If this fails, pip says "Permission denied" in the job's log.
+        let userns = self.ctx.sandbox.user_namespace;
+        if let Err(e) = ci_runner::give_to_container(deps, &userns) {
+            tracing::error!(dir = %deps.display(), error = %ci_runner::error_chain(&e), "cannot hand the dependency directory to the job");
+        }
         spec.mounts.push(BindMount {
             source: deps.to_path_buf(),
             destination: "/deps".into(),
@@ -418,7 +438,16 @@ impl Common<'_> {
         });
         // pip's download cache, per user: warm installs skip the network for what they had.
         let pip_cache = self.ctx.cache_dir.join("pip").join(owner);
-        if fs_err::create_dir_all(&pip_cache).is_ok() {
+        let cache_ready = fs_err::create_dir_all(&pip_cache)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                ci_runner::give_to_container(&pip_cache, &userns)
+                    .map_err(|e| ci_runner::error_chain(&e))
+            });
+        if let Err(e) = &cache_ready {
+            tracing::warn!(dir = %pip_cache.display(), error = %e, "pip cache unavailable for this job");
+        }
+        if cache_ready.is_ok() {
             spec.mounts.push(BindMount {
                 source: pip_cache,
                 destination: "/var/cache/ci-pip".into(),
@@ -583,6 +612,10 @@ async fn run_container(
                 Ok(n) => {
                     if interruption.is_none() && matches!(log.append(&buf[..n]), Ok(Appended::CapReached)) {
                         interruption = Some(Interruption::LogLimit);
+                        let _ = log.note(&format!(
+                            "log truncated at {}: the job printed more than the server keeps (--max-log-size); stopping it",
+                            format_size(ctx.log_cap)
+                        ));
                     }
                 }
             },

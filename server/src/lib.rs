@@ -6,12 +6,14 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod doctor;
 pub mod error;
 pub mod execute;
 pub mod image;
 pub mod jobs;
 pub mod logs;
 pub mod model;
+pub mod sandbox;
 pub mod upload;
 
 use std::future::Future;
@@ -35,9 +37,6 @@ pub struct AppState {
     pub upload_limits: upload::Limits,
 }
 
-/// Largest upload accepted, compressed.
-pub const MAX_UPLOAD_BYTES: usize = 100 << 20;
-
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
@@ -52,10 +51,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/admin/users/{email}/disable", post(admin::disable_user))
         .route("/v1/admin/users/{email}/enable", post(admin::enable_user))
-        .route("/v1/admin/keys", post(admin::create_key).get(admin::list_keys))
+        .route(
+            "/v1/admin/keys",
+            post(admin::create_key).get(admin::list_keys),
+        )
         .route("/v1/admin/keys/{id}", delete(admin::revoke_key))
         .fallback(api::no_such_endpoint)
-        .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
+        .layer(DefaultBodyLimit::max(
+            usize::try_from(state.upload_limits.max_compressed_bytes).unwrap_or(usize::MAX),
+        ))
         .with_state(state)
 }
 
@@ -63,6 +67,7 @@ pub fn router(state: AppState) -> Router {
 pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppState> {
     let data = args.data_dir();
     fs_err::create_dir_all(&data).context("cannot create the data directory")?;
+    let sandbox = start_up_check(args)?;
     let db = db::Db::open(&data.join("db"))?;
     let logs = logs::LogStore::new(data.join("logs"))?;
     let state_root = data.join("containers");
@@ -99,7 +104,8 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         pids_limit: args.pids_limit,
         tmp_size: args.tmp_size,
         log_cap: args.max_log_size,
-        cgroup_parent: "/ci".into(),
+        cgroup_parent: sandbox.cgroup_parent.clone(),
+        sandbox,
     });
 
     // Containers of a previous server process (it crashed or was killed) go first, so their
@@ -118,13 +124,39 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         jobs,
         run,
         upload_limits: upload::Limits {
-            max_unpacked_bytes: 1 << 30,
-            max_entries: 100_000,
+            max_compressed_bytes: args.max_upload_size,
+            max_unpacked_bytes: args.max_unpacked_size,
+            max_entries: args.max_upload_entries,
         },
     };
     api::bootstrap_admin(&state, &data.join("admin.key"))?;
     state.jobs.recover().await?;
     Ok(state)
+}
+
+/// Decides how jobs are isolated here, or refuses to start with every reason.
+fn start_up_check(args: &ServeArgs) -> anyhow::Result<sandbox::Sandbox> {
+    let caps = ci_runner::probe::capabilities();
+    let dirs = sandbox::reachable_dirs(args);
+    let dirs: Vec<&std::path::Path> = dirs.iter().map(|d| d.as_path()).collect();
+    match sandbox::plan(args, &caps, &dirs) {
+        Ok(sandbox) => {
+            for warning in &sandbox.warnings {
+                tracing::warn!("{warning}");
+            }
+            tracing::info!(
+                user_namespace = ?sandbox.user_namespace,
+                cgroups = ?sandbox.cgroups,
+                install_network = ?sandbox.install_network,
+                "job sandbox"
+            );
+            Ok(sandbox)
+        }
+        Err(problems) => anyhow::bail!(
+            "cannot isolate jobs on this machine (`ci-server doctor` shows what is available):\n  - {}",
+            problems.join("\n  - ")
+        ),
+    }
 }
 
 async fn reconcile_containers(run: &execute::RunContext) {

@@ -19,6 +19,9 @@ struct Cli {
 enum Command {
     /// Start the server.
     Serve(ci_server::ServeArgs),
+    /// Show what this machine offers for isolating jobs (user namespaces, cgroups,
+    /// seccomp, slirp4netns, ...) and whether `serve` with the same flags would start.
+    Doctor(ci_server::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,12 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Doctor(args) => {
+            if !ci_server::doctor::run(&args) {
+                anyhow::bail!("jobs cannot be isolated as configured (see above)");
+            }
+            Ok(())
+        }
         Command::Serve(args) => {
             let helper = std::env::current_exe()?;
             let state = ci_server::open(&args, helper).await?;

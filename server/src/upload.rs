@@ -12,6 +12,7 @@ use std::path::{Component, Path, PathBuf};
 /// Caps on one upload.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    pub max_compressed_bytes: u64,
     pub max_unpacked_bytes: u64,
     pub max_entries: u64,
 }
@@ -241,6 +242,7 @@ mod tests {
     use super::*;
 
     const LIMITS: Limits = Limits {
+        max_compressed_bytes: 1 << 20,
         max_unpacked_bytes: 1 << 20,
         max_entries: 100,
     };

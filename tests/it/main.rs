@@ -1,5 +1,11 @@
 //! End-to-end tests: the real `ci-server`, the real `ci`, real containers and real pip.
 
 mod errors;
+mod hostile;
+mod lifecycle;
+mod restart;
+mod resume;
 mod sandbox;
 mod seed;
+mod uploads;
+mod users;

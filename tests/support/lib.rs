@@ -148,6 +148,13 @@ impl Server {
             .prefix("ci-e2e-")
             .tempdir()
             .expect("temp dir");
+        // Jobs run as an unprivileged host uid that must reach the data dir; tempdir()
+        // makes it 0700 (the server refuses to start then).
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let data_dir = dir.path().join("data");
         let mut server = Server {
             child: None,
@@ -305,32 +312,34 @@ impl Drop for Server {
     }
 }
 
-/// One server for every test that does not need its own, started on first use. It runs from a
-/// thread that never ends, because the death signal that stops it fires when the *thread* that
-/// spawned it exits, and the test harness ends each test's thread.
+/// One server for every test that does not need its own, started on first use.
 pub fn shared_server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let server = Server::start(ServerOptions::default());
-            let leaked: &'static Server = Box::leak(Box::new(server));
-            tx.send(leaked).unwrap();
-            loop {
-                std::thread::park();
-            }
-        });
-        let server: &'static Server = rx.recv().expect("shared server started");
-        // Copy the fields out: the leaked server stays alive with its thread.
-        Server {
+    SERVER.get_or_init(|| long_lived(ServerOptions::default()))
+}
+
+/// A server that lives as long as the test process. It is started from a thread that never
+/// ends, because the death signal that stops it fires when the *thread* that spawned it exits,
+/// and the test harness ends each test's thread. Keep the result in a `static OnceLock`.
+pub fn long_lived(options: ServerOptions) -> Server {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let server = Server::start(options);
+        let copy = Server {
             child: None,
             addr: server.addr.clone(),
             data_dir: server.data_dir.clone(),
             admin_key: server.admin_key.clone(),
             options: server.options.clone(),
             _dir: None,
+        };
+        tx.send(copy).unwrap();
+        let _keep = server;
+        loop {
+            std::thread::park();
         }
-    })
+    });
+    rx.recv().expect("server started")
 }
 
 /// A `ci` invocation under construction.

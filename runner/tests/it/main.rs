@@ -1,8 +1,10 @@
 //! Integration tests that launch real containers through the helper binary. They need
 //! root, cgroups and an unpacked Python rootfs in `CI_TEST_ROOTFS`.
 
+mod rootless;
 mod support;
 
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 use ci_runner::{BindMount, Network};
@@ -108,11 +110,24 @@ fn writable_bind_mount_is_writable() {
         destination: "/deps".into(),
         readonly: false,
     });
+    // Owned by the host's root, the directory is not writable for the container's root.
+    let done = ctx.run(&spec);
+    assert!(done.stdout.contains("PermissionError"), "{done:?}");
+    ci_runner::give_to_container(deps.path(), &support::USERNS).unwrap();
     let done = ctx.run(&spec);
     assert_eq!(done.outcome().exit_code, Some(0), "{done:?}");
     assert_eq!(
         std::fs::read_to_string(deps.path().join("out.txt")).unwrap(),
         "from container"
+    );
+    // Written by the container's root: the mapped host uid.
+    let meta = std::fs::metadata(deps.path().join("out.txt")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (
+            support::USERNS.host_ids().uid,
+            support::USERNS.host_ids().gid
+        )
     );
 }
 
@@ -123,9 +138,18 @@ struct Canary {
 
 impl Canary {
     fn new() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::on(std::net::Ipv4Addr::LOCALHOST)
+    }
+
+    fn on(ip: std::net::Ipv4Addr) -> Self {
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
         listener.set_nonblocking(true).unwrap();
         Self { listener }
+    }
+
+    /// `ip:port` to connect to.
+    fn target(&self) -> String {
+        self.listener.local_addr().unwrap().to_string()
     }
 
     fn port(&self) -> u16 {
@@ -202,10 +226,114 @@ fn network_host_reaches_the_host_loopback() {
     assert_eq!(done.outcome().exit_code, Some(0), "{done:?}");
     let out = &done.stdout;
     assert!(out.contains("canary CONNECTED\n"), "{out}");
-    // /sys is a plain bind of the host's: read-only, without the host's cgroupfs.
-    assert!(out.contains("sysfs cgroup []\n"), "{out}");
+    // /sys is the host's, read-only throughout.
     assert!(out.contains("sysfs EROFS\n"), "{out}");
     assert_eq!(canary.accepted(), 1);
+}
+
+/// The host's first IPv4 address that is not loopback, if it has one.
+fn host_address() -> Option<std::net::Ipv4Addr> {
+    nix::ifaddrs::getifaddrs()
+        .unwrap()
+        .filter_map(|ifa| ifa.address?.as_sockaddr_in().map(|a| a.ip()))
+        .find(|ip| !ip.is_loopback())
+}
+
+/// Lists interfaces and routes, then tries each `ip:port` argument (never anything that
+/// leaves this machine: the arguments are the host's own addresses).
+const SLIRP_PROBE: &str = r#"
+import errno, socket, struct, sys
+devs = sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").read().splitlines()[2:])
+print("devs", ",".join(devs))
+print("tap0 mtu", open("/sys/class/net/tap0/mtu").read().strip())
+ip = lambda h: socket.inet_ntoa(struct.pack("<I", int(h, 16)))
+for line in open("/proc/net/route").read().splitlines()[1:]:
+    f = line.split()
+    kind = "unreachable" if int(f[3], 16) & 0x0200 else "via " + ip(f[2])
+    print("route", ip(f[1]) + "/" + ip(f[7]), kind)
+print("resolv", open("/etc/resolv.conf").read().splitlines()[0])
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.connect((host, int(port)))
+        print("connect", target, "CONNECTED")
+    except OSError as e:
+        print("connect", target, errno.errorcode.get(e.errno, str(e)))
+"#;
+
+#[test]
+fn network_slirp_is_nat_without_the_host() {
+    let ctx = TestContext::new("slirp");
+    let lo_canary = Canary::new();
+    let own_port = lo_canary.port();
+    // slirp4netns's gateway 10.0.2.2 would be the host's loopback without
+    // --disable-host-loopback.
+    let mut targets = vec![
+        format!("127.0.0.1:{own_port}"),
+        format!("10.0.2.2:{own_port}"),
+    ];
+    let host_ip = host_address();
+    let host_canary = host_ip.map(Canary::on);
+    if let Some(canary) = &host_canary {
+        targets.push(canary.target());
+    }
+    let mut args = vec![PY, "-c", SLIRP_PROBE];
+    args.extend(targets.iter().map(String::as_str));
+    let running = ctx.spawn(&ctx.spec(Network::Slirp, &args));
+    let done = running.wait();
+    assert_eq!(done.outcome().exit_code, Some(0), "{done:?}");
+    let out = &done.stdout;
+    assert!(out.contains("devs lo,tap0\n"), "{out}");
+    assert!(out.contains("tap0 mtu 65520\n"), "{out}");
+    assert!(
+        out.contains("route 0.0.0.0/0.0.0.0 via 10.0.2.2\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("route 169.254.0.0/255.255.0.0 unreachable\n"),
+        "{out}"
+    );
+    assert!(out.contains("resolv nameserver 10.0.2.3\n"), "{out}");
+    assert!(
+        out.contains(&format!("connect 127.0.0.1:{own_port} ECONNREFUSED\n")),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&format!("connect 10.0.2.2:{own_port} CONNECTED")),
+        "{out}"
+    );
+    if let (Some(ip), Some(canary)) = (host_ip, &host_canary) {
+        assert!(
+            out.contains(&format!("route {ip}/255.255.255.255 unreachable\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("connect {} EHOSTUNREACH\n", canary.target())),
+            "{out}"
+        );
+        assert_eq!(canary.accepted(), 0);
+    }
+    assert_eq!(lo_canary.accepted(), 0);
+    ctx.assert_clean();
+}
+
+#[test]
+fn slirp4netns_lives_as_long_as_its_container() {
+    let ctx = TestContext::new("slirplife");
+    let running = ctx.spawn(&ctx.spec(
+        Network::Slirp,
+        &["sh", "-c", "echo started; exec sleep 1000"],
+    ));
+    running.wait_for_line(|l| l == "started");
+    let init = *ctx.processes().first().expect("container init");
+    let slirps = || support::processes_with_cmdline("slirp4netns", &init.to_string());
+    assert_eq!(slirps().len(), 1, "one slirp4netns for container {init}");
+    running.signal(Signal::SIGTERM);
+    assert!(running.wait().outcome().killed_by_request);
+    assert_eq!(slirps(), Vec::<i32>::new());
+    ctx.assert_clean();
 }
 
 #[test]
@@ -524,7 +652,8 @@ fn missing_executable_is_a_helper_failure() {
     ctx.assert_clean();
 }
 
-/// Real pip through this machine's TLS-intercepting proxy, then pytest offline. Needs
+/// Real pip through slirp4netns and this machine's TLS-intercepting proxy, as the
+/// container's unprivileged root, then pytest offline. Needs
 /// network access to PyPI, hence ignored by default:
 /// `cargo test -p ci-runner --test it -- --ignored pip`.
 #[test]
@@ -539,9 +668,15 @@ fn pip_install_online_then_pytest_offline() {
         readonly,
     };
 
+    ci_runner::give_to_container(deps.path(), &support::USERNS).unwrap();
+    // `PIP_TEST_NETWORK=host` compares with the host's network.
+    let network = match std::env::var("PIP_TEST_NETWORK").as_deref() {
+        Ok("host") => Network::Host,
+        _ => Network::Slirp,
+    };
     let install = TestContext::new("pip");
     let mut spec = install.spec(
-        Network::Host,
+        network,
         &[
             PY,
             "-m",
@@ -564,7 +699,9 @@ fn pip_install_online_then_pytest_offline() {
         "SSL_CERT_FILE=/etc/ci/ca.pem".to_owned(),
         "PIP_DISABLE_PIP_VERSION_CHECK=1".to_owned(),
     ]);
+    let started = Instant::now();
     let done = install.run(&spec);
+    eprintln!("pip install over {network:?}: {:?}", started.elapsed());
     assert_eq!(done.outcome().exit_code, Some(0), "{done:?}");
     assert!(deps.path().join("pytest").is_dir());
 

@@ -2,6 +2,7 @@
 //! container even when the test panics, and checks that nothing is left behind.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +11,7 @@ use std::sync::Once;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ci_runner::{BindMount, ContainerSpec, Limits, Network, Outcome, Tmpfs};
+use ci_runner::{BindMount, ContainerSpec, Limits, Network, Outcome, Tmpfs, UserNamespace};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -34,6 +35,7 @@ pub fn rootfs() -> PathBuf {
         "CI_TEST_ROOTFS={} has no usr/bin/python3",
         path.display()
     );
+    let path = reachable_rootfs(path);
     static MOUNTPOINTS: Once = Once::new();
     MOUNTPOINTS.call_once(|| {
         // Once, before containers share it; covers every destination the tests use.
@@ -51,6 +53,53 @@ pub fn rootfs() -> PathBuf {
         ci_runner::ensure_mountpoints(&path, &spec).expect("mount points");
     });
     path
+}
+
+/// The containers' root (an unprivileged host uid, or a normal user) resolves the rootfs
+/// path itself, so it must be able to search every directory on the way. scripts/test
+/// unpacks the image under `~/.cache`, and root's home is 0700: then the tests use a
+/// mirror of hard links (no data copied) under the temp dir, made once.
+fn reachable_rootfs(path: PathBuf) -> PathBuf {
+    if ci_runner::check_reachable(&path, &USERNS).is_ok() {
+        return path;
+    }
+    static MIRROR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    MIRROR
+        .get_or_init(|| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            path.hash(&mut h);
+            let mirror = std::env::temp_dir().join(format!("ci-runner-it-rootfs-{:x}", h.finish()));
+            if !mirror.join("usr/bin/python3").exists() {
+                let tmp = mirror.with_extension(format!("tmp{}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&tmp);
+                let copied = ["-al", "-a"].iter().any(|how| {
+                    Command::new("cp")
+                        .arg(how)
+                        .arg(&path)
+                        .arg(&tmp)
+                        .status()
+                        .is_ok_and(|s| s.success())
+                        || {
+                            let _ = std::fs::remove_dir_all(&tmp);
+                            false
+                        }
+                });
+                assert!(
+                    copied,
+                    "cannot mirror {} to {}",
+                    path.display(),
+                    tmp.display()
+                );
+                if std::fs::rename(&tmp, &mirror).is_err() {
+                    // Another test process made it first.
+                    let _ = std::fs::remove_dir_all(&tmp);
+                }
+            }
+            ci_runner::check_reachable(&mirror, &USERNS).expect("mirror is reachable");
+            mirror
+        })
+        .clone()
 }
 
 fn base_spec(id: &str, rootfs: &Path, workspace: &Path, network: Network) -> ContainerSpec {
@@ -88,7 +137,27 @@ fn base_spec(id: &str, rootfs: &Path, workspace: &Path, network: Network) -> Con
             },
         ],
         cgroup_parent: CGROUP_PARENT.into(),
+        user_namespace: Some(USERNS),
+        cgroups: ci_runner::CgroupMode::Runtime,
     }
+}
+
+/// Every test container runs in a user namespace, as a server run by root does.
+pub const USERNS: UserNamespace = UserNamespace::ROOTFUL_DEFAULT;
+
+/// Pids of processes whose argv[0] ends in `program` and that have `arg` as an argument.
+pub fn processes_with_cmdline(program: &str, arg: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args[0].ends_with(program.as_bytes()) && args[1..].contains(&arg.as_bytes())
+        })
+        .collect()
 }
 
 /// One container's worth of temp dirs. Dropping it removes the container if a test
@@ -97,6 +166,10 @@ pub struct TestContext {
     pub id: String,
     pub dir: tempfile::TempDir,
     pub rootfs: PathBuf,
+    /// Parent of the container's cgroups.
+    pub cgroup_parent: String,
+    /// Run the helper as this (uid, gid) instead of root: a rootless server.
+    pub user: Option<(u32, u32)>,
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -109,6 +182,9 @@ impl TestContext {
             .prefix("ci-runner-it")
             .tempdir()
             .unwrap();
+        // The container's root (an unprivileged host uid) must reach the workspace and
+        // the bundle's files: tempdir() makes 0700 directories.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         for sub in ["bundle", "state", "workspace"] {
             std::fs::create_dir(dir.path().join(sub)).unwrap();
         }
@@ -116,7 +192,23 @@ impl TestContext {
             id,
             dir,
             rootfs: rootfs(),
+            cgroup_parent: CGROUP_PARENT.into(),
+            user: None,
         }
+    }
+
+    /// A context whose helper runs as `user` (with its primary group), as a server run
+    /// by that user would: its own id as the container's root, limits through the cgroup
+    /// subtree root delegated to it. The temp dirs become the user's.
+    pub fn rootless(name: &str, user: &nix::unistd::User) -> Self {
+        let mut ctx = Self::new(name);
+        let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+        for sub in ["", "bundle", "state", "workspace"] {
+            std::os::unix::fs::chown(ctx.dir.path().join(sub), Some(uid), Some(gid)).unwrap();
+        }
+        ctx.user = Some((uid, gid));
+        ctx.cgroup_parent = ci_runner::probe::delegated_parent(&user.name);
+        ctx
     }
 
     pub fn workspace(&self) -> PathBuf {
@@ -139,25 +231,36 @@ impl TestContext {
     pub fn spec(&self, network: Network, args: &[&str]) -> ContainerSpec {
         let mut spec = base_spec(&self.id, &self.rootfs, &self.workspace(), network);
         spec.args = args.iter().map(|s| (*s).to_owned()).collect();
+        spec.cgroup_parent = self.cgroup_parent.clone();
+        if let Some((uid, gid)) = self.user {
+            let _ = (uid, gid);
+            spec.user_namespace = Some(UserNamespace::Caller);
+            spec.cgroups = ci_runner::CgroupMode::Delegated;
+        }
         spec
     }
 
     /// Starts the helper the way the server does; stdout is read by a thread, line by line.
     pub fn spawn(&self, spec: &ContainerSpec) -> Running {
         ci_runner::prepare_bundle(&self.bundle(), spec).unwrap();
-        let mut child = Command::new(HELPER)
-            .args(ci_runner::container_args(
-                &self.bundle(),
-                &self.state_root(),
-                &self.id,
-                &self.result_path(),
-                false,
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut cmd = Command::new(HELPER);
+        cmd.args(ci_runner::container_args(
+            &self.bundle(),
+            &self.state_root(),
+            &self.id,
+            &self.result_path(),
+            false,
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        if let Some((uid, gid)) = self.user {
+            // What `setpriv --reuid --regid --clear-groups` does: std drops the
+            // supplementary groups too when root sets the uid.
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
+        let mut child = cmd.spawn().unwrap();
         let (tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
@@ -202,7 +305,7 @@ impl TestContext {
 
     /// The container's cgroup directories that still exist.
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        let rel = format!("{}/{}", CGROUP_PARENT.trim_start_matches('/'), self.id);
+        let rel = format!("{}/{}", self.cgroup_parent.trim_start_matches('/'), self.id);
         std::fs::read_dir("/sys/fs/cgroup")
             .unwrap()
             .map(|e| e.unwrap().path().join(&rel))

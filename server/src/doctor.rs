@@ -1,0 +1,242 @@
+//! `ci-server doctor`: what this machine offers for isolating jobs, as a table, and whether
+//! `ci-server serve` with the same flags would start. Contacts nothing but a registry on
+//! loopback.
+
+use std::fmt::Write as _;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use ci_runner::probe::Capabilities;
+use ci_runner::UserNamespace;
+
+use crate::config::{InstallNetwork, ServeArgs};
+use crate::sandbox;
+
+/// One line of the table.
+struct Row {
+    check: String,
+    status: &'static str,
+    detail: String,
+}
+
+fn row(check: &str, finding: &Result<String, String>) -> Row {
+    match finding {
+        Ok(detail) => Row {
+            check: check.into(),
+            status: "ok",
+            detail: detail.clone(),
+        },
+        Err(detail) => Row {
+            check: check.into(),
+            status: "MISSING",
+            detail: detail.clone(),
+        },
+    }
+}
+
+/// Prints the report; returns true when `serve` with `args` would start.
+pub fn run(args: &ServeArgs) -> bool {
+    let caps = ci_runner::probe::capabilities();
+    let (text, ok) = report(args, &caps);
+    print!("{text}");
+    ok
+}
+
+fn report(args: &ServeArgs, caps: &Capabilities) -> (String, bool) {
+    let mut rows = vec![Row {
+        check: "server user".into(),
+        status: if caps.is_root() { "root" } else { "user" },
+        detail: format!(
+            "uid {} ({})",
+            caps.euid,
+            caps.user.as_deref().unwrap_or("no name")
+        ),
+    }];
+    rows.push(row("user namespaces", &caps.user_namespaces));
+    let userns = if caps.is_root() {
+        UserNamespace::Range(
+            args.userns_range
+                .unwrap_or(UserNamespace::ROOTFUL_DEFAULT.host_ids()),
+        )
+    } else {
+        UserNamespace::Caller
+    };
+    let ids = userns.host_ids();
+    rows.push(Row {
+        check: "jobs run as".into(),
+        status: "info",
+        detail: match userns {
+            UserNamespace::Range(r) => format!(
+                "container ids 0-{} = host ids {}-{}",
+                r.count - 1,
+                r.uid,
+                u64::from(r.uid) + u64::from(r.count) - 1
+            ),
+            UserNamespace::Caller => format!("container root = uid {} (this user)", ids.uid),
+        },
+    });
+
+    let cg = &caps.cgroups;
+    rows.push(row(
+        "cgroups",
+        &cg.version
+            .as_ref()
+            .map(|v| {
+                format!(
+                    "{v}; containers under {}, limits written by {}",
+                    cg.parent,
+                    match cg.mode {
+                        ci_runner::CgroupMode::Runtime => "libcontainer",
+                        ci_runner::CgroupMode::Delegated => "the helper (delegated subtree)",
+                    }
+                )
+            })
+            .map_err(Clone::clone),
+    ));
+    for (name, finding) in &cg.controllers {
+        rows.push(row(&format!("  {name}"), finding));
+    }
+    rows.push(row("seccomp", &caps.seccomp));
+    rows.push(row(
+        "slirp4netns",
+        &caps
+            .slirp4netns
+            .as_ref()
+            .map(|s| format!("{} ({})", s.path.display(), s.version))
+            .map_err(Clone::clone),
+    ));
+    if !caps.is_root() {
+        rows.push(row(
+            "  /dev/net/tun",
+            &sandbox::tun_usable().map(|()| "usable by this user".into()),
+        ));
+    }
+    rows.push(Row {
+        check: "install network".into(),
+        status: "info",
+        detail: match args.install_network {
+            InstallNetwork::Slirp => "slirp (own namespace, NAT, no host services)".into(),
+            InstallNetwork::Host => "host (pip shares this machine's network)".into(),
+        },
+    });
+    rows.push(row(
+        "CA bundle",
+        &args
+            .ca_bundle()
+            .map(|p| p.display().to_string())
+            .ok_or_else(|| "none found: pip uses the image's certificates".to_string()),
+    ));
+    let data = args.data_dir();
+    rows.push(row("data dir", &dir_finding(&data, &userns, true)));
+    let images = sandbox::reachable_dirs(args)
+        .pop()
+        .unwrap_or_else(|| data.join("images"));
+    rows.push(row("image cache", &dir_finding(&images, &userns, false)));
+    rows.push(registry_row(&args.image));
+
+    let dirs = sandbox::reachable_dirs(args);
+    let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+    let verdict = sandbox::plan(args, caps, &dirs);
+
+    let width = rows.iter().map(|r| r.check.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for r in &rows {
+        let _ = writeln!(out, "{:width$}  {:7}  {}", r.check, r.status, r.detail);
+    }
+    out.push('\n');
+    let ok = match &verdict {
+        Ok(s) => {
+            let _ = writeln!(out, "`ci-server serve` with these flags would start.");
+            for w in &s.warnings {
+                let _ = writeln!(out, "  warning: {w}");
+            }
+            true
+        }
+        Err(problems) => {
+            let _ = writeln!(
+                out,
+                "`ci-server serve` with these flags would refuse to start:"
+            );
+            for p in problems {
+                let _ = writeln!(out, "  - {p}");
+            }
+            false
+        }
+    };
+    (out, ok)
+}
+
+/// Free space, and whether the jobs' user can reach the directory.
+fn dir_finding(dir: &Path, userns: &UserNamespace, free: bool) -> Result<String, String> {
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    sandbox::check_reachable_or_ancestor(dir, userns)?;
+    let mut detail = dir.display().to_string();
+    if existing != dir {
+        detail.push_str(" (not created yet)");
+    }
+    if free {
+        match nix::sys::statvfs::statvfs(existing) {
+            Ok(st) => {
+                let bytes = st.blocks_available() * st.fragment_size();
+                let _ = write!(
+                    detail,
+                    ", {:.1} GiB free",
+                    bytes as f64 / f64::from(1 << 30)
+                );
+            }
+            Err(e) => {
+                let _ = write!(detail, ", free space unknown ({e})");
+            }
+        }
+    }
+    let _ = write!(detail, ", reachable by host uid {}", userns.host_ids().uid);
+    Ok(detail)
+}
+
+/// Connects to the image's registry only when it is on loopback; anything else would be
+/// traffic leaving the machine.
+fn registry_row(image: &str) -> Row {
+    let reference: ci_rootfs::ImageRef = match image.parse() {
+        Ok(r) => r,
+        Err(e) => {
+            return Row {
+                check: "registry".into(),
+                status: "MISSING",
+                detail: format!("invalid --image {image:?}: {e}"),
+            }
+        }
+    };
+    if !reference.is_loopback() {
+        return Row {
+            check: "registry".into(),
+            status: "skipped",
+            detail: format!("{} is not on loopback: not contacted", reference.registry),
+        };
+    }
+    let target = if reference
+        .registry
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        reference.registry.clone()
+    } else {
+        format!("{}:80", reference.registry)
+    };
+    let reached = target
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())
+        .and_then(|mut addrs| {
+            let addr = addrs.next().ok_or("no address")?;
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())
+        });
+    row(
+        "registry",
+        &reached
+            .map(|_| format!("{} accepts connections", reference.registry))
+            .map_err(|e| format!("{}: {e}", reference.registry)),
+    )
+}

@@ -1,0 +1,315 @@
+//! How jobs are isolated on this machine, decided once at start-up from the flags and what
+//! `ci_runner::probe` finds: the user namespace the containers run in, who writes their
+//! limits, and the install phase's network. Where something configured cannot be had the
+//! server refuses to start and says why; `ci-server doctor` prints the same findings.
+
+use std::path::{Path, PathBuf};
+
+use ci_runner::probe::{Capabilities, LIMIT_CONTROLLERS};
+use ci_runner::{CgroupMode, IdRange, Network, UserNamespace};
+
+use crate::config::{InstallNetwork, ServeArgs};
+
+/// The isolation every job gets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sandbox {
+    pub user_namespace: UserNamespace,
+    pub cgroups: CgroupMode,
+    pub cgroup_parent: String,
+    pub install_network: Network,
+    /// `--memory-limit`, or `None` where it cannot be enforced and `--allow-unlimited`.
+    pub memory_limit: Option<u64>,
+    /// `--pids-limit`, likewise.
+    pub pids_limit: Option<i64>,
+    /// What is weaker than it could be, for the start-up log.
+    pub warnings: Vec<String>,
+}
+
+impl Sandbox {
+    /// What a server run by root with default flags gets; for tests of code around it.
+    pub fn rootful_default() -> Sandbox {
+        Sandbox {
+            user_namespace: UserNamespace::ROOTFUL_DEFAULT,
+            cgroups: CgroupMode::Runtime,
+            cgroup_parent: "/ci".into(),
+            install_network: Network::Slirp,
+            memory_limit: None,
+            pids_limit: None,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Decides the sandbox, or lists every reason the server cannot start. `reachable` are
+/// the directories containers read from (data dir, image cache), which the jobs' user
+/// must be able to search.
+pub fn plan(
+    args: &ServeArgs,
+    caps: &Capabilities,
+    reachable: &[&Path],
+) -> Result<Sandbox, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+
+    if let Err(why) = &caps.user_namespaces {
+        problems.push(format!("user namespaces are not available: {why}"));
+    }
+    if let Err(why) = &caps.seccomp {
+        problems.push(format!("seccomp is not available: {why}"));
+    }
+
+    let user_namespace = if caps.is_root() {
+        let range = args
+            .userns_range
+            .unwrap_or(UserNamespace::ROOTFUL_DEFAULT.host_ids());
+        problems.extend(range_conflicts(&range, &IdFiles::system()));
+        UserNamespace::Range(range)
+    } else {
+        if args.userns_range.is_some() {
+            problems.push(
+                "--userns-range needs root: a server run by a normal user maps only its own \
+                 ids (the jobs run as that user)"
+                    .into(),
+            );
+        }
+        UserNamespace::Caller
+    };
+    for dir in reachable {
+        if let Err(e) = check_reachable_or_ancestor(dir, &user_namespace) {
+            problems.push(format!("jobs cannot reach {}: {e}", dir.display()));
+        }
+    }
+
+    let cg = &caps.cgroups;
+    if let Err(why) = &cg.version {
+        problems.push(why.clone());
+    }
+    if let Err(why) = cg.containers_possible() {
+        problems.push(format!(
+            "{why}: as root, run `scripts/delegate-cgroups {}` once",
+            caps.user.as_deref().unwrap_or("USER")
+        ));
+    }
+    let mut limit = |controller: &str, flag: &str| -> bool {
+        if cg.usable(controller) {
+            return true;
+        }
+        let why = cg
+            .controllers
+            .iter()
+            .find(|(name, _)| name.split(',').any(|n| n == controller))
+            .and_then(|(_, f)| f.as_ref().err().cloned())
+            .unwrap_or_else(|| "not available".into());
+        let msg = format!("{flag} cannot be enforced: the {controller} cgroup controller: {why}");
+        if args.allow_unlimited {
+            warnings.push(format!("{msg}; jobs run without it (--allow-unlimited)"));
+        } else {
+            problems.push(format!("{msg} (--allow-unlimited runs jobs without it)"));
+        }
+        false
+    };
+    debug_assert_eq!(LIMIT_CONTROLLERS, ["memory", "pids"]);
+    let memory_limit = limit("memory", "--memory-limit").then_some(args.memory_limit);
+    let pids_limit = limit("pids", "--pids-limit").then_some(args.pids_limit);
+
+    let install_network = match args.install_network {
+        InstallNetwork::Host => {
+            warnings.push(
+                "--install-network host: pip runs in the host's network namespace and can reach \
+                 services on this machine, including this server"
+                    .into(),
+            );
+            Network::Host
+        }
+        InstallNetwork::Slirp => {
+            let fallback = "or pass --install-network host (pip then shares the host's network)";
+            match &caps.slirp4netns {
+                Err(why) => problems.push(format!("{why}: install it, {fallback}")),
+                Ok(_) if !caps.is_root() => {
+                    if let Err(why) = tun_usable() {
+                        problems.push(format!(
+                            "slirp4netns cannot run as this user: {why}; {fallback}"
+                        ));
+                    }
+                }
+                Ok(_) => {}
+            }
+            Network::Slirp
+        }
+    };
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Sandbox {
+        user_namespace,
+        cgroups: cg.mode,
+        cgroup_parent: cg.parent.clone(),
+        install_network,
+        memory_limit,
+        pids_limit,
+        warnings,
+    })
+}
+
+/// slirp4netns run by a normal user opens /dev/net/tun itself.
+pub fn tun_usable() -> Result<(), String> {
+    let path = "/dev/net/tun";
+    nix::unistd::access(
+        path,
+        nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK,
+    )
+    .map_err(|e| format!("{path} is not open to this user ({e}); Debian's udev makes it 0666"))
+}
+
+/// `check_reachable` for `dir`, or for its nearest existing ancestor while it does not
+/// exist yet (the server creates it later with mode 0755).
+pub fn check_reachable_or_ancestor(dir: &Path, userns: &UserNamespace) -> Result<(), String> {
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    ci_runner::check_reachable(existing, userns).map_err(|e| ci_runner::error_chain(&e))
+}
+
+/// The host's id databases, for [`range_conflicts`].
+pub struct IdFiles {
+    pub passwd: String,
+    pub group: String,
+    pub subuid: String,
+    pub subgid: String,
+}
+
+impl IdFiles {
+    pub fn system() -> IdFiles {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        IdFiles {
+            passwd: read("/etc/passwd"),
+            group: read("/etc/group"),
+            subuid: read("/etc/subuid"),
+            subgid: read("/etc/subgid"),
+        }
+    }
+}
+
+/// Why the jobs' id range must not be used: it holds a user's or group's id (its files and
+/// processes would be the jobs'), or overlaps subordinate ids someone may map in their
+/// own containers.
+pub fn range_conflicts(range: &IdRange, files: &IdFiles) -> Vec<String> {
+    let mut out = Vec::new();
+    let inside =
+        |id: u64, base: u32| id >= u64::from(base) && id < u64::from(base) + u64::from(range.count);
+    if range.count == 0 {
+        out.push("--userns-range: COUNT must be at least 1".into());
+    }
+    for (text, base, what) in [
+        (&files.passwd, range.uid, "user"),
+        (&files.group, range.gid, "group"),
+    ] {
+        for line in text.lines() {
+            let mut fields = line.split(':');
+            let (Some(name), Some(id)) = (fields.next(), fields.nth(1)) else {
+                continue;
+            };
+            if id.parse().is_ok_and(|id| inside(id, base)) {
+                out.push(format!(
+                    "--userns-range {}:{} holds the id {id} of {what} {name}",
+                    base, range.count
+                ));
+            }
+        }
+    }
+    for (text, base, file) in [
+        (&files.subuid, range.uid, "/etc/subuid"),
+        (&files.subgid, range.gid, "/etc/subgid"),
+    ] {
+        for line in text.lines() {
+            let mut fields = line.trim().split(':');
+            let (Some(name), Some(start), Some(count)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let (Ok(start), Ok(count)) = (start.parse::<u64>(), count.parse::<u64>()) else {
+                continue;
+            };
+            let (lo, hi) = (u64::from(base), u64::from(base) + u64::from(range.count));
+            if start < hi && lo < start + count {
+                out.push(format!(
+                    "--userns-range {base}:{} overlaps {name}'s subordinate ids {start}:{count} in {file}",
+                    range.count
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Parses `START:COUNT` for `--userns-range` (the same for uids and gids).
+pub fn parse_id_range(s: &str) -> Result<IdRange, String> {
+    let (start, count) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected START:COUNT, e.g. 1879048192:65536"))?;
+    let start: u32 = start
+        .parse()
+        .map_err(|_| format!("{start:?} is not a uid"))?;
+    let count: u32 = count
+        .parse()
+        .map_err(|_| format!("{count:?} is not a count"))?;
+    if count == 0 || start == 0 || start.checked_add(count).is_none() {
+        return Err(format!(
+            "{s:?}: the range must be non-empty, above 0 and below 2^32"
+        ));
+    }
+    Ok(IdRange {
+        uid: start,
+        gid: start,
+        count,
+    })
+}
+
+/// The directories jobs read from: the data dir and the image cache.
+pub fn reachable_dirs(args: &ServeArgs) -> Vec<PathBuf> {
+    let data = args.data_dir();
+    let images = args
+        .image_cache
+        .clone()
+        .unwrap_or_else(|| data.join("images"));
+    vec![data, images]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> IdFiles {
+        IdFiles {
+            passwd: "root:x:0:0::/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\nodd:x:200000:5::/:/bin/sh\n".into(),
+            group: "root:x:0:\nalice:x:1000:\n".into(),
+            subuid: "alice:100000:65536\n".into(),
+            subgid: "alice:100000:65536\n".into(),
+        }
+    }
+
+    fn check(range: &str, conflicts: usize) {
+        let range = parse_id_range(range).unwrap();
+        let found = range_conflicts(&range, &files());
+        assert_eq!(found.len(), conflicts, "{range:?}: {found:?}");
+    }
+
+    #[test]
+    fn ranges() {
+        check("1879048192:65536", 0);
+        // alice's subuids and subgids.
+        check("100000:65536", 2);
+        check("165535:10", 2);
+        check("165536:10", 0);
+        // A user's own uid (and its group's gid).
+        check("1000:1", 2);
+        check("199999:2", 1);
+        assert!(parse_id_range("0:65536").is_err());
+        assert!(parse_id_range("100000").is_err());
+        assert!(parse_id_range("4294967295:2").is_err());
+        assert!(parse_id_range("5:0").is_err());
+    }
+}
