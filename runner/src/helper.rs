@@ -161,22 +161,30 @@ pub fn run_helper(
             .and_then(|l| l.namespaces().as_ref())
             .is_some_and(|ns| ns.iter().any(|n| n.typ() == typ && n.path().is_none()))
     };
+    if new_namespace(LinuxNamespaceType::User) && !nix::unistd::geteuid().is_root() {
+        // libcontainer could create it, but its init is then out of the helper's reach
+        // (see UserNamespace::Caller).
+        return Err(Error::InvalidSpec(
+            "a user namespace with a range of ids needs a helper run by root; a normal \
+             user's containers share the helper's namespace (UserNamespace::Caller)"
+                .into(),
+        ));
+    }
     let network = NetworkSetup {
         own_netns: new_namespace(LinuxNamespaceType::Network),
-        // Root can enter the container's namespaces from outside; a normal user has
-        // capabilities only inside the container's user namespace.
-        join_userns: new_namespace(LinuxNamespaceType::User) && !nix::unistd::geteuid().is_root(),
         slirp_log: plan.slirp.then(|| bundle_dir.join(slirp::LOG_FILE)),
     };
 
     let run = prepare_cgroups(&plan, cgroup_path.as_deref())
         .and_then(|()| launch_and_wait(&bundle_dir, &state_root, id, &signals, &network))
-        .map(|(outcome, mut container)| {
+        .map(|(outcome, mut container, slirp)| {
             // delete() SIGKILLs stragglers and removes the cgroups and the state dir.
             if let Err(err) = container.delete(true) {
                 // The cleanup below retries by other means; only its failure counts.
                 tracing::warn!(id, error = %crate::error::chain(&err), "delete failed");
             }
+            // Reaped only now: its exit (told when init exited) overlaps the delete.
+            drop(slirp);
             outcome
         });
     // Always, also after success: a no-op when delete() above worked.
@@ -200,7 +208,6 @@ pub fn run_helper(
 /// What the helper does to the container's network namespace before start.
 struct NetworkSetup {
     own_netns: bool,
-    join_userns: bool,
     /// Attach slirp4netns, logging there.
     slirp_log: Option<PathBuf>,
 }
@@ -215,14 +222,15 @@ fn prepare_cgroups(plan: &HelperPlan, cgroup_path: Option<&Path>) -> Result<(), 
 }
 
 /// Everything between "nothing exists yet" and "init has been reaped". The returned
-/// container still exists (stopped) so the caller can delete it after reading counters.
+/// container still exists (stopped) so the caller can delete it after reading counters;
+/// slirp4netns, if any, is exiting.
 fn launch_and_wait(
     bundle_dir: &Path,
     state_root: &Path,
     id: &str,
     signals: &SignalFd,
     network: &NetworkSetup,
-) -> Result<(Outcome, Container), Error> {
+) -> Result<(Outcome, Container, Option<Slirp>), Error> {
     // Read in the helper's own (the host's) namespace, before the container exists.
     let unreachable: Vec<net::Ipv4Net> = if network.slirp_log.is_some() {
         std::iter::once(net::LINK_LOCAL)
@@ -255,11 +263,12 @@ fn launch_and_wait(
     let pidfd = pidfd_open(pid).map_err(Error::Wait)?;
 
     if network.own_netns {
-        net::configure(pid, network.join_userns, &unreachable)?;
+        net::configure(pid, &unreachable)?;
     }
-    // Held until init has exited; dropping it stops slirp4netns, also on every error path.
+    // Told to exit once init has; dropping it reaps slirp4netns (killing it if need be),
+    // also on every error path.
     let mut slirp: Option<Slirp> = match &network.slirp_log {
-        Some(log) => Some(slirp::start(pid, network.join_userns, log)?),
+        Some(log) => Some(slirp::start(pid, log)?),
         None => None,
     };
     container.start().map_err(|source| Error::Start {
@@ -269,7 +278,7 @@ fn launch_and_wait(
 
     let killed_by_request = wait_for_exit(&mut container, &pidfd, signals)?;
     if let Some(slirp) = &mut slirp {
-        slirp.stop();
+        slirp.tell_to_exit();
     }
     let status = loop {
         match waitpid(pid, None) {
@@ -285,7 +294,7 @@ fn launch_and_wait(
         .unwrap_or_default();
     let outcome = outcome(status, counters, killed_by_request);
     tracing::debug!(id, ?outcome, ?counters, "container exited");
-    Ok((outcome, container))
+    Ok((outcome, container, slirp))
 }
 
 /// Polls the init's pidfd (readable once it has exited) and the signalfd. On a stop

@@ -6,12 +6,18 @@
 //! The server never calls libcontainer itself (it chdirs the process, clone3()s and makes
 //! the caller non-dumpable, which breaks a multi-threaded server). Per container it:
 //!
+//! 0. checks at start-up what this machine allows ([`probe::capabilities`]) and that the
+//!    job's user can reach what containers read ([`check_reachable`]);
 //! 1. calls [`ensure_mountpoints`] once per unpacked rootfs, before sharing it;
-//! 2. writes a bundle with [`prepare_bundle`];
+//! 2. hands directories a container writes to its root ([`give_to_container`]) and writes
+//!    a bundle with [`prepare_bundle`];
 //! 3. spawns its own binary with [`container_args`] (`__container --bundle B --state-root S
 //!    --id ID --result R`), stdin `/dev/null`, stdout a pipe that receives the container's
 //!    stdout *and* stderr in order, stderr for the helper's diagnostics. The binary's
-//!    `main` hands such argv to [`helper_main`] before starting any thread;
+//!    `main` hands such argv to [`helper_main`] before starting any thread (a helper run
+//!    by a normal user re-executes itself in a user namespace first, see
+//!    [`UserNamespace::Caller`]). Around libcontainer the helper writes delegated cgroup
+//!    limits, configures the network namespace and runs slirp4netns;
 //! 4. to stop it early, sends SIGTERM to the helper, which SIGKILLs the container;
 //! 5. reads the [`Outcome`] JSON from R once the helper has exited.
 //!

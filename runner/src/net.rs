@@ -50,7 +50,6 @@ pub fn host_addresses() -> Vec<Ipv4Net> {
 
 /// Step of [`configure`] that failed, reported by the child.
 const STEPS: &[&str] = &[
-    "join the container's user namespace",
     "join the container's network namespace",
     "open a socket",
     "bring up lo",
@@ -60,17 +59,14 @@ const STEPS: &[&str] = &[
 /// Brings up `lo` in the network namespace of `pid` and adds an unreachable route for
 /// each of `unreachable` (connect() then fails with EHOSTUNREACH).
 ///
-/// Runs in a forked child so the helper never changes namespace itself. The child joins
-/// the container's user namespace first when `join_userns` (a normal user: setns(2) into
-/// a network namespace needs CAP_SYS_ADMIN in the caller's own user namespace too, which
-/// it only has in the container's); root joins the network namespace directly. The
+/// The helper is root of the user namespace that owns the container's network namespace
+/// (the host's root, or root of its own namespace for a normal user), so it may enter it.
+/// It does so in a forked child: inside a namespace of its own the helper could enter the
+/// container's but not return to the host's, whose owner it has no capabilities in. The
 /// helper is single-threaded, so the child may do anything, but it only makes syscalls.
-pub fn configure(pid: Pid, join_userns: bool, unreachable: &[Ipv4Net]) -> Result<(), Error> {
-    let userns = join_userns
-        .then(|| open_ns(&format!("/proc/{pid}/ns/user")))
-        .transpose()?;
+pub fn configure(pid: Pid, unreachable: &[Ipv4Net]) -> Result<(), Error> {
     let netns = open_ns(&format!("/proc/{pid}/ns/net"))?;
-    let lo = ifreq("lo").map_err(|e| Error::Network(STEPS[3], e))?;
+    let lo = ifreq("lo").map_err(|e| Error::Network(STEPS[2], e))?;
     let routes: Vec<libc::rtentry> = unreachable.iter().map(reject_route).collect();
     let (report_r, report_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Network("pipe", e))?;
@@ -80,7 +76,7 @@ pub fn configure(pid: Pid, join_userns: bool, unreachable: &[Ipv4Net]) -> Result
     match unsafe { fork() }.map_err(|e| Error::Network("fork", e))? {
         ForkResult::Child => {
             drop(report_r);
-            let failed = in_child(userns.as_ref(), &netns, lo, &routes);
+            let failed = in_child(&netns, lo, &routes);
             if let Err((step, errno)) = failed {
                 let msg = [step as u8, errno as u8, (errno >> 8) as u8, 0];
                 let _ = nix::unistd::write(&report_w, &msg);
@@ -114,24 +110,20 @@ pub fn configure(pid: Pid, join_userns: bool, unreachable: &[Ipv4Net]) -> Result
 }
 
 fn in_child(
-    userns: Option<&OwnedFd>,
     netns: &OwnedFd,
     mut lo: libc::ifreq,
     routes: &[libc::rtentry],
 ) -> Result<(), (usize, i32)> {
     let step = |i: usize| move |e: Errno| (i, e as i32);
-    if let Some(userns) = userns {
-        setns(userns, CloneFlags::CLONE_NEWUSER).map_err(step(0))?;
-    }
-    setns(netns, CloneFlags::CLONE_NEWNET).map_err(step(1))?;
+    setns(netns, CloneFlags::CLONE_NEWNET).map_err(step(0))?;
     // SAFETY: plain syscall; the fd is closed by _exit.
     let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    let sock = Errno::result(sock).map_err(step(2))?;
-    set_up(sock, &mut lo).map_err(step(3))?;
+    let sock = Errno::result(sock).map_err(step(1))?;
+    set_up(sock, &mut lo).map_err(step(2))?;
     for route in routes {
         // SAFETY: SIOCADDRT only reads the rtentry we own.
         let rc = unsafe { libc::ioctl(sock, libc::SIOCADDRT, route) };
-        Errno::result(rc).map_err(step(4))?;
+        Errno::result(rc).map_err(step(3))?;
     }
     Ok(())
 }

@@ -48,15 +48,15 @@ pub struct Slirp {
 }
 
 /// Starts slirp4netns for the network namespace of `pid` and waits until `tap0` is
-/// configured (10.0.2.100/24, default route via 10.0.2.2, MTU 65520). `join_userns`: a
-/// normal user needs to enter the container's user namespace to configure its network
-/// (`--userns-path`); root does not. Diagnostics go to `log`.
+/// configured (10.0.2.100/24, default route via 10.0.2.2, MTU 65520). It runs with the
+/// helper's credentials: root, or root of the helper's own user namespace, which owns the
+/// container's network namespace then. Diagnostics go to `log`.
 ///
 /// `--disable-host-loopback` makes slirp4netns refuse connections to the host's
 /// 127.0.0.0/8 (through the gateway 10.0.2.2); `--enable-sandbox` puts slirp4netns itself
 /// in an empty mount namespace without capabilities, `--enable-seccomp` limits its
 /// syscalls, since it parses packets a job controls.
-pub fn start(pid: Pid, join_userns: bool, log: &Path) -> Result<Slirp, Error> {
+pub fn start(pid: Pid, log: &Path) -> Result<Slirp, Error> {
     let binary = find().ok_or_else(|| {
         Error::Slirp(format!(
             "{BINARY} not found in PATH (Debian package slirp4netns)"
@@ -83,17 +83,14 @@ pub fn start(pid: Pid, join_userns: bool, log: &Path) -> Result<Slirp, Error> {
         "--enable-seccomp",
     ])
     .arg(format!("--ready-fd={}", ready_w.as_raw_fd()))
-    .arg(format!("--exit-fd={}", exit_r.as_raw_fd()));
-    if join_userns {
-        cmd.arg(format!("--userns-path=/proc/{pid}/ns/user"));
-    }
-    cmd.arg(pid.to_string())
-        .arg("tap0")
-        .stdin(Stdio::null())
-        // Never the helper's stdout: that pipe is the job's log, and the server reads it
-        // until every writer is gone.
-        .stdout(Stdio::from(log_file.into_parts().0))
-        .stderr(Stdio::from(log_err.into_parts().0));
+    .arg(format!("--exit-fd={}", exit_r.as_raw_fd()))
+    .arg(pid.to_string())
+    .arg("tap0")
+    .stdin(Stdio::null())
+    // Never the helper's stdout: that pipe is the job's log, and the server reads it
+    // until every writer is gone.
+    .stdout(Stdio::from(log_file.into_parts().0))
+    .stderr(Stdio::from(log_err.into_parts().0));
     let (ready_raw, exit_raw) = (ready_w.as_raw_fd(), exit_r.as_raw_fd());
     // SAFETY: only async-signal-safe calls (fcntl, prctl) between fork and exec.
     unsafe {
@@ -156,10 +153,15 @@ fn wait_ready(ready: &OwnedFd) -> Result<(), String> {
 }
 
 impl Slirp {
-    /// Closes the exit pipe (slirp4netns exits on EOF), waits briefly, then kills it;
-    /// always reaps it.
-    pub fn stop(&mut self) {
+    /// Closes the exit pipe: slirp4netns exits on EOF. Does not wait.
+    pub fn tell_to_exit(&mut self) {
         self.exit_w = None;
+    }
+
+    /// Tells it to exit, waits briefly (its exit takes some 20 ms: the sandbox's mount
+    /// namespace goes with it), then kills it; always reaps it.
+    pub fn stop(&mut self) {
+        self.tell_to_exit();
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -178,6 +180,8 @@ impl Slirp {
 
 impl Drop for Slirp {
     fn drop(&mut self) {
+        let started = Instant::now();
         self.stop();
+        tracing::debug!(waited = ?started.elapsed(), "slirp4netns reaped");
     }
 }

@@ -1037,6 +1037,98 @@ pub(crate) mod tests {
         assert_eq!(seccomp.default_action(), LinuxSeccompAction::ScmpActAllow);
     }
 
+    fn plan(oci: &Spec) -> HelperPlan {
+        HelperPlan::of(oci).unwrap()
+    }
+
+    #[test]
+    fn range_user_namespace_maps_the_range() {
+        let mut spec = sample(Network::None);
+        spec.user_namespace = Some(UserNamespace::ROOTFUL_DEFAULT);
+        let oci = build(&spec);
+        assert!(namespace_types(&oci).contains(&LinuxNamespaceType::User));
+        let linux = oci.linux().as_ref().unwrap();
+        for maps in [linux.uid_mappings(), linux.gid_mappings()] {
+            let m = &maps.as_ref().unwrap()[..];
+            assert_eq!(m.len(), 1, "one line: no newuidmap needed");
+            assert_eq!(
+                (m[0].container_id(), m[0].host_id(), m[0].size()),
+                (0, 1_879_048_192, 65536)
+            );
+        }
+        assert!(options(find_mount(&oci, "/dev/pts")).contains(&"gid=5"));
+        assert_eq!(plan(&oci), HelperPlan::default());
+    }
+
+    #[test]
+    fn caller_user_namespace_is_entered_by_the_helper() {
+        let mut spec = sample(Network::None);
+        spec.user_namespace = Some(UserNamespace::Caller);
+        spec.cgroups = CgroupMode::Delegated;
+        let oci = build(&spec);
+        // The container shares the helper's namespace: none of its own in config.json.
+        assert!(!namespace_types(&oci).contains(&LinuxNamespaceType::User));
+        // Only the caller's ids exist there: no tty group for devpts.
+        assert!(!options(find_mount(&oci, "/dev/pts"))
+            .iter()
+            .any(|o| o.starts_with("gid=")));
+        let plan = plan(&oci);
+        assert!(plan.enter_userns);
+        assert_eq!(plan.delegated_limits, Some(spec.limits.clone()));
+        // libcontainer must not write limits or device rules itself.
+        assert!(oci.linux().as_ref().unwrap().resources().is_none());
+    }
+
+    #[test]
+    fn delegated_cgroups_need_a_user_namespace() {
+        check_invalid(|s| s.cgroups = CgroupMode::Delegated);
+        check_invalid(|s| {
+            s.user_namespace = Some(UserNamespace::Range(IdRange {
+                uid: u32::MAX - 5,
+                gid: 1000,
+                count: 10,
+            }))
+        });
+    }
+
+    #[test]
+    fn network_slirp_gets_netns_sysfs_and_its_resolver() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = sample(Network::Slirp);
+        prepare_bundle(dir.path(), &spec).unwrap();
+        let oci = Spec::load(dir.path().join("config.json")).unwrap();
+        assert!(namespace_types(&oci).contains(&LinuxNamespaceType::Network));
+        assert_eq!(find_mount(&oci, "/sys").typ().as_deref(), Some("sysfs"));
+        let resolv = find_mount(&oci, "/etc/resolv.conf");
+        let source = resolv.source().clone().unwrap();
+        assert_eq!(
+            source,
+            dir.path().canonicalize().unwrap().join(RESOLV_CONF_FILE)
+        );
+        assert!(options(resolv).contains(&"rro"));
+        assert_eq!(
+            std::fs::read_to_string(source).unwrap(),
+            "nameserver 10.0.2.3\noptions edns0\n"
+        );
+        assert!(plan(&oci).slirp);
+        check_invalid(|s| {
+            s.network = Network::Slirp;
+            s.mounts[0].destination = "/etc/resolv.conf".into();
+        });
+    }
+
+    #[test]
+    fn network_host_in_a_user_namespace_binds_all_of_sys() {
+        let mut spec = sample(Network::Host);
+        spec.user_namespace = Some(UserNamespace::ROOTFUL_DEFAULT);
+        let sys = build(&spec);
+        let sys = find_mount(&sys, "/sys");
+        assert_eq!(
+            options(sys),
+            ["rbind", "ro", "rro", "nosuid", "noexec", "nodev"]
+        );
+    }
+
     #[test]
     fn explicit_path_is_kept() {
         let mut spec = sample(Network::None);

@@ -2,6 +2,7 @@
 
 mod errors;
 mod hostile;
+mod install_network;
 mod lifecycle;
 mod restart;
 mod resume;

@@ -727,3 +727,4 @@ fn pip_install_online_then_pytest_offline() {
     assert!(done.stdout.contains("pytest-7.4.3"), "{done:?}");
     assert!(done.stdout.contains("2 passed"), "{done:?}");
 }
+mod zz_bench;
