@@ -1,10 +1,6 @@
 //! Users and API keys: per-user isolation, revocation and disabling take effect at once, the
 //! admin commands (through the running server) refuse normal users, and keys never reach the
 //! server's log.
-//!
-//! Jobs here run a project whose `pytest` is a module of its own (`python -m pytest` finds it
-//! in `/workspace` first) with an empty `requirements.txt`: real containers, and no package
-//! index to reach, so a fresh user's first job needs no network.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -66,16 +62,10 @@ fn key_id(key: &str) -> &str {
     &key[3..11]
 }
 
-/// A project whose tests print a line, sleep `secs`, and pass.
+/// A real pytest project whose one test sleeps `secs` and passes.
 fn sleeping_project(secs: u32) -> tempfile::TempDir {
-    let main = format!(
-        "import time\nprint('users-e2e: tests started', flush=True)\ntime.sleep({secs})\nprint('1 passed')\n"
-    );
-    project(&[
-        ("requirements.txt", ""),
-        ("pytest/__init__.py", ""),
-        ("pytest/__main__.py", &main),
-    ])
+    let test = format!("import time\n\n\ndef test_sleeps():\n    time.sleep({secs})\n");
+    project(&[("requirements.txt", "pytest==7.4.3\n"), ("tests/test_sleep.py", &test)])
 }
 
 /// Submits a project as `key` without following it; returns the job id.
@@ -152,7 +142,7 @@ fn users_see_only_their_own_jobs() {
         .env("CI_API_KEY", &alice)
         .args(["submit", "test"])
         .run();
-    run.expect_code(0).expect_stdout("users-e2e: tests started");
+    run.expect_code(0).expect_stdout("test_sleeps PASSED");
     let id = run.job_id();
 
     let alice_list = ci_as(server, &alice, &["list", "--json"]);
