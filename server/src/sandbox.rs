@@ -297,6 +297,132 @@ mod tests {
         assert_eq!(found.len(), conflicts, "{range:?}: {found:?}");
     }
 
+    use ci_runner::probe::{Cgroups, Slirp4netns};
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let argv = ["ci-server"].iter().chain(extra).copied();
+        <Cli as clap::Parser>::parse_from(argv).serve
+    }
+
+    fn caps(root: bool) -> Capabilities {
+        let ok = |s: &str| Ok(s.to_owned());
+        Capabilities {
+            euid: if root { 0 } else { 1000 },
+            user: Some(if root { "root" } else { "alice" }.into()),
+            user_namespaces: ok("yes"),
+            cgroups: Cgroups {
+                version: ok("v1"),
+                mode: if root {
+                    CgroupMode::Runtime
+                } else {
+                    CgroupMode::Delegated
+                },
+                parent: if root { "/ci" } else { "/ci-alice" }.into(),
+                controllers: ["cpu", "memory", "pids", "devices"]
+                    .iter()
+                    .map(|c| ((*c).to_owned(), ok("delegated")))
+                    .collect(),
+            },
+            seccomp: ok("yes"),
+            slirp4netns: Ok(Slirp4netns {
+                path: "/usr/bin/slirp4netns".into(),
+                version: "slirp4netns version 1.2.0".into(),
+            }),
+        }
+    }
+
+    fn problems(args: &ServeArgs, caps: &Capabilities) -> String {
+        plan(args, caps, &[]).unwrap_err().join("\n")
+    }
+
+    #[test]
+    fn root_gets_a_range_libcontainer_limits_and_slirp() {
+        let s = plan(&args(&[]), &caps(true), &[]).unwrap();
+        assert_eq!(s.user_namespace, UserNamespace::ROOTFUL_DEFAULT);
+        assert_eq!(s.cgroups, CgroupMode::Runtime);
+        assert_eq!(s.cgroup_parent, "/ci");
+        assert_eq!(s.install_network, Network::Slirp);
+        assert_eq!(s.memory_limit, Some(2 << 30));
+        let s = plan(
+            &args(&["--userns-range", "3000000000:1000"]),
+            &caps(true),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            s.user_namespace.host_ids(),
+            IdRange {
+                uid: 3_000_000_000,
+                gid: 3_000_000_000,
+                count: 1000
+            }
+        );
+    }
+
+    #[test]
+    fn unenforceable_limits_refuse_unless_allowed() {
+        let mut c = caps(true);
+        c.cgroups.controllers[1].1 = Err("not mounted".into());
+        assert!(problems(&args(&[]), &c).contains("--memory-limit cannot be enforced"));
+        let s = plan(&args(&["--allow-unlimited"]), &c, &[]).unwrap();
+        assert_eq!(s.memory_limit, None);
+        assert_eq!(s.pids_limit, Some(512));
+        assert!(s.warnings[0].contains("--memory-limit"), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn normal_user_needs_delegated_cgroups_and_no_range() {
+        let s = plan(&args(&["--install-network", "host"]), &caps(false), &[]).unwrap();
+        assert_eq!(s.user_namespace, UserNamespace::Caller);
+        assert_eq!(s.cgroups, CgroupMode::Delegated);
+        assert_eq!(s.cgroup_parent, "/ci-alice");
+        let mut c = caps(false);
+        c.cgroups.controllers[3].1 = Err("missing".into());
+        let p = problems(
+            &args(&["--install-network", "host", "--allow-unlimited"]),
+            &c,
+        );
+        assert!(p.contains("scripts/delegate-cgroups alice"), "{p}");
+        let p = problems(
+            &args(&["--install-network", "host", "--userns-range", "100000:10"]),
+            &caps(false),
+        );
+        assert!(p.contains("--userns-range needs root"), "{p}");
+    }
+
+    #[test]
+    fn missing_slirp4netns_names_the_fallback() {
+        let mut c = caps(true);
+        c.slirp4netns = Err("slirp4netns not found".into());
+        assert!(problems(&args(&[]), &c).contains("--install-network host"));
+        let s = plan(&args(&["--install-network", "host"]), &c, &[]).unwrap();
+        assert_eq!(s.install_network, Network::Host);
+        assert!(s.warnings[0].contains("host's network"));
+    }
+
+    #[test]
+    fn unreachable_data_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("private");
+        std::fs::create_dir(&private).unwrap();
+        std::fs::set_permissions(
+            &private,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        // Owned by whoever runs the test, not by the jobs' range.
+        let data = private.join("data");
+        let p = plan(&args(&[]), &caps(true), &[&data])
+            .unwrap_err()
+            .join("\n");
+        assert!(p.contains("jobs cannot reach"), "{p}");
+    }
+
     #[test]
     fn ranges() {
         check("1879048192:65536", 0);

@@ -64,6 +64,9 @@ fn archive(entries: &[E]) -> Vec<u8> {
 
 /// Posts an upload and expects a 4xx whose message contains `needle`.
 fn refused(body: &[u8], status: u16, needle: &str) {
+    // One upload at a time: another test's upload in flight has a job directory too.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let server = server();
     let (got, reply) = http(
         "POST",

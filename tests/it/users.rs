@@ -65,7 +65,10 @@ fn key_id(key: &str) -> &str {
 /// A real pytest project whose one test sleeps `secs` and passes.
 fn sleeping_project(secs: u32) -> tempfile::TempDir {
     let test = format!("import time\n\n\ndef test_sleeps():\n    time.sleep({secs})\n");
-    project(&[("requirements.txt", "pytest==7.4.3\n"), ("tests/test_sleep.py", &test)])
+    project(&[
+        ("requirements.txt", "pytest==7.4.3\n"),
+        ("tests/test_sleep.py", &test),
+    ])
 }
 
 /// Submits a project as `key` without following it; returns the job id.

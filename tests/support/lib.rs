@@ -148,13 +148,6 @@ impl Server {
             .prefix("ci-e2e-")
             .tempdir()
             .expect("temp dir");
-        // Jobs run as an unprivileged host uid that must reach the data dir; tempdir()
-        // makes it 0700 (the server refuses to start then).
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
         let data_dir = dir.path().join("data");
         let mut server = Server {
             child: None,

@@ -327,7 +327,7 @@ fn slirp4netns_lives_as_long_as_its_container() {
         &["sh", "-c", "echo started; exec sleep 1000"],
     ));
     running.wait_for_line(|l| l == "started");
-    let init = *ctx.processes().first().expect("container init");
+    let init = *ctx.wait_for_processes().first().expect("container init");
     let slirps = || support::processes_with_cmdline("slirp4netns", &init.to_string());
     assert_eq!(slirps().len(), 1, "one slirp4netns for container {init}");
     running.signal(Signal::SIGTERM);
@@ -460,7 +460,7 @@ fn cleanup_removes_a_container_whose_helper_was_killed() {
     running.signal(Signal::SIGKILL);
     running.wait_helper_only();
     // The container outlives its helper...
-    assert!(!ctx.processes().is_empty());
+    assert!(!ctx.wait_for_processes().is_empty());
     assert!(!ctx.cgroup_dirs().is_empty());
     assert!(ctx.state_root().join(&ctx.id).exists());
     // ...until cleanup.
@@ -635,7 +635,7 @@ fn a_second_container_with_the_same_id_is_refused_and_harmless() {
     assert_eq!(second.status.code(), Some(ci_runner::exit_codes::FAILED));
     assert!(second.stderr.contains("already exists"), "{second:?}");
     // The first one is still running and still ours to stop.
-    assert!(!ctx.processes().is_empty());
+    assert!(!ctx.wait_for_processes().is_empty());
     first.signal(Signal::SIGTERM);
     assert!(first.wait().outcome().killed_by_request);
 }
@@ -727,4 +727,3 @@ fn pip_install_online_then_pytest_offline() {
     assert!(done.stdout.contains("pytest-7.4.3"), "{done:?}");
     assert!(done.stdout.contains("2 passed"), "{done:?}");
 }
-mod zz_bench;

@@ -90,7 +90,7 @@ fn rootless_limits_are_in_the_delegated_cgroups() {
     ];
     use std::os::unix::fs::MetadataExt;
     let owner = std::fs::metadata(dir("memory")).unwrap().uid();
-    let procs = ctx.processes();
+    let procs = ctx.wait_for_processes();
     let host_uids: Vec<u32> = procs
         .iter()
         .map(|pid| std::fs::metadata(format!("/proc/{pid}")).unwrap().uid())
@@ -175,5 +175,22 @@ except OSError as e:
     assert!(out.contains("link-local unreachable True\n"), "{out}");
     assert!(!out.contains("CONNECTED"), "{out}");
     assert!(canary.accept().is_err(), "the host's loopback was reached");
+    ctx.assert_clean();
+}
+
+#[test]
+fn rootless_cleanup_removes_a_container_whose_helper_was_killed() {
+    let ctx = TestContext::rootless("rl-orphan", user());
+    let mut running = ctx.spawn(&ctx.spec(
+        Network::None,
+        &["sh", "-c", "echo started; exec sleep 1000"],
+    ));
+    running.wait_for_line(|l| l == "started");
+    running.signal(Signal::SIGKILL);
+    running.wait_helper_only();
+    assert!(!ctx.wait_for_processes().is_empty());
+    assert!(!ctx.cgroup_dirs().is_empty());
+    // As the user, like a server run by that user at start-up.
+    assert_eq!(ctx.helper_cleanup(None), format!("{}\n", ctx.id));
     ctx.assert_clean();
 }

@@ -183,7 +183,7 @@ impl TestContext {
             .tempdir()
             .unwrap();
         // The container's root (an unprivileged host uid) must reach the workspace and
-        // the bundle's files: tempdir() makes 0700 directories.
+        // the bundle's files, whatever the umask.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         for sub in ["bundle", "state", "workspace"] {
             std::fs::create_dir(dir.path().join(sub)).unwrap();
@@ -289,12 +289,16 @@ impl TestContext {
         self.spawn(spec).wait()
     }
 
-    /// Runs the helper's `__cleanup` (one id, or all with `None`); returns its stdout.
+    /// Runs the helper's `__cleanup` (one id, or all with `None`) as the context's user;
+    /// returns its stdout.
     pub fn helper_cleanup(&self, id: Option<&str>) -> String {
-        let out = Command::new(HELPER)
-            .args(ci_runner::cleanup_args(&self.state_root(), id))
-            .output()
-            .unwrap();
+        let mut cmd = Command::new(HELPER);
+        cmd.args(ci_runner::cleanup_args(&self.state_root(), id));
+        if let Some((uid, gid)) = self.user {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
             "cleanup failed: {}",
@@ -325,6 +329,19 @@ impl TestContext {
                     .unwrap_or(false)
             })
             .collect()
+    }
+
+    /// [`Self::processes`], polled for a moment: a process in the middle of execve(2) has
+    /// no readable environment.
+    pub fn wait_for_processes(&self) -> Vec<i32> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let procs = self.processes();
+            if !procs.is_empty() || Instant::now() > deadline {
+                return procs;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Nothing left: no cgroup directory, no state directory, no process.

@@ -1,0 +1,130 @@
+//! The install phase's network: pip reaches the index, but code that a requirements file
+//! runs during the install (here a local package's build backend) reaches none of this
+//! machine's services, neither on loopback nor on its own addresses.
+
+use std::net::{Ipv4Addr, TcpListener};
+
+use ci_e2e::{project, shared_server};
+
+/// A listener that counts connections without accepting them: those that completed the
+/// handshake sit in its queue.
+struct Canary(TcpListener);
+
+impl Canary {
+    fn on(ip: Ipv4Addr) -> Canary {
+        let l = TcpListener::bind((ip, 0)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        Canary(l)
+    }
+
+    fn port(&self) -> u16 {
+        self.0.local_addr().unwrap().port()
+    }
+
+    fn hits(&self) -> usize {
+        std::iter::from_fn(|| self.0.accept().ok()).count()
+    }
+}
+
+/// A PEP 517 build backend in the project itself (nothing to download): while pip builds
+/// the package it records what the install container's network looks like into /deps,
+/// which the test phase then reads.
+const BACKEND: &str = r#"
+import errno, os, socket, struct, zipfile
+
+TARGETS = __TARGETS__
+
+def _probe():
+    out = []
+    devs = sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").read().splitlines()[2:])
+    out.append("devs " + ",".join(devs))
+    ip = lambda h: socket.inet_ntoa(struct.pack("<I", int(h, 16)))
+    for line in open("/proc/net/route").read().splitlines()[1:]:
+        f = line.split()
+        kind = "unreachable" if int(f[3], 16) & 0x0200 else "via " + ip(f[2])
+        out.append("route " + ip(f[1]) + "/" + ip(f[7]) + " " + kind)
+    for host, port in TARGETS:
+        s = socket.socket()
+        s.settimeout(3)
+        try:
+            s.connect((host, port))
+            out.append("connect %s:%d CONNECTED" % (host, port))
+        except OSError as e:
+            out.append("connect %s:%d %s" % (host, port, errno.errorcode.get(e.errno, str(e))))
+    with open("/deps/network-probe.txt", "w") as f:
+        f.write("\n".join(out) + "\n")
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    _probe()
+    name = "probe-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as z:
+        z.writestr("probe-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: probe\nVersion: 0.1\n")
+        z.writestr("probe-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: probe\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr("probe-0.1.dist-info/RECORD", "")
+    return name
+"#;
+
+const PYPROJECT: &str =
+    "[build-system]\nrequires = []\nbuild-backend = \"probe_backend\"\nbackend-path = [\".\"]\n";
+
+#[test]
+fn install_phase_reaches_the_index_but_not_this_machine() {
+    let server = shared_server();
+    let loopback = Canary::on(Ipv4Addr::LOCALHOST);
+    let own_address = nix::ifaddrs::getifaddrs()
+        .unwrap()
+        .filter_map(|ifa| ifa.address?.as_sockaddr_in().map(|a| a.ip()))
+        .find(|ip| !ip.is_loopback());
+    let host = own_address.map(Canary::on);
+    // Through slirp4netns, 10.0.2.2 would be the host's loopback if it were not refused.
+    let mut targets = vec![
+        format!("('10.0.2.2', {})", loopback.port()),
+        format!("('127.0.0.1', {})", loopback.port()),
+    ];
+    let mut expected = vec![
+        "devs lo,tap0".to_owned(),
+        "route 169.254.0.0/255.255.0.0 unreachable".to_owned(),
+        format!("connect 127.0.0.1:{} ECONNREFUSED", loopback.port()),
+    ];
+    if let (Some(ip), Some(canary)) = (own_address, &host) {
+        targets.push(format!("('{ip}', {})", canary.port()));
+        expected.push(format!("connect {ip}:{} EHOSTUNREACH", canary.port()));
+    }
+    let backend = BACKEND.replace("__TARGETS__", &format!("[{}]", targets.join(", ")));
+    let test = format!(
+        r#"
+def test_install_network():
+    seen = open("/deps/network-probe.txt").read()
+    print(seen)
+    for line in {expected:?}:
+        assert line + "\n" in seen, (line, seen)
+    assert "CONNECTED" not in seen, seen
+    print("install network checked")
+"#
+    );
+    let dir = project(&[
+        ("requirements.txt", "pytest==7.4.3\n./probe\n"),
+        ("probe/pyproject.toml", PYPROJECT),
+        ("probe/probe_backend.py", &backend),
+        ("tests/test_probe.py", &test),
+    ]);
+    let run = server.ci(dir.path()).args(["submit", "test"]).run();
+    run.expect_code(0)
+        .expect_stdout("Successfully installed")
+        .expect_stdout("1 passed");
+    assert_eq!(
+        loopback.hits(),
+        0,
+        "the install reached the host's loopback"
+    );
+    if let Some(canary) = &host {
+        assert_eq!(
+            canary.hits(),
+            0,
+            "the install reached the host's own address"
+        );
+    }
+}
