@@ -139,15 +139,11 @@ print("ok")
 
 #[test]
 fn rootless_slirp_network_has_no_host() {
-    // slirp4netns opens /dev/net/tun as the user. Debian's udev makes it 0666; a machine
-    // without udev may have the kernel's 0600, and then the server refuses
-    // `--install-network slirp` when run by a normal user (probe::capabilities says why).
-    use std::os::unix::fs::PermissionsExt;
-    let tun = std::fs::metadata("/dev/net/tun").map(|m| m.permissions().mode());
-    if !tun.as_ref().is_ok_and(|mode| mode & 0o006 == 0o006) {
-        eprintln!("SKIPPED: /dev/net/tun is not open to other users ({tun:?})");
-        return;
-    }
+    // slirp4netns opens /dev/net/tun as the user. Debian's udev rule makes it 0666; this
+    // machine has no udev and the kernel's 0600, so the set-up opens it as Debian would (and
+    // puts the mode back after). Without it the server refuses `--install-network slirp` for
+    // a normal user, and probe::capabilities says why.
+    let _tun = TunOpen::new();
     let ctx = TestContext::rootless("rl-slirp", user());
     let canary = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     canary.set_nonblocking(true).unwrap();
@@ -193,4 +189,31 @@ fn rootless_cleanup_removes_a_container_whose_helper_was_killed() {
     // As the user, like a server run by that user at start-up.
     assert_eq!(ctx.helper_cleanup(None), format!("{}\n", ctx.id));
     ctx.assert_clean();
+}
+
+/// Makes /dev/net/tun 0666 (Debian's default) for the life of the guard.
+struct TunOpen(Option<u32>);
+
+impl TunOpen {
+    fn new() -> TunOpen {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata("/dev/net/tun")
+            .expect("/dev/net/tun exists")
+            .permissions()
+            .mode();
+        if mode & 0o006 == 0o006 {
+            return TunOpen(None);
+        }
+        std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666)).unwrap();
+        TunOpen(Some(mode))
+    }
+}
+
+impl Drop for TunOpen {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(mode) = self.0 {
+            let _ = std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(mode));
+        }
+    }
 }
