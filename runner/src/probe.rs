@@ -19,7 +19,7 @@ use crate::spec::CgroupMode;
 pub type Finding = Result<String, String>;
 
 /// The controllers whose limits the server sets.
-pub const LIMIT_CONTROLLERS: &[&str] = &["memory", "pids"];
+pub const LIMIT_CONTROLLERS: &[&str] = &["memory", "pids", "cpu"];
 
 /// Everything [`capabilities`] found out.
 #[derive(Debug, Clone)]

@@ -39,6 +39,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "2GiB", value_parser = parse_size)]
     pub memory_limit: u64,
 
+    /// CPU time each container may use, in CPUs (e.g. 1.5); 0 for no limit.
+    #[arg(long, default_value_t = 2.0)]
+    pub cpus: f64,
+
     /// Maximum number of processes (pids) in each container.
     #[arg(long, default_value_t = 512)]
     pub pids_limit: i64,

@@ -381,7 +381,11 @@ impl Common<'_> {
             limits: Limits {
                 memory_bytes: ctx.sandbox.memory_limit,
                 pids: ctx.sandbox.pids_limit,
-                ..Limits::default()
+                cpu_quota_us: ctx.sandbox.cpu_quota_us,
+                cpu_period_us: ctx
+                    .sandbox
+                    .cpu_quota_us
+                    .map(|_| crate::sandbox::CPU_PERIOD_US),
             },
             tmpfs: vec![
                 Tmpfs {

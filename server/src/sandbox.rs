@@ -21,6 +21,8 @@ pub struct Sandbox {
     pub memory_limit: Option<u64>,
     /// `--pids-limit`, likewise.
     pub pids_limit: Option<i64>,
+    /// `--cpus` as a CFS quota per 100 ms period, likewise; `None` also for `--cpus 0`.
+    pub cpu_quota_us: Option<i64>,
     /// What is weaker than it could be, for the start-up log.
     pub warnings: Vec<String>,
 }
@@ -35,10 +37,14 @@ impl Sandbox {
             install_network: Network::Slirp,
             memory_limit: None,
             pids_limit: None,
+            cpu_quota_us: None,
             warnings: Vec::new(),
         }
     }
 }
+
+/// The CFS period the `--cpus` quota is counted in (the kernel's default, 100 ms).
+pub const CPU_PERIOD_US: u64 = 100_000;
 
 /// Decides the sandbox, or lists every reason the server cannot start. `reachable` are
 /// the directories containers read from (data dir, image cache), which the jobs' user
@@ -108,9 +114,11 @@ pub fn plan(
         }
         false
     };
-    debug_assert_eq!(LIMIT_CONTROLLERS, ["memory", "pids"]);
+    debug_assert_eq!(LIMIT_CONTROLLERS, ["memory", "pids", "cpu"]);
     let memory_limit = limit("memory", "--memory-limit").then_some(args.memory_limit);
     let pids_limit = limit("pids", "--pids-limit").then_some(args.pids_limit);
+    let cpu_quota_us = (args.cpus > 0.0 && limit("cpu", "--cpus"))
+        .then(|| (args.cpus * CPU_PERIOD_US as f64).round().max(1000.0) as i64);
 
     let install_network = match args.install_network {
         InstallNetwork::Host => {
@@ -148,6 +156,7 @@ pub fn plan(
         install_network,
         memory_limit,
         pids_limit,
+        cpu_quota_us,
         warnings,
     })
 }
