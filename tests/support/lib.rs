@@ -64,6 +64,34 @@ pub fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
+/// This test process's scratch directory, `$TMPDIR/ci-e2e-<pid>`. Servers that live as long as
+/// the process cannot clean up after themselves (nothing runs after the last test), so each
+/// run first removes the scratch directories of test processes that are gone.
+pub fn scratch() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("ci-e2e-")
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = tmp.join(format!("ci-e2e-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        // Job containers run as an unprivileged uid that must be able to reach the data dirs.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        dir
+    })
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -145,8 +173,8 @@ pub struct Server {
 impl Server {
     pub fn start(options: ServerOptions) -> Server {
         let dir = tempfile::Builder::new()
-            .prefix("ci-e2e-")
-            .tempdir()
+            .prefix("server-")
+            .tempdir_in(scratch())
             .expect("temp dir");
         let data_dir = dir.path().join("data");
         let mut server = Server {
@@ -344,7 +372,7 @@ pub struct Ci {
 
 impl Ci {
     fn new(server: &Server, dir: &Path, key: &str) -> Ci {
-        let home = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir_in(scratch()).unwrap();
         let mut cmd = Command::new(bin("ci"));
         cmd.current_dir(dir)
             .env_clear()
@@ -553,8 +581,8 @@ impl std::fmt::Display for Run {
 /// Writes a small project (path -> content) into a new temp dir.
 pub fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
-        .prefix("ci-project-")
-        .tempdir()
+        .prefix("project-")
+        .tempdir_in(scratch())
         .unwrap();
     for (path, body) in files {
         let p = dir.path().join(path);
