@@ -6,6 +6,7 @@ pub mod config;
 pub mod exit;
 pub mod follow;
 pub mod pack;
+pub mod table;
 
 use clap::{Parser, Subcommand};
 

@@ -247,46 +247,7 @@ mod tests {
         max_entries: 100,
     };
 
-    /// One raw tar entry; the name is written into the header as bytes, so malicious names
-    /// that `tar::Header::set_path` would refuse can be built.
-    enum E<'a> {
-        File(&'a str, &'a [u8]),
-        Dir(&'a str),
-        Symlink(&'a str, &'a str),
-        Hardlink(&'a str, &'a str),
-        Fifo(&'a str),
-    }
-
-    fn archive(entries: &[E]) -> Vec<u8> {
-        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
-            Vec::new(),
-            flate2::Compression::fast(),
-        ));
-        for e in entries {
-            let mut h = tar::Header::new_gnu();
-            let (name, kind, data, link): (&str, tar::EntryType, &[u8], Option<&str>) = match e {
-                E::File(n, d) => (n, tar::EntryType::Regular, d, None),
-                E::Dir(n) => (n, tar::EntryType::Directory, b"", None),
-                E::Symlink(n, t) => (n, tar::EntryType::Symlink, b"", Some(t)),
-                E::Hardlink(n, t) => (n, tar::EntryType::Link, b"", Some(t)),
-                E::Fifo(n) => (n, tar::EntryType::Fifo, b"", None),
-            };
-            let field = &mut h.as_old_mut().name;
-            field.fill(0);
-            field[..name.len()].copy_from_slice(name.as_bytes());
-            if let Some(t) = link {
-                let field = &mut h.as_old_mut().linkname;
-                field.fill(0);
-                field[..t.len()].copy_from_slice(t.as_bytes());
-            }
-            h.set_entry_type(kind);
-            h.set_size(data.len() as u64);
-            h.set_mode(0o755);
-            h.set_cksum();
-            b.append(&h, data).unwrap();
-        }
-        b.into_inner().unwrap().finish().unwrap()
-    }
+    use ci_e2e::tarball::{gz as archive, Entry as E};
 
     fn unpack_into(entries: &[E]) -> (tempfile::TempDir, Result<(), UploadError>) {
         let root = tempfile::tempdir().unwrap();
@@ -300,7 +261,7 @@ mod tests {
     fn unpacks_files_dirs_and_inner_links() {
         let (root, r) = unpack_into(&[
             E::Dir("./src/"),
-            E::File("./src/a.py", b"print(1)\n"),
+            E::File("./src/a.py", b"print(1)\n".to_vec()),
             E::Symlink("src/b.py", "a.py"),
             E::Hardlink("src/c.py", "src/a.py"),
             E::Symlink("up", "src/../src"),
@@ -339,15 +300,15 @@ mod tests {
     #[test]
     fn refuses_escapes_and_special_files() {
         assert!(matches!(
-            rejected(&[E::File("../evil", b"x")]),
+            rejected(&[E::File("../evil", b"x".to_vec())]),
             UploadError::PathEscapes(_)
         ));
         assert!(matches!(
-            rejected(&[E::File("a/../../evil", b"x")]),
+            rejected(&[E::File("a/../../evil", b"x".to_vec())]),
             UploadError::PathEscapes(_)
         ));
         assert!(matches!(
-            rejected(&[E::File("/etc/evil", b"x")]),
+            rejected(&[E::File("/etc/evil", b"x".to_vec())]),
             UploadError::PathEscapes(_)
         ));
         assert!(matches!(
@@ -372,7 +333,11 @@ mod tests {
         ));
         // A symlink that stays inside, then a write through it, is refused too.
         assert!(matches!(
-            rejected(&[E::Dir("d"), E::Symlink("l", "d"), E::File("l/x", b"x")]),
+            rejected(&[
+                E::Dir("d"),
+                E::Symlink("l", "d"),
+                E::File("l/x", b"x".to_vec())
+            ]),
             UploadError::ThroughSymlink(_)
         ));
     }
@@ -381,11 +346,11 @@ mod tests {
     fn enforces_caps() {
         let big = vec![0u8; 2 << 20];
         assert!(matches!(
-            rejected(&[E::File("big", &big)]),
+            rejected(&[E::File("big", big)]),
             UploadError::TooLarge(_)
         ));
         let names: Vec<String> = (0..101).map(|i| format!("f{i}")).collect();
-        let entries: Vec<E> = names.iter().map(|n| E::File(n, b"")).collect();
+        let entries: Vec<E> = names.iter().map(|n| E::File(n, Vec::new())).collect();
         assert!(matches!(
             rejected(&entries),
             UploadError::TooManyEntries(100)

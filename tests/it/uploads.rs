@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::sync::OnceLock;
 
+use ci_e2e::tarball::{gz as archive, Entry as E};
 use ci_e2e::{http, long_lived, Server, ServerOptions};
 
 fn server() -> &'static Server {
@@ -22,44 +23,6 @@ fn server() -> &'static Server {
             .to_vec(),
         })
     })
-}
-
-enum E<'a> {
-    File(&'a str, Vec<u8>),
-    Symlink(&'a str, &'a str),
-    Hardlink(&'a str, &'a str),
-    Fifo(&'a str),
-}
-
-/// A tar.gz with names written raw into the headers (the tar crate refuses `..` otherwise).
-fn archive(entries: &[E]) -> Vec<u8> {
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
-    for e in entries {
-        let mut h = tar::Header::new_gnu();
-        let (name, kind, data, link): (&str, tar::EntryType, &[u8], Option<&str>) = match e {
-            E::File(n, d) => (n, tar::EntryType::Regular, d, None),
-            E::Symlink(n, t) => (n, tar::EntryType::Symlink, b"", Some(t)),
-            E::Hardlink(n, t) => (n, tar::EntryType::Link, b"", Some(t)),
-            E::Fifo(n) => (n, tar::EntryType::Fifo, b"", None),
-        };
-        let field = &mut h.as_old_mut().name;
-        field.fill(0);
-        field[..name.len()].copy_from_slice(name.as_bytes());
-        if let Some(t) = link {
-            let field = &mut h.as_old_mut().linkname;
-            field.fill(0);
-            field[..t.len()].copy_from_slice(t.as_bytes());
-        }
-        h.set_entry_type(kind);
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append(&h, data).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
 }
 
 /// Posts an upload and expects a 4xx whose message contains `needle`.

@@ -5,6 +5,8 @@
 //! The tests need a registry on loopback serving the stand-in image: `scripts/test` starts one
 //! and exports `CI_TEST_REGISTRY=127.0.0.1:PORT`.
 
+pub mod tarball;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
@@ -160,6 +162,13 @@ pub struct ServerOptions {
     pub extra_args: Vec<String>,
 }
 
+/// A normal (non-root) user to run a test server as, for the rootless tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// A running `ci-server`, killed when dropped.
 pub struct Server {
     child: Option<Child>,
@@ -167,15 +176,31 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub admin_key: String,
     options: ServerOptions,
+    run_as: Option<RunAs>,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
     pub fn start(options: ServerOptions) -> Server {
+        Server::start_with(options, None)
+    }
+
+    /// Starts the server as `user` rather than as the test's root: the data directory is
+    /// the user's, under directories everyone may search (the jobs, run as that user, read
+    /// from it), and holds its own image cache (the shared one under `target/` is root's).
+    pub fn start_as(options: ServerOptions, user: RunAs) -> Server {
+        Server::start_with(options, Some(user))
+    }
+
+    fn start_with(options: ServerOptions, run_as: Option<RunAs>) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("server-")
             .tempdir_in(scratch())
             .expect("temp dir");
+        if run_as.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let data_dir = dir.path().join("data");
         let mut server = Server {
             child: None,
@@ -183,6 +208,7 @@ impl Server {
             data_dir,
             admin_key: String::new(),
             options,
+            run_as,
             _dir: Some(dir),
         };
         server.launch();
@@ -193,6 +219,10 @@ impl Server {
         let port = free_port();
         self.addr = format!("127.0.0.1:{port}");
         std::fs::create_dir_all(&self.data_dir).unwrap();
+        if let Some(user) = self.run_as {
+            std::os::unix::fs::chown(&self.data_dir, Some(user.uid), Some(user.gid)).unwrap();
+        }
+        // Opened by the test, so it stays readable to it whoever the server runs as.
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -207,13 +237,26 @@ impl Server {
             .arg("--image")
             .arg(test_image())
             .arg("--image-cache")
-            .arg(image_cache())
+            .arg(match self.run_as {
+                Some(_) => self.data_dir.join("images"),
+                None => image_cache(),
+            })
             .args(&self.options.extra_args)
             .env("CI_LOG", "info,ci_server=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe; the server dies with the test process.
+        if let Some(user) = self.run_as {
+            // std drops the supplementary groups when root sets a uid. Root's HOME and the
+            // test's working directory are not the user's to read.
+            cmd.uid(user.uid)
+                .gid(user.gid)
+                .env("HOME", &self.data_dir)
+                .current_dir("/");
+        }
+        // SAFETY: prctl is async-signal-safe; the server dies with the test process. std runs
+        // this after it has set the uid, and the kernel clears the death signal on a change of
+        // credentials (not on exec of a plain binary), so it holds for a server run as a user.
         unsafe {
             cmd.pre_exec(|| {
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
@@ -352,6 +395,7 @@ pub fn long_lived(options: ServerOptions) -> Server {
             data_dir: server.data_dir.clone(),
             admin_key: server.admin_key.clone(),
             options: server.options.clone(),
+            run_as: server.run_as,
             _dir: None,
         };
         tx.send(copy).unwrap();

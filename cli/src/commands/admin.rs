@@ -211,10 +211,10 @@ fn users_table(users: &[User]) -> String {
             u.email.clone(),
             u.role.clone(),
             if u.active { "active" } else { "disabled" }.to_string(),
-            short_time(Some(&u.created)),
+            crate::table::short_time(Some(&u.created)),
         ]
     });
-    table(&["NAME", "EMAIL", "ROLE", "STATUS", "CREATED"], rows)
+    crate::table::render(&["NAME", "EMAIL", "ROLE", "STATUS", "CREATED"], rows)
 }
 
 fn keys_table(keys: &[Key]) -> String {
@@ -223,43 +223,15 @@ fn keys_table(keys: &[Key]) -> String {
             k.id.clone(),
             k.name.clone(),
             k.user_email.clone(),
-            short_time(Some(&k.created)),
-            short_time(k.last_used.as_deref()),
+            crate::table::short_time(Some(&k.created)),
+            crate::table::short_time(k.last_used.as_deref()),
             if k.revoked { "revoked" } else { "active" }.to_string(),
         ]
     });
-    table(
+    crate::table::render(
         &["ID", "NAME", "USER", "CREATED", "LAST USED", "STATUS"],
         rows,
     )
-}
-
-/// Left-aligned columns two spaces apart, no trailing blanks.
-fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
-    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
-    let rows: Vec<Vec<String>> = std::iter::once(header).chain(rows).collect();
-    let mut widths = vec![0; rows[0].len()];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// `2026-11-21T10:50:54.123Z` -> `2026-11-21 10:50:54`.
-fn short_time(t: Option<&str>) -> String {
-    t.map_or("-".into(), |t| t.get(..19).unwrap_or(t).replace('T', " "))
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, for a path segment or a

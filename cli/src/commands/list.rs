@@ -41,8 +41,7 @@ pub async fn run(client: &Client, args: ListArgs) -> anyhow::Result<u8> {
 fn table(jobs: &[JobView]) -> String {
     let header = [
         "ID", "STATUS", "PHASE", "CREATED", "STARTED", "FINISHED", "DURATION", "RESULT",
-    ]
-    .map(String::from);
+    ];
     let rows: Vec<[String; 8]> = jobs
         .iter()
         .map(|j| {
@@ -64,34 +63,13 @@ fn table(jobs: &[JobView]) -> String {
                 j.id.clone(),
                 j.status.clone(),
                 phase,
-                short_time(Some(&j.created)),
-                short_time(j.started.as_deref()),
-                short_time(j.finished.as_deref()),
+                crate::table::short_time(Some(&j.created)),
+                crate::table::short_time(j.started.as_deref()),
+                crate::table::short_time(j.finished.as_deref()),
                 j.duration_secs.map_or("-".into(), |d| format!("{d:.1}s")),
                 result,
             ]
         })
         .collect();
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// `2026-11-21T10:50:54.123Z` -> `2026-11-21 10:50:54`.
-fn short_time(t: Option<&str>) -> String {
-    t.map_or("-".into(), |t| t.get(..19).unwrap_or(t).replace('T', " "))
+    crate::table::render(&header, rows.into_iter().map(Vec::from))
 }
