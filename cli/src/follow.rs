@@ -39,7 +39,8 @@ pub async fn follow(client: &Client, id: &str, mut offset: u64) -> anyhow::Resul
                 // The stream ended: either the job ended, or the server is going away.
                 match client.job(id).await {
                     Ok(job) if job.is_terminal() && offset >= job.log_bytes => return Ok(job),
-                    Ok(_) => {}
+                    // Not over: the server is going away; come back soon, without backing off.
+                    Ok(_) => backoff = Duration::from_millis(100),
                     Err(e) if !e.is_transient() => return Err(anyhow!(e)),
                     Err(_) => {}
                 }

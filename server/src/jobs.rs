@@ -120,12 +120,15 @@ impl Jobs {
                     self.run.remove_job_dir(&job.id);
                     tracing::warn!(job = %job.id, "job was running when the server stopped: marked lost");
                 }
-                Status::Queued => self
-                    .inner
-                    .lock()
-                    .expect("jobs lock")
-                    .queue
-                    .push_back(job.id.clone()),
+                Status::Queued => {
+                    // Followers wait on the live log until the job runs.
+                    self.logs.open_live(&job.id, self.run.log_cap)?;
+                    self.inner
+                        .lock()
+                        .expect("jobs lock")
+                        .queue
+                        .push_back(job.id.clone());
+                }
                 _ => {}
             }
         }
@@ -149,20 +152,18 @@ impl Jobs {
         }
         self.db.put_job(&job)?;
         self.db.flush().await?;
-        // Tell a waiting client where it stands, in the log it follows. Written before the job
-        // is queued, so it never races with the job's own start.
+        // The log is live from now on, so a client that follows a queued job waits for its
+        // output instead of polling. A waiting client is told where it stands.
+        let log = self.logs.open_live(&job.id, self.run.log_cap)?;
         let (ahead, running) = {
             let inner = self.inner.lock().expect("jobs lock");
             (inner.queue.len(), inner.running.len())
         };
         if ahead + running >= self.max_jobs {
-            self.logs.note_offline(
-                &job.id,
-                &format!(
-                    "waiting for a free slot: position {} in the queue",
-                    ahead + 1
-                ),
-            )?;
+            log.note(&format!(
+                "waiting for a free slot: position {} in the queue",
+                ahead + 1
+            ))?;
         }
         let position = {
             let mut inner = self.inner.lock().expect("jobs lock");
@@ -298,6 +299,19 @@ impl Jobs {
                 c.request(StopReason::Shutdown);
             }
             self.tasks.wait().await;
+        }
+        // Jobs still queued stay queued for the next start; their followers' streams end here
+        // (they reconnect to the next server) so that the HTTP server can finish.
+        let queued: Vec<String> = self
+            .inner
+            .lock()
+            .expect("jobs lock")
+            .queue
+            .iter()
+            .cloned()
+            .collect();
+        for id in queued {
+            self.logs.close(&id);
         }
     }
 }

@@ -76,21 +76,35 @@ fn sigkill_mid_job_then_restart_marks_it_lost_and_keeps_the_rest() {
 }
 
 #[test]
-fn sigterm_waits_for_the_grace_period_then_stops_jobs() {
+fn sigterm_waits_for_the_grace_period_then_stops_jobs_and_keeps_the_queue() {
     let mut server = Server::start(ServerOptions {
-        extra_args: vec!["--shutdown-grace".into(), "2s".into()],
+        extra_args: ["--shutdown-grace", "2s", "--max-jobs", "1"]
+            .map(String::from)
+            .to_vec(),
     });
     let slow = slow_project();
-    let id = server
-        .ci(slow.path())
-        .args(["submit", "test", "--async"])
-        .run()
-        .stdout()
-        .trim()
-        .to_string();
+    let submit = |dir: &Path| {
+        server
+            .ci(dir)
+            .args(["submit", "test", "--async"])
+            .run()
+            .stdout()
+            .trim()
+            .to_string()
+    };
+    let id = submit(slow.path());
     server.wait_job(&id, "slow job to run its tests", |j| {
         j["phase"] == "testing"
     });
+    // A second job waits in the queue, and someone follows it.
+    let queued = submit(&fixture("dummy_project"));
+    assert_eq!(server.job(&queued)["status"], "queued");
+    let mut follower = server
+        .ci(slow.path())
+        .args(["wait", &queued, "--all"])
+        .spawn();
+    follower.read_until("waiting for a free slot");
+
     let status = server.stop_with(Signal::SIGTERM);
     assert!(status.success(), "server exit: {status}");
     assert!(container_gone(&id));
@@ -101,4 +115,8 @@ fn sigterm_waits_for_the_grace_period_then_stops_jobs() {
         job["reason"].as_str().unwrap().contains("shut down"),
         "{job}"
     );
+    // The queued job runs after the restart, and its follower rode through it to the end.
+    let followed = follower.finish(Duration::from_secs(300));
+    followed.expect_code(0).expect_stdout("2 passed");
+    assert_eq!(server.job(&queued)["status"], "passed");
 }

@@ -216,8 +216,10 @@ impl Server {
     }
 
     fn launch(&mut self) {
-        let port = free_port();
-        self.addr = format!("127.0.0.1:{port}");
+        // A restart keeps the address, as a real server would, so clients can reconnect.
+        if self.addr.is_empty() {
+            self.addr = format!("127.0.0.1:{}", free_port());
+        }
         std::fs::create_dir_all(&self.data_dir).unwrap();
         if let Some(user) = self.run_as {
             std::os::unix::fs::chown(&self.data_dir, Some(user.uid), Some(user.gid)).unwrap();
