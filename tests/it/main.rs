@@ -6,6 +6,7 @@ mod install_network;
 mod lifecycle;
 mod restart;
 mod resume;
+mod rootless;
 mod sandbox;
 mod seed;
 mod uploads;
