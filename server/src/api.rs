@@ -22,6 +22,11 @@ pub async fn no_such_endpoint(method: axum::http::Method, uri: axum::http::Uri) 
     ApiError::NotFound(format!("endpoint {method} {}", uri.path()))
 }
 
+/// A known path with the wrong method: 405, in the same JSON shape as every other error.
+pub async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+}
+
 #[derive(Deserialize)]
 pub struct SubmitQuery {
     /// Wall-clock limit in seconds; capped by the server's own.

@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/admin/keys/{id}", delete(admin::revoke_key))
         .fallback(api::no_such_endpoint)
+        .method_not_allowed_fallback(api::wrong_method)
         .layer(DefaultBodyLimit::max(
             usize::try_from(state.upload_limits.max_compressed_bytes).unwrap_or(usize::MAX),
         ))

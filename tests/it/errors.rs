@@ -90,3 +90,30 @@ fn admin_key_file_is_private() {
         "the server logged the admin key"
     );
 }
+
+#[test]
+fn unknown_endpoints_and_methods_answer_json() {
+    let server = shared_server();
+    let (status, body) = ci_e2e::http(
+        "GET",
+        &server.addr,
+        "/v1/nope",
+        Some(&server.admin_key),
+        b"",
+    )
+    .unwrap();
+    assert_eq!(status, 404);
+    assert!(String::from_utf8_lossy(&body).contains(r#""error":"endpoint GET /v1/nope not found""#));
+    let (status, body) = ci_e2e::http(
+        "DELETE",
+        &server.addr,
+        "/v1/jobs",
+        Some(&server.admin_key),
+        b"",
+    )
+    .unwrap();
+    assert_eq!(status, 405);
+    assert!(
+        String::from_utf8_lossy(&body).contains(r#""error":"DELETE is not allowed on /v1/jobs""#)
+    );
+}
