@@ -106,13 +106,7 @@ fn list_shows_jobs_newest_first_with_stable_json() {
 fn cancel_stops_a_running_job_and_its_processes() {
     let server = shared_server();
     let dir = slow_project(300);
-    let id = server
-        .ci(dir.path())
-        .args(["submit", "test", "--async"])
-        .run()
-        .stdout()
-        .trim()
-        .to_string();
+    let id = server.submit_async(dir.path());
     server.wait_job(&id, "job to run its tests", |j| j["phase"] == "testing");
     // The server's default limits are on the job's cgroups.
     let read = |file: &str| {
@@ -171,21 +165,9 @@ fn a_full_queue_runs_jobs_in_order() {
         extra_args: vec!["--max-jobs".into(), "1".into()],
     });
     let slow = slow_project(4);
-    let first = server
-        .ci(slow.path())
-        .args(["submit", "test", "--async"])
-        .run()
-        .stdout()
-        .trim()
-        .to_string();
+    let first = server.submit_async(slow.path());
     server.wait_job(&first, "first job to start", |j| j["status"] == "running");
-    let second = server
-        .ci(&fixture("dummy_project"))
-        .args(["submit", "test", "--async"])
-        .run()
-        .stdout()
-        .trim()
-        .to_string();
+    let second = server.submit_async(&fixture("dummy_project"));
     let queued = server.job(&second);
     assert_eq!(queued["status"], "queued", "{queued}");
     assert_eq!(queued["queue_position"], 1, "{queued}");

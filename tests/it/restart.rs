@@ -35,13 +35,7 @@ fn sigkill_mid_job_then_restart_marks_it_lost_and_keeps_the_rest() {
     let done_log = server.stored_log(&done_id);
 
     let slow = slow_project();
-    let id = server
-        .ci(slow.path())
-        .args(["submit", "test", "--async"])
-        .run()
-        .stdout()
-        .trim()
-        .to_string();
+    let id = server.submit_async(slow.path());
     server.wait_job(&id, "slow job to run its tests", |j| {
         j["phase"] == "testing"
     });
@@ -83,21 +77,12 @@ fn sigterm_waits_for_the_grace_period_then_stops_jobs_and_keeps_the_queue() {
             .to_vec(),
     });
     let slow = slow_project();
-    let submit = |dir: &Path| {
-        server
-            .ci(dir)
-            .args(["submit", "test", "--async"])
-            .run()
-            .stdout()
-            .trim()
-            .to_string()
-    };
-    let id = submit(slow.path());
+    let id = server.submit_async(slow.path());
     server.wait_job(&id, "slow job to run its tests", |j| {
         j["phase"] == "testing"
     });
     // A second job waits in the queue, and someone follows it.
-    let queued = submit(&fixture("dummy_project"));
+    let queued = server.submit_async(&fixture("dummy_project"));
     assert_eq!(server.job(&queued)["status"], "queued");
     let mut follower = server
         .ci(slow.path())

@@ -103,13 +103,7 @@ fn output_survives_cut_connections_byte_for_byte() {
 fn watchers_get_identical_output() {
     let server = shared_server();
     let dir = chatty_project();
-    let id = server
-        .ci(dir.path())
-        .args(["submit", "test", "--async"])
-        .run()
-        .stdout()
-        .trim()
-        .to_string();
+    let id = server.submit_async(dir.path());
     let a = server.ci(dir.path()).args(["wait", &id, "--all"]).spawn();
     let b = server.ci(dir.path()).args(["wait", &id, "--all"]).spawn();
     let (a, b) = (

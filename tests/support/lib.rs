@@ -315,6 +315,13 @@ impl Server {
         self.launch();
     }
 
+    /// `ci submit test --async` in `dir` as the admin; returns the job id it printed.
+    pub fn submit_async(&self, dir: &Path) -> String {
+        let run = self.ci(dir).args(["submit", "test", "--async"]).run();
+        run.expect_code(0);
+        run.stdout().trim().to_string()
+    }
+
     /// `GET /v1/jobs/{id}` as the admin.
     pub fn job(&self, id: &str) -> serde_json::Value {
         let (status, body) = http(
