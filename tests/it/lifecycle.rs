@@ -199,3 +199,22 @@ fn ctrl_c_leaves_the_job_running() {
     let waited = server.ci(dir.path()).args(["wait", &id]).run();
     waited.expect_code(0).expect_stdout("1 passed");
 }
+
+#[test]
+fn output_arrives_while_the_job_runs() {
+    let server = shared_server();
+    let dir = slow_project(20);
+    let id = server.submit_async(dir.path());
+    let mut watcher = server.ci(dir.path()).args(["wait", &id, "--all"]).spawn();
+    // pytest -v names a test before it runs it: seeing the name means the stream is live.
+    watcher.read_until("tests/test_slow.py::test_slow");
+    let job = server.job(&id);
+    assert_eq!(job["status"], "running", "{job}");
+    assert_eq!(job["phase"], "testing", "{job}");
+    server
+        .ci(dir.path())
+        .args(["cancel", &id])
+        .run()
+        .expect_code(0);
+    watcher.finish(Duration::from_secs(60)).expect_code(1);
+}
