@@ -148,6 +148,18 @@ async fn execute(
     control: &Control,
     deadline: Instant,
 ) -> Ending {
+    // The project is checked first: a job that cannot run should not wait for an image.
+    let job_dir = ctx.job_dir(&job.id);
+    let project = job_dir.join("project");
+    let requirements = project.join("requirements.txt");
+    let requirements_text = match std::fs::read(&requirements) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ending::error("requirements.txt not found in project");
+        }
+        Err(e) => return Ending::error(format!("cannot read requirements.txt: {e}")),
+    };
+
     set_phase(
         db,
         job,
@@ -170,17 +182,6 @@ async fn execute(
         image.reference,
         short_digest(&image.manifest_digest)
     ));
-
-    let job_dir = ctx.job_dir(&job.id);
-    let project = job_dir.join("project");
-    let requirements = project.join("requirements.txt");
-    let requirements_text = match std::fs::read(&requirements) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ending::error("requirements.txt not found in project");
-        }
-        Err(e) => return Ending::error(format!("cannot read requirements.txt: {e}")),
-    };
 
     let job_id = job.id.clone();
     let common = Common {
