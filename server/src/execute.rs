@@ -500,6 +500,8 @@ struct ContainerRun {
     interruption: Option<Interruption>,
     /// The helper's own diagnostics, when it failed.
     helper_stderr: String,
+    /// How the helper process ended, when it was started at all.
+    helper_exit: Option<std::process::ExitStatus>,
 }
 
 impl ContainerRun {
@@ -535,13 +537,17 @@ impl ContainerRun {
     }
 
     fn helper_failure(&self) -> String {
-        let detail = self
+        use std::os::unix::process::ExitStatusExt;
+        let said = self
             .helper_stderr
             .lines()
             .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no detail");
-        format!("the container could not be run: {detail}")
+            .find(|l| !l.trim().is_empty());
+        match (said, self.helper_exit.and_then(|s| s.signal())) {
+            (Some(line), _) => format!("the container could not be run: {line}"),
+            (None, Some(sig)) => format!("the container's helper process was killed (signal {sig}); the container was removed"),
+            (None, None) => "the container could not be run (its helper gave no reason)".to_string(),
+        }
     }
 }
 
@@ -559,6 +565,7 @@ async fn run_container(
         outcome: None,
         interruption: None,
         helper_stderr: msg,
+        helper_exit: None,
     };
     let bundle = dir.join("bundle");
     let result = dir.join("outcome.json");
@@ -625,6 +632,11 @@ async fn run_container(
                 }
             },
             status = child.wait(), if exit.is_none() => {
+                if !status.as_ref().is_ok_and(|s| s.success()) {
+                    // The helper died without removing its container, which still holds the
+                    // pipe: remove it now rather than wait for the pipe to close.
+                    ctx.cleanup_container(&spec.id).await;
+                }
                 exit = Some(status);
                 if output_open {
                     // Give the pipe a moment to drain, then stop waiting for writers that
@@ -657,20 +669,24 @@ async fn run_container(
             stop_sent_at = Some(Instant::now());
         }
     }
-    let helper_stderr = stderr_task.await.unwrap_or_default();
+    let helper_exit = exit.and_then(Result::ok);
+    let helper_ok = helper_exit.is_some_and(|status| status.success());
+    let helper_stderr = tokio::time::timeout(Duration::from_secs(5), stderr_task)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    if !helper_ok {
+        tracing::warn!(container = %spec.id, status = ?helper_exit, stderr = %helper_stderr.trim(), "container helper failed");
+    }
     let outcome = std::fs::read(&result)
         .ok()
         .and_then(|b| serde_json::from_slice::<Outcome>(&b).ok());
-    let helper_ok = matches!(exit, Some(Ok(status)) if status.success());
-    if !helper_ok {
-        // The helper died before it cleaned up: make sure nothing of the container is left.
-        tracing::warn!(container = %spec.id, stderr = %helper_stderr.trim(), "container helper failed");
-        ctx.cleanup_container(&spec.id).await;
-    }
     ContainerRun {
         outcome,
         interruption,
         helper_stderr,
+        helper_exit,
     }
 }
 

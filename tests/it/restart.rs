@@ -105,3 +105,60 @@ fn sigterm_waits_for_the_grace_period_then_stops_jobs_and_keeps_the_queue() {
     followed.expect_code(0).expect_stdout("2 passed");
     assert_eq!(server.job(&queued)["status"], "passed");
 }
+
+/// Pids of processes whose command line contains every one of `needles`.
+fn processes_with(needles: &[&str]) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if needles.iter().all(|n| cmdline.contains(n)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn a_killed_container_helper_ends_the_job_and_leaves_nothing() {
+    let server = ci_e2e::shared_server();
+    let slow = slow_project();
+    let id = server.submit_async(slow.path());
+    server.wait_job(&id, "slow job to run its tests", |j| {
+        j["phase"] == "testing"
+    });
+    let container = format!("ci-{id}-test");
+    let helpers = poll(
+        Duration::from_secs(30),
+        "the container's helper process",
+        || Some(processes_with(&["__container", &container])).filter(|p| !p.is_empty()),
+    );
+    for pid in helpers {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    }
+    let job = server.wait_job(&id, "the job to end", |j| j["status"] != "running");
+    assert_eq!(job["status"], "error", "{job}");
+    assert!(
+        job["reason"]
+            .as_str()
+            .unwrap()
+            .contains("helper process was killed (signal 9)"),
+        "{job}"
+    );
+    // A cgroup can only be removed once no process is left in it (rmdir gives EBUSY), so
+    // gone cgroups mean every process of the job is gone.
+    assert!(container_gone(&id), "the container's cgroups are left");
+    assert!(
+        !server.data_dir.join("containers").join(&container).exists(),
+        "container state is left"
+    );
+    assert!(
+        !server.data_dir.join("jobs").join(&id).exists(),
+        "the job directory is left"
+    );
+}
