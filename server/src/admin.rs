@@ -121,6 +121,13 @@ async fn set_active(
         state.db.flush().await?;
         let what = if active { "enabled" } else { "disabled" };
         tracing::info!(by = %caller.0.email, user = %user.email, "user {what}");
+        if !active {
+            // A disabled account may be a compromised one: its work stops with it.
+            let stopped = state.jobs.stop_all_of(&user.id).await?;
+            if stopped > 0 {
+                tracing::info!(user = %user.email, jobs = stopped, "stopped the disabled user's jobs");
+            }
+        }
     }
     Ok(Json((&user).into()))
 }

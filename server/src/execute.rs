@@ -507,8 +507,8 @@ struct ContainerRun {
 impl ContainerRun {
     fn interrupted(&self, ctx: &RunContext, job: &Job) -> Option<Ending> {
         let (status, reason) = match self.interruption? {
-            Interruption::Stop(StopReason::Cancelled) => {
-                (Status::Cancelled, "cancelled".to_string())
+            Interruption::Stop(reason @ (StopReason::Cancelled | StopReason::UserDisabled)) => {
+                (Status::Cancelled, reason.cancel_reason(true).to_string())
             }
             Interruption::Stop(StopReason::Shutdown) => (
                 Status::Lost,

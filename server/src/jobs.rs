@@ -18,7 +18,20 @@ use crate::model::{now_ms, Job, Status};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
     Cancelled,
+    /// An admin disabled the job's owner.
+    UserDisabled,
     Shutdown,
+}
+
+impl StopReason {
+    /// The reason recorded for a job this stopped (shutdown makes jobs `lost`, not cancelled).
+    pub fn cancel_reason(self, started: bool) -> &'static str {
+        match (self, started) {
+            (StopReason::UserDisabled, _) => "the user was disabled by an admin",
+            (_, false) => "stopped before it started",
+            (_, true) => "stopped on request",
+        }
+    }
 }
 
 /// A handle on one running job.
@@ -187,6 +200,29 @@ impl Jobs {
 
     /// Cancels a queued or running job. Returns the job as it is after the request.
     pub async fn cancel(&self, job: Job) -> Result<Job, ApiError> {
+        self.stop(job, StopReason::Cancelled).await
+    }
+
+    /// Stops every queued or running job of a user (who was just disabled); returns how many.
+    pub async fn stop_all_of(&self, owner: &str) -> Result<usize, ApiError> {
+        let jobs: Vec<Job> = self
+            .db
+            .jobs()?
+            .into_iter()
+            .filter(|j| j.owner == owner && !j.status.is_terminal())
+            .collect();
+        let count = jobs.len();
+        for job in jobs {
+            match self.stop(job, StopReason::UserDisabled).await {
+                // It ended on its own in between.
+                Ok(_) | Err(ApiError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(count)
+    }
+
+    async fn stop(&self, job: Job, reason: StopReason) -> Result<Job, ApiError> {
         if job.status.is_terminal() {
             return Err(ApiError::Conflict(format!(
                 "job {} already ended ({})",
@@ -205,17 +241,18 @@ impl Jobs {
         };
         match control {
             Some(control) => {
-                control.request(StopReason::Cancelled);
+                control.request(reason);
                 Ok(job)
             }
             None => {
                 // It was still queued: nothing runs, end it here.
                 let mut job = job;
+                let why = reason.cancel_reason(false);
                 self.logs
-                    .note_offline(&job.id, "result: cancelled before it started")?;
+                    .note_offline(&job.id, &format!("result: cancelled: {why}"))?;
                 job.status = Status::Cancelled;
                 job.finished_ms = Some(now_ms());
-                job.reason = Some("cancelled before it started".into());
+                job.reason = Some(why.into());
                 self.db.put_job(&job)?;
                 self.db.flush().await?;
                 self.run.remove_job_dir(&job.id);

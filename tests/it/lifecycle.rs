@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ci_e2e::{fixture, poll, project, shared_server, Server, ServerOptions};
+use ci_e2e::{fixture, project, shared_server, Server, ServerOptions};
 
 const PYTEST: (&str, &str) = ("requirements.txt", "pytest==7.4.3\n");
 
@@ -108,22 +108,29 @@ fn cancel_stops_a_running_job_and_its_processes() {
     let dir = slow_project(300);
     let id = server.submit_async(dir.path());
     server.wait_job(&id, "job to run its tests", |j| j["phase"] == "testing");
-    // The server's default limits are on the job's cgroups.
-    let read = |file: &str| {
+    // The server's default limits are on the job's cgroups. libcontainer creates a cgroup
+    // before it writes the limits into it, so wait for the value, not just the file.
+    let expect = |file: &str, want: &str| {
         let path = format!("/sys/fs/cgroup/{file}").replace("JOB", &format!("ci/ci-{id}-test"));
-        poll(Duration::from_secs(30), &path, || {
-            std::fs::read_to_string(&path).ok()
+        let mut last = None;
+        let found = std::iter::repeat_with(|| {
+            std::thread::sleep(Duration::from_millis(50));
+            last = std::fs::read_to_string(&path)
+                .ok()
+                .map(|v| v.trim().to_string());
+            last.as_deref() == Some(want)
         })
-        .trim()
-        .to_string()
+        .take(600)
+        .any(|ok| ok);
+        assert!(found, "{path} is {last:?}, not {want}");
     };
-    assert_eq!(
-        read("memory/JOB/memory.limit_in_bytes"),
-        (2u64 << 30).to_string()
+    expect(
+        "memory/JOB/memory.limit_in_bytes",
+        &(2u64 << 30).to_string(),
     );
-    assert_eq!(read("pids/JOB/pids.max"), "512");
-    assert_eq!(read("cpu/JOB/cpu.cfs_quota_us"), "200000");
-    assert_eq!(read("cpu/JOB/cpu.cfs_period_us"), "100000");
+    expect("pids/JOB/pids.max", "512");
+    expect("cpu/JOB/cpu.cfs_quota_us", "200000");
+    expect("cpu/JOB/cpu.cfs_period_us", "100000");
     let watcher = server.ci(dir.path()).args(["wait", &id]).spawn();
     server
         .ci(dir.path())

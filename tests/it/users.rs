@@ -572,3 +572,33 @@ fn no_key_reaches_the_server_log() {
     });
     assert_not_logged(server, &[&key, &revoked, &unknown, &server.admin_key]);
 }
+
+#[test]
+fn disabling_a_user_stops_their_jobs() {
+    let server = shared_server();
+    let (email, key) = new_user(server, "ivan", false);
+    let dir = sleeping_project(300);
+    let id = submit_async(server, &key, dir.path());
+    poll(Duration::from_secs(120), "the job to run its tests", || {
+        (job(server, &key, &id).unwrap()["phase"] == "testing").then_some(())
+    });
+    admin(server, &["admin", "user", "disable", &email]).expect_code(0);
+    // The user cannot look now; the host can: the job's container goes away.
+    let cgroup = format!("/sys/fs/cgroup/pids/ci/ci-{id}-test");
+    poll(
+        Duration::from_secs(60),
+        "the job's container to be removed",
+        || (!std::path::Path::new(&cgroup).exists()).then_some(()),
+    );
+    admin(server, &["admin", "user", "enable", &email]).expect_code(0);
+    let ended = poll(
+        Duration::from_secs(60),
+        "the job to be recorded as stopped",
+        || Some(job(server, &key, &id).unwrap()).filter(|j| j["status"] != "running"),
+    );
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+    assert_eq!(
+        ended["reason"], "the user was disabled by an admin",
+        "{ended}"
+    );
+}
