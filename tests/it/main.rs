@@ -9,5 +9,6 @@ mod resume;
 mod rootless;
 mod sandbox;
 mod seed;
+mod snapshots;
 mod uploads;
 mod users;
