@@ -63,6 +63,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub max_log_size: u64,
 
+    /// Installed dependencies and pip caches unused for this long are removed (checked hourly).
+    #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
+    pub cache_max_age: Duration,
+
     /// Largest project upload, compressed.
     #[arg(long, default_value = "100MiB", value_parser = parse_size)]
     pub max_upload_size: u64,

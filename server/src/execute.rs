@@ -27,6 +27,8 @@ pub struct RunContext {
     pub state_root: PathBuf,
     pub jobs_dir: PathBuf,
     pub cache_dir: PathBuf,
+    /// Cache entries unused for this long are removed ([`crate::cache::collect`]).
+    pub cache_max_age: Duration,
     pub image: ImageProvider,
     pub ca_bundle: Option<PathBuf>,
     pub memory_limit: u64,
@@ -196,6 +198,7 @@ async fn execute(
     let deps_key = deps_cache_key(&image.manifest_digest, &requirements_text);
     let deps = ctx.cache_dir.join("deps").join(&job.owner).join(&deps_key);
     if deps.is_dir() {
+        crate::cache::touch(&deps);
         set_phase(
             db,
             job,
@@ -443,6 +446,7 @@ impl Common<'_> {
         });
         // pip's download cache, per user: warm installs skip the network for what they had.
         let pip_cache = self.ctx.cache_dir.join("pip").join(owner);
+        crate::cache::touch(&pip_cache);
         let cache_ready = fs_err::create_dir_all(&pip_cache)
             .map_err(|e| e.to_string())
             .and_then(|()| {

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod doctor;
@@ -99,6 +100,8 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         state_root,
         jobs_dir,
         cache_dir: data.join("cache"),
+        // Never shorter than a job can run: an entry in use is touched when its job starts.
+        cache_max_age: args.cache_max_age.max(args.job_timeout * 2),
         image: image::ImageProvider::new(store, reference, options),
         ca_bundle,
         memory_limit: args.memory_limit,
@@ -183,6 +186,22 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let dispatcher = tokio::spawn(state.jobs.clone().dispatch());
+    // Expire unused dependency and pip caches now and every hour.
+    let run = state.run.clone();
+    let collector = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            let (dir, age) = (run.cache_dir.clone(), run.cache_max_age);
+            if let Ok(removed) =
+                tokio::task::spawn_blocking(move || cache::collect(&dir, age)).await
+            {
+                if removed > 0 {
+                    tracing::info!(removed, "expired unused dependency caches");
+                }
+            }
+        }
+    });
     // Warm the image in the background so the first job does not wait for a pull.
     let run = state.run.clone();
     tokio::spawn(async move {
@@ -203,6 +222,7 @@ pub async fn serve(
     // Running jobs get the grace period; log followers see their end, then the server stops.
     jobs.shutdown(grace).await;
     dispatcher.abort();
+    collector.abort();
     server.await??;
     Ok(())
 }
