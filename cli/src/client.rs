@@ -149,6 +149,7 @@ impl Client {
         &self,
         archive: Vec<u8>,
         timeout_secs: Option<u64>,
+        pytest_args: &[String],
     ) -> Result<JobView, RequestError> {
         let mut req = self
             .http
@@ -157,6 +158,10 @@ impl Client {
             .body(archive);
         if let Some(t) = timeout_secs {
             req = req.query(&[("timeout_secs", t)]);
+        }
+        if !pytest_args.is_empty() {
+            let json = serde_json::to_string(pytest_args).expect("strings serialize");
+            req = req.query(&[("pytest_args", json)]);
         }
         let resp = self.send(req).await?;
         resp.json()

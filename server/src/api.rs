@@ -31,6 +31,35 @@ pub async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> A
 pub struct SubmitQuery {
     /// Wall-clock limit in seconds; capped by the server's own.
     timeout_secs: Option<u64>,
+    /// Extra pytest arguments, as a JSON array of strings.
+    pytest_args: Option<String>,
+}
+
+/// Most extra pytest arguments a job may have, and the longest one.
+const MAX_PYTEST_ARGS: usize = 64;
+const MAX_PYTEST_ARG_LEN: usize = 4096;
+
+fn parse_pytest_args(raw: Option<&str>) -> Result<Vec<String>, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    let args: Vec<String> = serde_json::from_str(raw)
+        .map_err(|_| ApiError::BadRequest("pytest_args must be a JSON array of strings".into()))?;
+    if args.len() > MAX_PYTEST_ARGS {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_PYTEST_ARGS} pytest arguments"
+        )));
+    }
+    if let Some(bad) = args
+        .iter()
+        .find(|a| a.len() > MAX_PYTEST_ARG_LEN || a.contains('\0'))
+    {
+        let shown: String = bad.chars().take(40).collect();
+        return Err(ApiError::BadRequest(format!(
+            "pytest argument {shown:?} is too long or has a NUL byte (at most {MAX_PYTEST_ARG_LEN} bytes)"
+        )));
+    }
+    Ok(args)
 }
 
 /// `POST /v1/jobs`: the body is the project as tar.gz.
@@ -47,6 +76,7 @@ pub async fn submit(
         )),
         _ => ApiError::BadRequest(format!("cannot read the upload: {e}")),
     })?;
+    let pytest_args = parse_pytest_args(q.pytest_args.as_deref())?;
     if body.is_empty() {
         return Err(ApiError::BadRequest(
             "empty upload: send the project as a tar.gz body".into(),
@@ -83,6 +113,7 @@ pub async fn submit(
         exit_code: None,
         reason: None,
         timeout_secs: state.jobs.timeout_for(q.timeout_secs),
+        pytest_args,
     };
     let position = match state.jobs.submit(job.clone()).await {
         Ok(p) => p,

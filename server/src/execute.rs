@@ -243,15 +243,10 @@ async fn execute(
         }
     }
 
-    set_phase(
-        db,
-        job,
-        log,
-        Phase::Testing,
-        "running tests: python -m pytest -v",
-    )
-    .await;
-    let spec = common.test_spec(&deps);
+    let shown: Vec<String> = job.pytest_args.iter().map(|a| shell_quote(a)).collect();
+    let line = format!("running tests: python -m pytest -v {}", shown.join(" "));
+    set_phase(db, job, log, Phase::Testing, line.trim_end()).await;
+    let spec = common.test_spec(&deps, &job.pytest_args);
     let run = run_container(ctx, &spec, &job_dir.join("test"), log, control, deadline).await;
     if let Some(ending) = run.interrupted(ctx, job) {
         return ending;
@@ -312,6 +307,19 @@ fn describe(ctx: &RunContext, o: &Outcome) -> String {
         format!("killed by signal {sig}")
     } else {
         format!("exit code {}", o.exit_code.unwrap_or(-1))
+    }
+}
+
+/// An argument as a shell would need it written, for the log line that shows the command.
+fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_=/.,:@%+".contains(c));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
     }
 }
 
@@ -474,13 +482,14 @@ impl Common<'_> {
         spec
     }
 
-    fn test_spec(&self, deps: &Path) -> ContainerSpec {
+    fn test_spec(&self, deps: &Path, pytest_args: &[String]) -> ContainerSpec {
         let extra = [("PYTHONPATH", "/deps"), ("PYTHONDONTWRITEBYTECODE", "1")];
         let mut env = self.env(&extra);
         if let Some(path) = env.iter_mut().find(|e| e.starts_with("PATH=")) {
             *path = format!("PATH=/deps/bin:{}", &path[5..]);
         }
-        let args = ["python3", "-m", "pytest", "-v", "-p", "no:cacheprovider"];
+        let mut args = vec!["python3", "-m", "pytest", "-v", "-p", "no:cacheprovider"];
+        args.extend(pytest_args.iter().map(String::as_str));
         let mut spec = self.base("test", &args, env, Network::None);
         spec.mounts.push(BindMount {
             source: deps.to_path_buf(),
@@ -697,6 +706,18 @@ async fn run_container(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quotes_what_a_shell_would_split() {
+        assert_eq!(shell_quote("-k"), "-k");
+        assert_eq!(
+            shell_quote("tests/test_a.py::test_x"),
+            "tests/test_a.py::test_x"
+        );
+        assert_eq!(shell_quote("add or sub"), "'add or sub'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
 
     #[test]
     fn deps_key_changes_with_image_and_requirements() {

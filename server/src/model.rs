@@ -78,6 +78,9 @@ pub struct Job {
     /// Why the job ended the way it did, in words, for anything but a plain pass or fail.
     pub reason: Option<String>,
     pub timeout_secs: u64,
+    /// Extra arguments for pytest, after the server's own (`ci submit test -- ARGS`).
+    #[serde(default)]
+    pub pytest_args: Vec<String>,
 }
 
 /// Role of a user.

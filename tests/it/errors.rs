@@ -117,3 +117,18 @@ fn unknown_endpoints_and_methods_answer_json() {
         String::from_utf8_lossy(&body).contains(r#""error":"DELETE is not allowed on /v1/jobs""#)
     );
 }
+
+#[test]
+fn malformed_pytest_arguments_are_refused() {
+    let server = shared_server();
+    let (status, body) = ci_e2e::http(
+        "POST",
+        &server.addr,
+        "/v1/jobs?pytest_args=not-json",
+        Some(&server.admin_key),
+        b"x",
+    )
+    .unwrap();
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("pytest_args must be a JSON array of strings"));
+}

@@ -46,3 +46,24 @@ fn invalid_project_errors() {
         "{run}"
     );
 }
+
+#[test]
+fn pytest_arguments_pass_through() {
+    let server = shared_server();
+    let run = server
+        .ci(&fixture("dummy_project"))
+        .args(["submit", "test", "--", "-k", "add or nothing", "-x"])
+        .run();
+    run.expect_code(0)
+        .expect_stdout("running tests: python -m pytest -v -k 'add or nothing' -x")
+        .expect_stdout("test_add PASSED")
+        .expect_stdout("1 deselected");
+    assert!(!run.stdout().contains("test_subtract PASSED"), "{run}");
+    // A bad argument is pytest's to refuse: a usage error, shown as such.
+    let bad = server
+        .ci(&fixture("dummy_project"))
+        .args(["submit", "test", "--", "--no-such-flag"])
+        .run();
+    bad.expect_code(1)
+        .expect_stdout("unrecognized arguments: --no-such-flag");
+}

@@ -25,6 +25,10 @@ pub struct SubmitArgs {
     /// The project directory.
     #[arg(long, short = 'C', default_value = ".")]
     pub dir: PathBuf,
+
+    /// Extra arguments for pytest, after `--` (e.g. `ci submit test -- -k add -x`).
+    #[arg(last = true, value_name = "PYTEST_ARGS")]
+    pub pytest_args: Vec<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Debug)]
@@ -39,7 +43,9 @@ pub async fn run(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot open project directory {}", args.dir.display()))?;
     let packed = pack::pack(&dir)?;
     let timeout = args.timeout.map(|t| t.as_secs().max(1));
-    let job = client.submit(packed.archive, timeout).await?;
+    let job = client
+        .submit(packed.archive, timeout, &args.pytest_args)
+        .await?;
     if args.detach {
         println!("{}", job.id);
         eprintln!(
