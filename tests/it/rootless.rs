@@ -114,7 +114,7 @@ fn text(output: &Output) -> String {
 #[test]
 fn a_server_run_by_a_normal_user_runs_jobs_as_that_user() {
     let user = delegated_user();
-    let _tun = TunOpen::new();
+    let _tun = ci_e2e::TunOpen::new();
     let server = Server::start_as(
         ServerOptions {
             extra_args: LIMITS.map(String::from).to_vec(),
@@ -385,33 +385,4 @@ fn a_user_without_delegated_cgroups_is_refused_with_the_reason() {
         !Path::new(&subtree("memory", UNDELEGATED)).exists(),
         "the refused server created cgroups"
     );
-}
-
-/// Makes /dev/net/tun 0666, as Debian's udev rule does, for the life of the guard, so that
-/// slirp4netns run by the user can open it (the kernel's own default is 0600 and this machine
-/// has no udev). Without it `serve` refuses the default `--install-network slirp`.
-struct TunOpen(Option<u32>);
-
-impl TunOpen {
-    fn new() -> TunOpen {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata("/dev/net/tun")
-            .expect("/dev/net/tun exists")
-            .permissions()
-            .mode();
-        if mode & 0o006 == 0o006 {
-            return TunOpen(None);
-        }
-        std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666)).unwrap();
-        TunOpen(Some(mode))
-    }
-}
-
-impl Drop for TunOpen {
-    fn drop(&mut self) {
-        use std::os::unix::fs::PermissionsExt;
-        if let Some(mode) = self.0 {
-            let _ = std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(mode));
-        }
-    }
 }

@@ -644,3 +644,36 @@ pub fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
     }
     dir
 }
+
+/// Makes /dev/net/tun 0666, as Debian's udev rule does, for the life of the guard, so that
+/// slirp4netns run by a normal user can open it (the kernel's own default is 0600 and a
+/// machine without udev keeps it). The mode is put back when the guard drops.
+pub struct TunOpen(Option<u32>);
+
+impl TunOpen {
+    #[expect(
+        clippy::new_without_default,
+        reason = "it changes the host: no silent default"
+    )]
+    pub fn new() -> TunOpen {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata("/dev/net/tun")
+            .expect("/dev/net/tun exists")
+            .permissions()
+            .mode();
+        if mode & 0o006 == 0o006 {
+            return TunOpen(None);
+        }
+        std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666)).unwrap();
+        TunOpen(Some(mode))
+    }
+}
+
+impl Drop for TunOpen {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(mode) = self.0 {
+            let _ = std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(mode));
+        }
+    }
+}

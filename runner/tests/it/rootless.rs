@@ -143,7 +143,7 @@ fn rootless_slirp_network_has_no_host() {
     // machine has no udev and the kernel's 0600, so the set-up opens it as Debian would (and
     // puts the mode back after). Without it the server refuses `--install-network slirp` for
     // a normal user, and probe::capabilities says why.
-    let _tun = TunOpen::new();
+    let _tun = ci_e2e::TunOpen::new();
     let ctx = TestContext::rootless("rl-slirp", user());
     let canary = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     canary.set_nonblocking(true).unwrap();
@@ -189,31 +189,4 @@ fn rootless_cleanup_removes_a_container_whose_helper_was_killed() {
     // As the user, like a server run by that user at start-up.
     assert_eq!(ctx.helper_cleanup(None), format!("{}\n", ctx.id));
     ctx.assert_clean();
-}
-
-/// Makes /dev/net/tun 0666 (Debian's default) for the life of the guard.
-struct TunOpen(Option<u32>);
-
-impl TunOpen {
-    fn new() -> TunOpen {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata("/dev/net/tun")
-            .expect("/dev/net/tun exists")
-            .permissions()
-            .mode();
-        if mode & 0o006 == 0o006 {
-            return TunOpen(None);
-        }
-        std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666)).unwrap();
-        TunOpen(Some(mode))
-    }
-}
-
-impl Drop for TunOpen {
-    fn drop(&mut self) {
-        use std::os::unix::fs::PermissionsExt;
-        if let Some(mode) = self.0 {
-            let _ = std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(mode));
-        }
-    }
 }
