@@ -25,6 +25,7 @@ fn server() -> &'static Server {
             ]
             .map(String::from)
             .to_vec(),
+            ..Default::default()
         })
     })
 }

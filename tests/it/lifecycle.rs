@@ -170,6 +170,7 @@ fn a_job_over_its_timeout_is_killed() {
 fn a_full_queue_runs_jobs_in_order() {
     let server = Server::start(ServerOptions {
         extra_args: vec!["--max-jobs".into(), "1".into()],
+        ..Default::default()
     });
     let slow = slow_project(4);
     let first = server.submit_async(slow.path());

@@ -75,6 +75,7 @@ fn sigterm_waits_for_the_grace_period_then_stops_jobs_and_keeps_the_queue() {
         extra_args: ["--shutdown-grace", "2s", "--max-jobs", "1"]
             .map(String::from)
             .to_vec(),
+        ..Default::default()
     });
     let slow = slow_project();
     let id = server.submit_async(slow.path());
@@ -160,5 +161,77 @@ fn a_killed_container_helper_ends_the_job_and_leaves_nothing() {
     assert!(
         !server.data_dir.join("jobs").join(&id).exists(),
         "the job directory is left"
+    );
+}
+
+/// A TCP proxy to `target` that forwards while `open`, and afterwards refuses every
+/// connection; it counts the connections it saw after closing.
+struct GatedProxy {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn gated_proxy(target: String) -> GatedProxy {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let open = Arc::new(AtomicBool::new(true));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let (is_open, count) = (open.clone(), refused.clone());
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            if !is_open.load(Ordering::SeqCst) {
+                count.fetch_add(1, Ordering::SeqCst);
+                continue; // dropped: the connection is closed at once
+            }
+            let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+                continue;
+            };
+            let (mut c1, mut u1) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut c1, &mut u1));
+            std::thread::spawn(move || {
+                let (mut u2, mut c2) = (upstream, client);
+                std::io::copy(&mut u2, &mut c2)
+            });
+        }
+    });
+    GatedProxy {
+        port,
+        open,
+        refused,
+    }
+}
+
+#[test]
+fn a_restarted_server_runs_jobs_with_the_registry_gone() {
+    use std::sync::atomic::Ordering;
+    let registry = std::env::var("CI_TEST_REGISTRY").expect("CI_TEST_REGISTRY");
+    let proxy = gated_proxy(registry);
+    let cache = tempfile::tempdir_in(ci_e2e::scratch()).unwrap();
+    let mut server = Server::start(ServerOptions {
+        image: Some(format!("127.0.0.1:{}/library/python:3.11-slim", proxy.port)),
+        image_cache: Some(cache.path().to_path_buf()),
+        ..Default::default()
+    });
+    // The first job needs the image: pulled through the proxy.
+    server
+        .ci(&fixture("dummy_project"))
+        .args(["submit", "test"])
+        .run()
+        .expect_code(0);
+    proxy.open.store(false, Ordering::SeqCst);
+    server.stop_with(Signal::SIGTERM);
+    server.restart();
+    let run = server
+        .ci(&fixture("failing_project"))
+        .args(["submit", "test"])
+        .run();
+    run.expect_code(1).expect_stdout("test_multiply PASSED");
+    assert_eq!(
+        proxy.refused.load(Ordering::SeqCst),
+        0,
+        "the restarted server asked the registry"
     );
 }

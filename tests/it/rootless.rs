@@ -118,6 +118,7 @@ fn a_server_run_by_a_normal_user_runs_jobs_as_that_user() {
     let server = Server::start_as(
         ServerOptions {
             extra_args: LIMITS.map(String::from).to_vec(),
+            ..Default::default()
         },
         user,
     );

@@ -21,6 +21,7 @@ fn server() -> &'static Server {
             ]
             .map(String::from)
             .to_vec(),
+            ..Default::default()
         })
     })
 }

@@ -160,6 +160,10 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 #[derive(Clone, Debug, Default)]
 pub struct ServerOptions {
     pub extra_args: Vec<String>,
+    /// `--image` [default: the test image in the loopback registry].
+    pub image: Option<String>,
+    /// `--image-cache` [default: one shared by every test server; a run-as server's own].
+    pub image_cache: Option<PathBuf>,
 }
 
 /// A normal (non-root) user to run a test server as, for the rootless tests.
@@ -237,11 +241,12 @@ impl Server {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--image")
-            .arg(test_image())
+            .arg(self.options.image.clone().unwrap_or_else(test_image))
             .arg("--image-cache")
-            .arg(match self.run_as {
-                Some(_) => self.data_dir.join("images"),
-                None => image_cache(),
+            .arg(match (&self.options.image_cache, self.run_as) {
+                (Some(dir), _) => dir.clone(),
+                (None, Some(_)) => self.data_dir.join("images"),
+                (None, None) => image_cache(),
             })
             .args(&self.options.extra_args)
             .env("CI_LOG", "info,ci_server=debug")
