@@ -33,25 +33,7 @@ const CONTROLLERS: [&str; 8] = [
 
 /// A system user (no home, no login, no subordinate ids), created if missing.
 fn system_user(name: &str) -> RunAs {
-    let find = || nix::unistd::User::from_name(name).unwrap();
-    if find().is_none() {
-        let status = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                name,
-            ])
-            .status()
-            .unwrap();
-        // A parallel test process may have created it in between.
-        assert!(
-            status.success() || find().is_some(),
-            "useradd {name}: {status}"
-        );
-    }
-    let user = find().unwrap();
+    let user = ci_e2e::system_user(name);
     RunAs {
         uid: user.uid.as_raw(),
         gid: user.gid.as_raw(),
@@ -63,18 +45,7 @@ fn delegated_user() -> RunAs {
     static SETUP: OnceLock<RunAs> = OnceLock::new();
     *SETUP.get_or_init(|| {
         let user = system_user(USER);
-        let out = Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../scripts/delegate-cgroups"
-        ))
-        .arg(USER)
-        .output()
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "delegate-cgroups: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ci_e2e::delegate_cgroups(USER);
         user
     })
 }

@@ -484,15 +484,9 @@ impl Ci {
     }
 
     /// Runs to completion (panics past the timeout, after killing it).
-    pub fn run(mut self) -> Run {
-        let child = self
-            .cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run ci");
-        let output = wait_with_timeout(child, self.timeout);
-        Run(output)
+    pub fn run(self) -> Run {
+        let timeout = self.timeout;
+        self.spawn().finish(timeout)
     }
 }
 
@@ -681,4 +675,38 @@ impl Drop for TunOpen {
             let _ = std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(mode));
         }
     }
+}
+
+/// A system user (no home, no login, no subordinate ids) for rootless tests, created if
+/// missing. Tolerates another test process creating it at the same time.
+pub fn system_user(name: &str) -> nix::unistd::User {
+    let find = || nix::unistd::User::from_name(name).unwrap();
+    if find().is_none() {
+        let status = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ])
+            .status()
+            .unwrap();
+        assert!(
+            status.success() || find().is_some(),
+            "useradd {name}: {status}"
+        );
+    }
+    find().unwrap()
+}
+
+/// Delegates the cgroup v1 subtree to `name` with `scripts/delegate-cgroups` (idempotent).
+pub fn delegate_cgroups(name: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/delegate-cgroups");
+    let out = Command::new(script).arg(name).output().unwrap();
+    assert!(
+        out.status.success(),
+        "delegate-cgroups {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

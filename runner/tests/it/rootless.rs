@@ -3,7 +3,6 @@
 //! delegated once with `scripts/delegate-cgroups`. Setting up the user and the delegation
 //! needs root, like the rest of these tests.
 
-use std::process::Command;
 use std::sync::OnceLock;
 
 use ci_runner::Network;
@@ -19,31 +18,9 @@ const USER: &str = "ci-rootless-test";
 fn user() -> &'static nix::unistd::User {
     static USER_SETUP: OnceLock<nix::unistd::User> = OnceLock::new();
     USER_SETUP.get_or_init(|| {
-        if nix::unistd::User::from_name(USER).unwrap().is_none() {
-            let status = Command::new("useradd")
-                .args([
-                    "--system",
-                    "--no-create-home",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    USER,
-                ])
-                .status()
-                .unwrap();
-            // A parallel test process may have created it in between.
-            assert!(
-                status.success() || nix::unistd::User::from_name(USER).unwrap().is_some(),
-                "useradd {USER}: {status}"
-            );
-        }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/delegate-cgroups");
-        let out = Command::new(script).arg(USER).output().unwrap();
-        assert!(
-            out.status.success(),
-            "delegate-cgroups: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        nix::unistd::User::from_name(USER).unwrap().unwrap()
+        let user = ci_e2e::system_user(USER);
+        ci_e2e::delegate_cgroups(USER);
+        user
     })
 }
 
