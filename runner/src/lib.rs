@@ -45,6 +45,7 @@ pub use error::{chain as error_chain, Error};
 pub use helper::{run_helper, Outcome};
 pub use spec::{
     build_spec, ensure_mountpoints, prepare_bundle, validate, validate_id, BindMount, CgroupMode,
-    ContainerSpec, IdRange, Limits, Network, Tmpfs, UserNamespace, DEFAULT_PATH, HOSTNAME,
+    ContainerSpec, IdRange, Limits, Network, OverlayMount, OverlayUpper, Tmpfs, UserNamespace,
+    DEFAULT_PATH, HOSTNAME,
 };
 pub use userns::{check_reachable, give_to_container};

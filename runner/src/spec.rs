@@ -65,6 +65,10 @@ pub struct ContainerSpec {
     pub network: Network,
     pub limits: Limits,
     pub tmpfs: Vec<Tmpfs>,
+    /// Overlay filesystems, e.g. a job's virtual environment at `/venv` over a shared,
+    /// cached one (see [`OverlayMount`]). Absent from the JSON of older callers: none.
+    #[serde(default)]
+    pub overlays: Vec<OverlayMount>,
     /// Absolute cgroup path under which the container's cgroup `<cgroup_parent>/<id>` is
     /// created in every hierarchy, e.g. `/ci`.
     pub cgroup_parent: String,
@@ -193,6 +197,59 @@ pub struct BindMount {
     pub readonly: bool,
 }
 
+/// An overlay filesystem (overlayfs) at `destination`: the union of `lower` (read-only)
+/// and, when given, a writable `upper` layer.
+///
+/// Why: a cached virtual environment is shared by every job that needs it and must never
+/// be written, yet a job's install step may add, change and remove files in it. Mounted
+/// as the lower layer, the cache stays untouched; what the job changes lands in its own
+/// upper directory (copy-up, whiteouts for deletions, opaque markers for directories
+/// replaced wholesale). The next container can stack that upper directory on the cache as
+/// another lower layer and see the same tree read-only, e.g. install then tests:
+/// `lower: [cache], upper: Some(job)` then `lower: [job.upper, cache], upper: None`.
+///
+/// What the caller must ensure (the runner cannot check it from the spec alone):
+/// - every layer is readable by the container's root (like a bind source: the mount is
+///   made from inside the user namespace with its credentials, see
+///   [`check_reachable`](crate::check_reachable));
+/// - `upper` and `work` exist, are on the same filesystem, `work` is empty, and both
+///   belong to the container's root ([`give_to_container`](crate::give_to_container)):
+///   overlayfs writes them with the credentials of whoever mounted it, here that root;
+/// - what a job may change in a lower layer is owned by ids mapped in the container (a
+///   cache written by an earlier container of the same id range is): an unmapped owner
+///   shows as `nobody`, over whose files the container's root has no capabilities
+///   (writing one fails with EACCES, chmod with EPERM);
+/// - no layer changes while a container has it mounted (overlayfs leaves that
+///   undefined), and an upper directory is used by one container at a time.
+///
+/// In a user namespace (always, for the server) overlayfs keeps its opaque directories'
+/// markers in `user.overlay.*` xattrs (mount option `userxattr`; `trusted.*` needs the
+/// host's CAP_SYS_ADMIN); whiteouts are 0/0 character devices either way. A layer
+/// written that way must be read the same way: do not share layers between specs with
+/// and without a user namespace. `userxattr` also means `redirect_dir=nofollow`:
+/// rename(2) of a directory that comes from a lower layer fails with EXDEV, and `mv` or
+/// Python's `shutil.move` copy it instead.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct OverlayMount {
+    /// Absolute path inside the container.
+    pub destination: String,
+    /// Absolute host directories, topmost first. At least one with an upper layer; at
+    /// least two without one (the kernel refuses a lone read-only lower layer: bind it
+    /// read-only instead, unless it holds whiteouts).
+    pub lower: Vec<PathBuf>,
+    /// The writable layer; `None` makes the overlay read-only.
+    pub upper: Option<OverlayUpper>,
+}
+
+/// The writable layer of an [`OverlayMount`]: absolute host directories on one
+/// filesystem, both owned by the container's root; `work` is overlayfs's scratch space
+/// and must start empty.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct OverlayUpper {
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
 /// Which network namespace the container gets.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Network {
@@ -262,6 +319,7 @@ pub fn validate(spec: &ContainerSpec) -> Result<(), Error> {
         .iter()
         .map(|m| &m.destination)
         .chain(spec.tmpfs.iter().map(|t| &t.destination))
+        .chain(spec.overlays.iter().map(|o| &o.destination))
     {
         check_container_path("mount destination", dest)?;
         let normalized = Path::new(dest).components().collect::<PathBuf>();
@@ -285,6 +343,9 @@ pub fn validate(spec: &ContainerSpec) -> Result<(), Error> {
     }
     if let Some(t) = spec.tmpfs.iter().find(|t| t.size_bytes == 0) {
         return invalid(format!("tmpfs {} has size 0", t.destination));
+    }
+    for overlay in &spec.overlays {
+        check_overlay(overlay)?;
     }
     let limits = &spec.limits;
     if limits.memory_bytes == Some(0)
@@ -343,6 +404,53 @@ fn check_container_path(what: &str, path: &str) -> Result<(), Error> {
             "{what} {path:?} must be absolute without . or .. components"
         )))
     }
+}
+
+/// Characters that separate or escape overlayfs's options and layers (see [`check_overlay`]).
+const OPTION_SEPARATORS: [char; 4] = [',', ':', '\\', '\n'];
+
+/// Layer paths end up in overlayfs's options (`lowerdir=a:b`, `upperdir=..`), where `:`
+/// separates lower layers, `\` escapes and `,` separates options in mount(2) data: any of
+/// them, or a newline, in a path could smuggle in another layer or option.
+fn check_overlay(o: &OverlayMount) -> Result<(), Error> {
+    let dest = &o.destination;
+    let invalid = |msg: String| Err(Error::InvalidSpec(msg));
+    if o.lower.is_empty() {
+        return invalid(format!("overlay {dest} has no lower layer"));
+    }
+    if o.upper.is_none() && o.lower.len() < 2 {
+        return invalid(format!(
+            "read-only overlay {dest} has one lower layer; overlayfs needs two without an upper layer"
+        ));
+    }
+    let mut paths: Vec<(&str, &Path)> = o.lower.iter().map(|l| ("lower", l.as_path())).collect();
+    if let Some(u) = &o.upper {
+        paths.push(("upper", &u.upper));
+        paths.push(("work", &u.work));
+    }
+    for (what, path) in paths {
+        if !path.is_absolute() {
+            return invalid(format!(
+                "overlay {dest}: {what} {} is not absolute",
+                path.display()
+            ));
+        }
+        if path.to_str().is_none_or(|p| p.contains(OPTION_SEPARATORS)) {
+            return invalid(format!(
+                "overlay {dest}: {what} {path:?} must be UTF-8 without {OPTION_SEPARATORS:?}"
+            ));
+        }
+    }
+    if let Some(u) = &o.upper {
+        if u.upper.starts_with(&u.work) || u.work.starts_with(&u.upper) {
+            return invalid(format!(
+                "overlay {dest}: upper {} and work {} must be separate directories",
+                u.upper.display(),
+                u.work.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Writes the bundle: `config.json`, the `hosts` file it binds at `/etc/hosts` and, for
@@ -702,6 +810,9 @@ fn mounts(spec: &ContainerSpec, hosts_file: &Path) -> Result<Vec<Mount>, Error> 
     for m in &spec.mounts {
         mounts.push(bind(&m.source, &m.destination, m.readonly)?);
     }
+    for o in &spec.overlays {
+        mounts.push(overlay(o, spec.user_namespace.is_some())?);
+    }
     mounts.push(bind(hosts_file, "/etc/hosts", true)?);
     match spec.network {
         // The rootfs is shared and read-only, so DNS config comes from the host at run
@@ -726,6 +837,35 @@ fn bind(source: &Path, destination: &str, readonly: bool) -> Result<Mount, Error
     mount(destination, "bind", source, &options)
 }
 
+/// An overlayfs mount. libcontainer 0.7 mounts it with the new mount API: the options it
+/// knows as mount flags (`ro`, `nosuid`, `nodev`) are set on the mount with
+/// mount_setattr(2); every other option goes to fsconfig(2), `key=value` as
+/// FSCONFIG_SET_STRING and a bare word (`userxattr`) as FSCONFIG_SET_FLAG. Without an upper
+/// layer overlayfs makes its superblock read-only itself; `ro` makes the mount read-only
+/// too, so /proc/self/mountinfo says so.
+fn overlay(o: &OverlayMount, userns: bool) -> Result<Mount, Error> {
+    // validate() checked that every path is UTF-8 without separators.
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let lower: Vec<String> = o.lower.iter().map(|l| path(l)).collect();
+    let mut options = vec![format!("lowerdir={}", lower.join(":"))];
+    if let Some(u) = &o.upper {
+        options.push(format!("upperdir={}", path(&u.upper)));
+        options.push(format!("workdir={}", path(&u.work)));
+    }
+    if userns {
+        // Unprivileged overlayfs (mounted in a user namespace) cannot write trusted.*
+        // xattrs; with `userxattr` it keeps its markers (opaque directories among them)
+        // in user.overlay.* (Documentation/filesystems/overlayfs.rst).
+        options.push("userxattr".into());
+    }
+    options.extend(["nosuid".into(), "nodev".into()]);
+    if o.upper.is_none() {
+        options.push("ro".into());
+    }
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
+    mount(&o.destination, "overlay", Path::new("overlay"), &options)
+}
+
 /// Creates, once, the mount points the spec needs in a shared rootfs: directories for
 /// directory mounts and `cwd`, empty files for file binds, plus `/etc/hosts` and
 /// `/etc/resolv.conf` so that one call covers both network modes. Idempotent.
@@ -742,6 +882,7 @@ pub fn ensure_mountpoints(rootfs: &Path, spec: &ContainerSpec) -> Result<(), Err
     })?;
     let mut dirs: Vec<&str> = vec!["/proc", "/dev", "/sys", &spec.cwd];
     dirs.extend(spec.tmpfs.iter().map(|t| t.destination.as_str()));
+    dirs.extend(spec.overlays.iter().map(|o| o.destination.as_str()));
     let mut files: Vec<&str> = vec!["/etc/hosts", HOST_RESOLV_CONF];
     for m in &spec.mounts {
         if m.source.is_dir() {
@@ -862,6 +1003,7 @@ pub(crate) mod tests {
                     size_bytes: 16 << 20,
                 },
             ],
+            overlays: vec![],
             cgroup_parent: "/ci".into(),
             user_namespace: None,
             cgroups: CgroupMode::Runtime,
@@ -1174,6 +1316,173 @@ pub(crate) mod tests {
         check_invalid(|s| s.limits.memory_bytes = Some(u64::MAX));
     }
 
+    /// The install container's overlay at `/venv`: the shared cache below, the job's
+    /// upper directory on top.
+    fn venv_rw() -> OverlayMount {
+        OverlayMount {
+            destination: "/venv".into(),
+            lower: vec!["/srv/ci/cache/venv/abc".into()],
+            upper: Some(OverlayUpper {
+                upper: "/srv/ci/jobs/42/venv/upper".into(),
+                work: "/srv/ci/jobs/42/venv/work".into(),
+            }),
+        }
+    }
+
+    /// The test container's: the install's upper directory stacked on the cache.
+    fn venv_ro() -> OverlayMount {
+        OverlayMount {
+            destination: "/venv".into(),
+            lower: vec![
+                "/srv/ci/jobs/42/venv/upper".into(),
+                "/srv/ci/cache/venv/abc".into(),
+            ],
+            upper: None,
+        }
+    }
+
+    fn with_overlay(overlay: OverlayMount, userns: Option<UserNamespace>) -> Spec {
+        let mut spec = sample(Network::None);
+        spec.user_namespace = userns;
+        spec.overlays.push(overlay);
+        build(&spec)
+    }
+
+    #[test]
+    fn writable_overlay_has_upper_and_work_dirs() {
+        let oci = with_overlay(venv_rw(), Some(UserNamespace::ROOTFUL_DEFAULT));
+        let venv = find_mount(&oci, "/venv");
+        assert_eq!(venv.typ().as_deref(), Some("overlay"));
+        assert_eq!(venv.source().as_deref(), Some(Path::new("overlay")));
+        assert_eq!(
+            options(venv),
+            [
+                "lowerdir=/srv/ci/cache/venv/abc",
+                "upperdir=/srv/ci/jobs/42/venv/upper",
+                "workdir=/srv/ci/jobs/42/venv/work",
+                "userxattr",
+                "nosuid",
+                "nodev",
+            ]
+        );
+    }
+
+    #[test]
+    fn readonly_overlay_stacks_lowers_topmost_first() {
+        let oci = with_overlay(venv_ro(), Some(UserNamespace::Caller));
+        assert_eq!(
+            options(find_mount(&oci, "/venv")),
+            [
+                "lowerdir=/srv/ci/jobs/42/venv/upper:/srv/ci/cache/venv/abc",
+                "userxattr",
+                "nosuid",
+                "nodev",
+                "ro",
+            ]
+        );
+    }
+
+    #[test]
+    fn overlay_without_user_namespace_uses_trusted_xattrs() {
+        let oci = with_overlay(venv_rw(), None);
+        assert!(!options(find_mount(&oci, "/venv")).contains(&"userxattr"));
+    }
+
+    /// What libcontainer 0.7 makes of the options: `ro`, `nosuid` and `nodev` become mount
+    /// flags (mount_setattr), the rest go to fsconfig as strings or flags.
+    #[test]
+    fn libcontainer_splits_overlay_options_into_flags_and_data() {
+        use nix::mount::MsFlags;
+        for (overlay, ro) in [(venv_rw(), false), (venv_ro(), true)] {
+            let oci = with_overlay(overlay, Some(UserNamespace::ROOTFUL_DEFAULT));
+            let venv = find_mount(&oci, "/venv");
+            let parsed = libcontainer::rootfs::utils::parse_mount(venv).unwrap();
+            let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+            flags.set(MsFlags::MS_RDONLY, ro);
+            assert_eq!(parsed.flags, flags);
+            let data: Vec<&str> = options(venv)
+                .into_iter()
+                .filter(|o| o.contains('=') || *o == "userxattr")
+                .collect();
+            assert_eq!(parsed.data, data);
+            assert!(parsed.rec_attr.is_none());
+            assert!(!libcontainer::rootfs::utils::is_bind(venv));
+        }
+    }
+
+    /// Validation fails with a message containing `expected`.
+    fn check_bad_overlay(expected: &str, edit: impl FnOnce(&mut ContainerSpec, &mut OverlayMount)) {
+        let mut spec = sample(Network::None);
+        let mut overlay = venv_rw();
+        edit(&mut spec, &mut overlay);
+        spec.overlays.push(overlay);
+        match validate(&spec) {
+            Err(Error::InvalidSpec(msg)) => assert!(msg.contains(expected), "{msg}"),
+            other => panic!("{other:?} for {:?}", spec.overlays),
+        }
+    }
+
+    fn upper(o: &mut OverlayMount) -> &mut OverlayUpper {
+        o.upper.as_mut().unwrap()
+    }
+
+    #[test]
+    fn validation_rejects_bad_overlays() {
+        let mut spec = sample(Network::None);
+        spec.overlays = vec![venv_rw()];
+        validate(&spec).unwrap();
+        spec.overlays = vec![venv_ro()];
+        validate(&spec).unwrap();
+
+        // Destinations, as for every mount.
+        let unclean = "must be absolute without . or .. components";
+        check_bad_overlay(unclean, |_, o| o.destination = "venv".into());
+        check_bad_overlay(unclean, |_, o| o.destination = "/venv/../etc".into());
+        for reserved in ["/", "/proc/venv", "/dev", "/etc/hosts"] {
+            check_bad_overlay("is reserved", |_, o| o.destination = reserved.into());
+        }
+        check_bad_overlay("is used twice", |_, o| o.destination = "/workspace".into());
+        check_bad_overlay("is used twice", |_, o| o.destination = "/tmp/".into());
+        check_bad_overlay("is used twice", |s, _| s.overlays.push(venv_ro()));
+
+        // Layers.
+        check_bad_overlay("has no lower layer", |_, o| o.lower.clear());
+        check_bad_overlay("needs two", |_, o| {
+            o.upper = None;
+            o.lower.truncate(1);
+        });
+        let relative = "is not absolute";
+        check_bad_overlay(relative, |_, o| o.lower.push("cache/venv".into()));
+        check_bad_overlay(relative, |_, o| upper(o).upper = "upper".into());
+        check_bad_overlay(relative, |_, o| upper(o).work = "work".into());
+        // Separators of overlayfs's options: another layer or option smuggled in.
+        let injection = "must be UTF-8 without [',', ':', '\\\\', '\\n']";
+        for bad in [",upperdir=/etc", ":/etc", "\\:", "\nx"] {
+            check_bad_overlay(injection, |_, o| o.lower[0].as_mut_os_string().push(bad));
+            check_bad_overlay(injection, |_, o| {
+                upper(o).upper.as_mut_os_string().push(bad)
+            });
+            check_bad_overlay(injection, |_, o| upper(o).work.as_mut_os_string().push(bad));
+        }
+        // libcontainer passes options as strings.
+        check_bad_overlay(injection, |_, o| {
+            use std::os::unix::ffi::OsStrExt;
+            o.lower[0].push(std::ffi::OsStr::from_bytes(b"\xff"));
+        });
+        let separate = "must be separate directories";
+        check_bad_overlay(separate, |_, o| upper(o).work = upper(o).upper.clone());
+        check_bad_overlay(separate, |_, o| upper(o).work = upper(o).upper.join("w"));
+        check_bad_overlay(separate, |_, o| upper(o).upper = upper(o).work.join("u"));
+    }
+
+    #[test]
+    fn spec_without_overlays_field_still_parses() {
+        let spec = sample(Network::None);
+        let mut json = serde_json::to_value(&spec).unwrap();
+        json.as_object_mut().unwrap().remove("overlays").unwrap();
+        assert_eq!(serde_json::from_value::<ContainerSpec>(json).unwrap(), spec);
+    }
+
     #[test]
     fn validation_accepts_sample_ids() {
         for id in ["a", "ci-1-install", "ci_2.test", "A9"] {
@@ -1195,7 +1504,8 @@ pub(crate) mod tests {
 
     #[test]
     fn spec_roundtrips_through_json() {
-        let spec = sample(Network::Host);
+        let mut spec = sample(Network::Host);
+        spec.overlays = vec![venv_rw()];
         let json = serde_json::to_string(&spec).unwrap();
         assert_eq!(serde_json::from_str::<ContainerSpec>(&json).unwrap(), spec);
     }
@@ -1220,10 +1530,18 @@ pub(crate) mod tests {
                 readonly: true,
             },
         ];
+        spec.overlays = vec![OverlayMount {
+            destination: "/opt/venv".into(),
+            lower: vec![sources.path().to_owned()],
+            upper: Some(OverlayUpper {
+                upper: "/upper".into(),
+                work: "/work".into(),
+            }),
+        }];
         ensure_mountpoints(rootfs.path(), &spec).unwrap();
         ensure_mountpoints(rootfs.path(), &spec).unwrap();
         let r = rootfs.path();
-        for dir in ["proc", "dev", "sys", "workspace", "tmp", "root"] {
+        for dir in ["proc", "dev", "sys", "workspace", "tmp", "root", "opt/venv"] {
             assert!(r.join(dir).is_dir(), "{dir}");
         }
         for file in ["etc/hosts", "etc/resolv.conf", "etc/ci/ca.pem"] {

@@ -1,6 +1,7 @@
 //! Integration tests that launch real containers through the helper binary. They need
 //! root, cgroups and an unpacked Python rootfs in `CI_TEST_ROOTFS`.
 
+mod overlay;
 mod rootless;
 mod support;
 

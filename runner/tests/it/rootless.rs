@@ -15,7 +15,7 @@ use crate::PY;
 const USER: &str = "ci-rootless-test";
 
 /// The test user, created if missing, with its cgroups delegated (both idempotent).
-fn user() -> &'static nix::unistd::User {
+pub(crate) fn user() -> &'static nix::unistd::User {
     static USER_SETUP: OnceLock<nix::unistd::User> = OnceLock::new();
     USER_SETUP.get_or_init(|| {
         let user = ci_e2e::system_user(USER);

@@ -136,6 +136,7 @@ fn base_spec(id: &str, rootfs: &Path, workspace: &Path, network: Network) -> Con
                 size_bytes: 16 << 20,
             },
         ],
+        overlays: vec![],
         cgroup_parent: CGROUP_PARENT.into(),
         user_namespace: Some(USERNS),
         cgroups: ci_runner::CgroupMode::Runtime,
