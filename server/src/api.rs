@@ -101,6 +101,32 @@ pub async fn submit(
             ApiError::internal(e)
         });
     }
+    // The project's own configuration is checked now, so that a mistake in it is one line
+    // back at once instead of a job that fails later; it also sets pytest arguments and
+    // the timeout.
+    let checked = {
+        let (project, installer) = (project.clone(), state.run.installer);
+        tokio::task::spawn_blocking(move || {
+            let config = ci_project::read_config(&project)?;
+            ci_project::plan(&project, &config, installer)?;
+            Ok::<_, ci_project::Error>(config)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    };
+    let config = match checked {
+        Ok(config) => config,
+        Err(e) => {
+            state.run.remove_job_dir(&id);
+            return Err(ApiError::BadRequest(e.to_string()));
+        }
+    };
+    let mut all_args = config.pytest_args.clone();
+    all_args.extend(pytest_args);
+    let requested = match (q.timeout_secs, config.timeout) {
+        (Some(asked), Some(configured)) => Some(asked.min(configured.as_secs().max(1))),
+        (asked, configured) => asked.or(configured.map(|t| t.as_secs().max(1))),
+    };
     let job = Job {
         id: id.clone(),
         owner: caller.0.id.clone(),
@@ -112,8 +138,8 @@ pub async fn submit(
         finished_ms: None,
         exit_code: None,
         reason: None,
-        timeout_secs: state.jobs.timeout_for(q.timeout_secs),
-        pytest_args,
+        timeout_secs: state.jobs.timeout_for(requested),
+        pytest_args: all_args,
     };
     let position = match state.jobs.submit(job.clone()).await {
         Ok(p) => p,

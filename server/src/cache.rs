@@ -1,5 +1,6 @@
-//! Expiry of what jobs leave for later jobs: installed dependencies (per user, image and
-//! requirements.txt) and pip's download cache (per user). Each is touched when a job uses it
+//! Expiry of what jobs leave for later jobs: installed dependency layers (per user and
+//! key, see `install::deps_key`) and the installers' download caches (uv's and pip's, per
+//! user). Each is touched when a job uses it
 //! and removed once nothing used it for `--cache-max-age`, so a long-running server's disk
 //! use follows what its users still run.
 
@@ -16,7 +17,7 @@ pub fn touch(path: &Path) {
     }
 }
 
-/// The entries that expire: `deps/<user>/<key>` and `pip/<user>`.
+/// The entries that expire: `deps/<user>/<key>`, `uv/<user>` and `pip/<user>`.
 fn entries(cache_dir: &Path) -> Vec<PathBuf> {
     let children = |dir: PathBuf| -> Vec<PathBuf> {
         std::fs::read_dir(dir)
@@ -27,6 +28,7 @@ fn entries(cache_dir: &Path) -> Vec<PathBuf> {
         .into_iter()
         .flat_map(children)
         .collect();
+    out.extend(children(cache_dir.join("uv")));
     out.extend(children(cache_dir.join("pip")));
     out
 }

@@ -35,6 +35,26 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub ca_bundle: Option<PathBuf>,
 
+    /// Who installs a job's dependencies: `uv` (a pinned version fetched once from the
+    /// package index, or --uv) or `pip` (the image's own). Where uv cannot be had, jobs
+    /// fall back to pip and say so in their log.
+    #[arg(long, value_enum, default_value_t = InstallerArg::Uv)]
+    pub installer: InstallerArg,
+
+    /// A uv binary to use instead of fetching the pinned one (for servers without access to
+    /// the package index); it must run in the image (glibc, same architecture).
+    #[arg(long, value_name = "FILE")]
+    pub uv: Option<PathBuf>,
+
+    /// Package index (PEP 503/691 simple API) the pinned uv wheel is fetched from.
+    #[arg(long, value_name = "URL", default_value = "https://pypi.org/simple")]
+    pub uv_index_url: String,
+
+    /// Where fetched tools (uv) are kept [default: DATA_DIR/tools]. Servers on one host may
+    /// share it.
+    #[arg(long, value_name = "DIR")]
+    pub tools_dir: Option<PathBuf>,
+
     /// Memory limit of each container (e.g. 512MiB, 2GiB).
     #[arg(long, default_value = "2GiB", value_parser = parse_size)]
     pub memory_limit: u64,
@@ -63,7 +83,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub max_log_size: u64,
 
-    /// Installed dependencies and pip caches unused for this long are removed (checked hourly).
+    /// Installed dependencies and installer caches unused for this long are removed (checked hourly).
     #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
     pub cache_max_age: Duration,
 
@@ -98,6 +118,22 @@ pub struct ServeArgs {
     /// controller), and run jobs without that limit.
     #[arg(long)]
     pub allow_unlimited: bool,
+}
+
+/// `--installer`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallerArg {
+    Uv,
+    Pip,
+}
+
+impl From<InstallerArg> for ci_project::Installer {
+    fn from(arg: InstallerArg) -> Self {
+        match arg {
+            InstallerArg::Uv => ci_project::Installer::Uv,
+            InstallerArg::Pip => ci_project::Installer::Pip,
+        }
+    }
 }
 
 /// `--install-network`.

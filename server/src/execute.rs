@@ -9,13 +9,17 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use ci_runner::{BindMount, ContainerSpec, Limits, Network, Outcome, Tmpfs};
+use ci_project::{InstallPlan, Installer};
+use ci_runner::{
+    BindMount, ContainerSpec, Limits, Network, Outcome, OverlayMount, OverlayUpper, Tmpfs,
+};
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::config::format_size;
 use crate::db::Db;
 use crate::image::ImageProvider;
+use crate::install::{self, JobPaths, Tool};
 use crate::jobs::{Control, StopReason};
 use crate::logs::{Appended, LiveLog, LogStore};
 use crate::model::{now_ms, Job, Phase, Status};
@@ -30,6 +34,10 @@ pub struct RunContext {
     /// Cache entries unused for this long are removed ([`crate::cache::collect`]).
     pub cache_max_age: Duration,
     pub image: ImageProvider,
+    /// Who installs dependencies (`--installer`); pip when uv cannot be had.
+    pub installer: Installer,
+    /// Where uv comes from; `None` when jobs install with pip.
+    pub uv: Option<crate::tools::UvProvider>,
     pub ca_bundle: Option<PathBuf>,
     pub memory_limit: u64,
     pub pids_limit: i64,
@@ -47,7 +55,14 @@ impl RunContext {
 
     pub fn remove_job_dir(&self, id: &str) {
         let dir = self.job_dir(id);
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
+        let mut removed = std::fs::remove_dir_all(&dir);
+        if removed.is_err() {
+            // overlayfs leaves its work directory mode 000; a server that is not root may
+            // not list it until it opens it up again.
+            open_dirs(&dir);
+            removed = std::fs::remove_dir_all(&dir);
+        }
+        if let Err(e) = removed {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot remove job directory");
             }
@@ -68,6 +83,24 @@ impl RunContext {
                 "cleanup of a leftover container failed"
             );
         }
+    }
+}
+
+/// Gives the owner rwx on every directory under `dir` that it owns.
+fn open_dirs(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o700 != 0o700 {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o700));
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        open_dirs(&entry.path());
     }
 }
 
@@ -150,16 +183,14 @@ async fn execute(
     control: &Control,
     deadline: Instant,
 ) -> Ending {
-    // The project is checked first: a job that cannot run should not wait for an image.
-    let job_dir = ctx.job_dir(&job.id);
-    let project = job_dir.join("project");
-    let requirements = project.join("requirements.txt");
-    let requirements_text = match std::fs::read(&requirements) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ending::error("requirements.txt not found in project");
-        }
-        Err(e) => return Ending::error(format!("cannot read requirements.txt: {e}")),
+    let paths = JobPaths::new(ctx.job_dir(&job.id));
+    // The project is read first: a job that cannot run should not wait for an image. The
+    // config was checked at submit; it is read again because the installer is known only
+    // now (uv may turn out to be unavailable).
+    let project = paths.project();
+    let config = match blocking(move || ci_project::read_config(&project)).await {
+        Ok(config) => config,
+        Err(e) => return Ending::error(e),
     };
 
     set_phase(
@@ -185,69 +216,140 @@ async fn execute(
         short_digest(&image.manifest_digest)
     ));
 
+    let (tool, uv_dir) = match &ctx.uv {
+        None => (pip_tool(), None),
+        Some(provider) => match provider.get().await {
+            Ok(uv) => (
+                Tool {
+                    kind: Installer::Uv,
+                    version: uv.version.clone(),
+                },
+                Some(uv.dir.clone()),
+            ),
+            Err(e) => {
+                let _ = log.note(&format!(
+                    "uv cannot be used (failed to {}): installing with pip",
+                    ci_runner::error_chain(&e)
+                ));
+                (pip_tool(), None)
+            }
+        },
+    };
+    let (project, config_for_plan, kind) = (paths.project(), config.clone(), tool.kind);
+    let plan = match blocking(move || ci_project::plan(&project, &config_for_plan, kind)).await {
+        Ok(plan) => plan,
+        Err(e) => return Ending::error(e),
+    };
+    set_phase(
+        db,
+        job,
+        log,
+        Phase::Installing,
+        &format!("installing: {}", plan.summary),
+    )
+    .await;
+    for note in &plan.notes {
+        let _ = log.note(note);
+    }
+    if let Some(missing) = install::missing_vcs_tool(&image.rootfs, &plan) {
+        return Ending::error(missing);
+    }
+
     let job_id = job.id.clone();
     let common = Common {
         ctx,
         image: &image.rootfs,
         image_env: &image.config.env,
         job: &job_id,
-        project: &project,
+        project: &paths.project(),
+    };
+    let setup = {
+        let (paths, plan, tool) = (paths.clone(), plan.clone(), tool.clone());
+        let userns = ctx.sandbox.user_namespace;
+        blocking(move || prepare_job_dirs(&paths, &plan, &tool, &userns)).await
+    };
+    if let Err(e) = setup {
+        return Ending::error(format!("cannot prepare the install: {e}"));
+    }
+    let install = Install {
+        common: &common,
+        paths: &paths,
+        plan: &plan,
+        tool: &tool,
+        uv_dir: uv_dir.as_deref(),
+        owner: &job.owner,
     };
 
-    // Dependencies are installed once per (user, image, requirements.txt) and reused read-only.
-    let deps_key = deps_cache_key(&image.manifest_digest, &requirements_text);
-    let deps = ctx.cache_dir.join("deps").join(&job.owner).join(&deps_key);
+    // Third-party dependencies: built once per user and key, then shared read-only.
+    let key = install::deps_key(&image.manifest_digest, &tool, &plan);
+    let deps = ctx.cache_dir.join("deps").join(&job.owner).join(&key);
     if deps.is_dir() {
         crate::cache::touch(&deps);
-        set_phase(
-            db,
-            job,
-            log,
-            Phase::Installing,
-            "requirements.txt unchanged since an earlier job: reusing its packages",
-        )
-        .await;
+        let _ = log.note("dependencies unchanged since an earlier job: reusing them");
     } else {
-        set_phase(
-            db,
-            job,
+        let staging = paths.deps_staging();
+        let spec = install.deps_spec(&staging);
+        let run = run_container(
+            ctx,
+            &spec,
+            &paths.container("install"),
             log,
-            Phase::Installing,
-            "installing requirements: pip install -r requirements.txt",
+            control,
+            deadline,
         )
         .await;
-        let staging = job_dir.join("deps");
-        if let Err(e) = fs_err::create_dir_all(&staging) {
-            return Ending::error(format!("cannot create the dependency directory: {e}"));
-        }
-        let spec = common.install_spec(&staging, &job.owner);
-        let run = run_container(ctx, &spec, &job_dir.join("install"), log, control, deadline).await;
         if let Some(ending) = run.interrupted(ctx, job) {
             return ending;
         }
-        match run.outcome {
-            Some(Outcome {
-                exit_code: Some(0), ..
-            }) => {}
-            Some(ref o) => {
-                return Ending::error(format!("pip install failed ({})", describe(ctx, o)))
-            }
-            None => return Ending::error(run.helper_failure()),
+        if let Some(ending) = run.install_failure(ctx, "installing the dependencies") {
+            return ending;
         }
         if let Some(parent) = deps.parent() {
             let _ = fs_err::create_dir_all(parent);
         }
-        // Another job with the same requirements may have won the race: then use its copy.
+        // Another job with the same key may have won the race: then use its copy.
         if std::fs::rename(&staging, &deps).is_err() && !deps.is_dir() {
-            return Ending::error("cannot store the installed packages");
+            return Ending::error("cannot store the installed dependencies");
         }
     }
 
-    let shown: Vec<String> = job.pytest_args.iter().map(|a| shell_quote(a)).collect();
+    // The project itself, per job, from this job's source, into an overlay over the layer.
+    let venv = match install::project_command(&plan, &tool) {
+        None => Venv::Layer(deps.clone()),
+        Some(command) => {
+            let _ = log.note(&format!("installing the project: {command}"));
+            let spec = install.project_spec(&deps);
+            let run = run_container(
+                ctx,
+                &spec,
+                &paths.container("install-project"),
+                log,
+                control,
+                deadline,
+            )
+            .await;
+            if let Some(ending) = run.interrupted(ctx, job) {
+                return ending;
+            }
+            if let Some(ending) = run.install_failure(ctx, "installing the project") {
+                return ending;
+            }
+            Venv::Overlay {
+                lower: vec![paths.venv_upper(), deps.clone()],
+                upper: None,
+            }
+        }
+    };
+
+    let shown: Vec<String> = job
+        .pytest_args
+        .iter()
+        .map(|a| install::sh_quote(a))
+        .collect();
     let line = format!("running tests: python -m pytest -v {}", shown.join(" "));
     set_phase(db, job, log, Phase::Testing, line.trim_end()).await;
-    let spec = common.test_spec(&deps, &job.pytest_args);
-    let run = run_container(ctx, &spec, &job_dir.join("test"), log, control, deadline).await;
+    let spec = common.test_spec(&venv, &job.pytest_args, &config.env);
+    let run = run_container(ctx, &spec, &paths.container("test"), log, control, deadline).await;
     if let Some(ending) = run.interrupted(ctx, job) {
         return ending;
     }
@@ -294,6 +396,53 @@ async fn execute(
     }
 }
 
+fn pip_tool() -> Tool {
+    Tool {
+        kind: Installer::Pip,
+        version: String::new(),
+    }
+}
+
+/// Runs file-system work off the async threads.
+async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("internal error: {e}")),
+    }
+}
+
+/// Writes the install inputs and makes the directories the install containers write to:
+/// the staging directory of a new dependency layer, the overlay upper and work directories,
+/// and the writable copy of the project. All of them belong to the containers' root.
+fn prepare_job_dirs(
+    paths: &JobPaths,
+    plan: &InstallPlan,
+    tool: &Tool,
+    userns: &ci_runner::UserNamespace,
+) -> Result<(), String> {
+    let give = |dir: &Path| {
+        ci_runner::give_to_container(dir, userns).map_err(|e| ci_runner::error_chain(&e))
+    };
+    install::write_inputs(&paths.inputs(), plan, tool).map_err(|e| e.to_string())?;
+    for dir in [paths.deps_staging(), paths.venv_upper(), paths.venv_work()] {
+        fs_err::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        give(&dir)?;
+    }
+    if needs_build_copy(plan) {
+        install::copy_tree(&paths.project(), &paths.build()).map_err(|e| e.to_string())?;
+        give(&paths.build())?;
+    }
+    Ok(())
+}
+
+/// A build writes into the source tree: any install that builds the project or reads it as
+/// a uv project gets a writable copy, never the upload itself.
+fn needs_build_copy(plan: &InstallPlan) -> bool {
+    plan.project.is_some() || matches!(plan.deps, ci_project::Deps::UvLock { .. })
+}
+
 /// What a container's end means in words.
 fn describe(ctx: &RunContext, o: &Outcome) -> String {
     if o.oom_killed {
@@ -310,56 +459,48 @@ fn describe(ctx: &RunContext, o: &Outcome) -> String {
     }
 }
 
-/// An argument as a shell would need it written, for the log line that shows the command.
-fn shell_quote(arg: &str) -> String {
-    let plain = !arg.is_empty()
-        && arg
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_=/.,:@%+".contains(c));
-    if plain {
-        arg.to_string()
-    } else {
-        format!("'{}'", arg.replace('\'', r"'\''"))
-    }
-}
-
 fn short_digest(digest: &str) -> &str {
     &digest[..digest.len().min(19)]
 }
 
-fn deps_cache_key(image_digest: &str, requirements: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(image_digest.as_bytes());
-    h.update([0]);
-    h.update(requirements);
-    hex::encode(&h.finalize()[..16])
-}
-
-/// The parts of a container spec both phases share.
+/// The parts of a container spec every phase shares.
 struct Common<'a> {
     ctx: &'a RunContext,
     image: &'a Path,
     image_env: &'a [String],
     job: &'a str,
+    /// The upload, read-only.
     project: &'a Path,
 }
 
 const CA_IN_CONTAINER: &str = "/etc/ci/ca-certificates.crt";
 
+/// What the job's virtual environment at `/venv` is made of.
+enum Venv {
+    /// The dependency layer alone (nothing per job), read-only.
+    Layer(PathBuf),
+    /// Layers, topmost first, read-only unless `upper` (upper, work) receives writes.
+    Overlay {
+        lower: Vec<PathBuf>,
+        upper: Option<(PathBuf, PathBuf)>,
+    },
+}
+
 impl Common<'_> {
-    fn env(&self, extra: &[(&str, &str)]) -> Vec<String> {
+    fn env(&self, extra: &[(String, String)]) -> Vec<String> {
         let mut env: Vec<String> = self.image_env.to_vec();
         let mut set = |k: &str, v: &str| {
             env.retain(|e| !e.starts_with(&format!("{k}=")));
             env.push(format!("{k}={v}"));
         };
-        if !self.image_env.iter().any(|e| e.starts_with("PATH=")) {
-            set(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            );
-        }
+        let path = self
+            .image_env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        // The job's virtual environment comes first, as if it were activated.
+        set("PATH", &format!("{}/bin:{path}", install::VENV));
+        set("VIRTUAL_ENV", install::VENV);
         set("HOME", "/root");
         set("LANG", "C.UTF-8");
         set("PYTHONUNBUFFERED", "1");
@@ -376,6 +517,7 @@ impl Common<'_> {
         args: &[&str],
         env: Vec<String>,
         network: Network,
+        workspace: BindMount,
     ) -> ContainerSpec {
         let ctx = self.ctx;
         ContainerSpec {
@@ -384,11 +526,8 @@ impl Common<'_> {
             args: args.iter().map(|s| s.to_string()).collect(),
             env,
             cwd: "/workspace".into(),
-            mounts: vec![BindMount {
-                source: self.project.to_path_buf(),
-                destination: "/workspace".into(),
-                readonly: true,
-            }],
+            mounts: vec![workspace],
+            overlays: vec![],
             network,
             limits: Limits {
                 memory_bytes: ctx.sandbox.memory_limit,
@@ -415,87 +554,159 @@ impl Common<'_> {
         }
     }
 
-    fn install_spec(&self, deps: &Path, owner: &str) -> ContainerSpec {
-        let mut extra = vec![
-            ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
-            ("PIP_NO_INPUT", "1"),
-            ("PIP_PROGRESS_BAR", "off"),
-        ];
-        if self.ctx.ca_bundle.is_some() {
-            extra.extend([
-                ("PIP_CERT", CA_IN_CONTAINER),
-                ("SSL_CERT_FILE", CA_IN_CONTAINER),
-                ("REQUESTS_CA_BUNDLE", CA_IN_CONTAINER),
-            ]);
+    fn mount_venv(spec: &mut ContainerSpec, venv: &Venv) {
+        match venv {
+            Venv::Layer(dir) => spec.mounts.push(BindMount {
+                source: dir.clone(),
+                destination: install::VENV.into(),
+                readonly: true,
+            }),
+            Venv::Overlay { lower, upper } => spec.overlays.push(OverlayMount {
+                destination: install::VENV.into(),
+                lower: lower.clone(),
+                upper: upper.as_ref().map(|(upper, work)| OverlayUpper {
+                    upper: upper.clone(),
+                    work: work.clone(),
+                }),
+            }),
         }
-        let args = [
-            "python3",
+    }
+
+    fn test_spec(
+        &self,
+        venv: &Venv,
+        pytest_args: &[String],
+        config_env: &std::collections::BTreeMap<String, String>,
+    ) -> ContainerSpec {
+        let mut extra = vec![("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string())];
+        // The project's own variables ([tool.ci] env) come last: they are the user's to set.
+        extra.extend(config_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let python = format!("{}/bin/python", install::VENV);
+        let mut args = vec![
+            python.as_str(),
             "-m",
-            "pip",
-            "install",
-            "--root-user-action=ignore",
-            "--target",
-            "/deps",
-            "-r",
-            "/workspace/requirements.txt",
+            "pytest",
+            "-v",
+            "-p",
+            "no:cacheprovider",
         ];
-        let network = self.ctx.sandbox.install_network;
-        let mut spec = self.base("install", &args, self.env(&extra), network);
-        // The container's root is an unprivileged host uid: the directories pip writes
-        // must be its own. If this fails, pip says "Permission denied" in the job's log.
-        let userns = self.ctx.sandbox.user_namespace;
-        if let Err(e) = ci_runner::give_to_container(deps, &userns) {
-            tracing::error!(dir = %deps.display(), error = %ci_runner::error_chain(&e), "cannot hand the dependency directory to the job");
+        args.extend(pytest_args.iter().map(String::as_str));
+        let workspace = BindMount {
+            source: self.project.to_path_buf(),
+            destination: "/workspace".into(),
+            readonly: true,
+        };
+        let mut spec = self.base("test", &args, self.env(&extra), Network::None, workspace);
+        Self::mount_venv(&mut spec, venv);
+        spec
+    }
+}
+
+/// The two install containers of a job.
+struct Install<'a> {
+    common: &'a Common<'a>,
+    paths: &'a JobPaths,
+    plan: &'a InstallPlan,
+    tool: &'a Tool,
+    uv_dir: Option<&'a Path>,
+    owner: &'a str,
+}
+
+impl Install<'_> {
+    /// Builds the dependency layer into `staging` (empty), mounted as `/venv`.
+    fn deps_spec(&self, staging: &Path) -> ContainerSpec {
+        self.spec(
+            "install",
+            "deps.sh",
+            Venv::Layer(staging.to_path_buf()),
+            true,
+        )
+    }
+
+    /// Installs the project on top of the layer at `deps`, into the job's upper directory.
+    fn project_spec(&self, deps: &Path) -> ContainerSpec {
+        let venv = Venv::Overlay {
+            lower: vec![deps.to_path_buf()],
+            upper: Some((self.paths.venv_upper(), self.paths.venv_work())),
+        };
+        self.spec("install-project", "project.sh", venv, true)
+    }
+
+    fn spec(&self, phase: &str, script: &str, venv: Venv, writable: bool) -> ContainerSpec {
+        let ctx = self.common.ctx;
+        let ca = ctx.ca_bundle.as_ref().map(|_| CA_IN_CONTAINER);
+        let env = self
+            .common
+            .env(&install::install_env(self.tool, self.plan, ca));
+        // Builds write into the source tree: they get the job's copy, never the upload.
+        let workspace = if needs_build_copy(self.plan) {
+            BindMount {
+                source: self.paths.build(),
+                destination: "/workspace".into(),
+                readonly: false,
+            }
+        } else {
+            BindMount {
+                source: self.paths.project(),
+                destination: "/workspace".into(),
+                readonly: true,
+            }
+        };
+        let script_path = format!("{}/{script}", install::INPUTS);
+        let args = ["/bin/sh", script_path.as_str()];
+        let network = ctx.sandbox.install_network;
+        let mut spec = self.common.base(phase, &args, env, network, workspace);
+        match venv {
+            Venv::Layer(dir) => spec.mounts.push(BindMount {
+                source: dir,
+                destination: install::VENV.into(),
+                readonly: !writable,
+            }),
+            overlay => Common::mount_venv(&mut spec, &overlay),
         }
         spec.mounts.push(BindMount {
-            source: deps.to_path_buf(),
-            destination: "/deps".into(),
-            readonly: false,
+            source: self.paths.inputs(),
+            destination: install::INPUTS.into(),
+            readonly: true,
         });
-        // pip's download cache, per user: warm installs skip the network for what they had.
-        let pip_cache = self.ctx.cache_dir.join("pip").join(owner);
-        crate::cache::touch(&pip_cache);
-        let cache_ready = fs_err::create_dir_all(&pip_cache)
+        if let Some(dir) = self.uv_dir {
+            spec.mounts.push(BindMount {
+                source: dir.to_path_buf(),
+                destination: install::UV_DIR.into(),
+                readonly: true,
+            });
+        }
+        // The installer's download cache, per user: warm installs skip the network.
+        let (name, destination) = match self.tool.kind {
+            Installer::Uv => ("uv", install::UV_CACHE),
+            Installer::Pip => ("pip", install::PIP_CACHE),
+        };
+        let cache = ctx.cache_dir.join(name).join(self.owner);
+        crate::cache::touch(&cache);
+        let userns = ctx.sandbox.user_namespace;
+        let ready = fs_err::create_dir_all(&cache)
             .map_err(|e| e.to_string())
             .and_then(|()| {
-                ci_runner::give_to_container(&pip_cache, &userns)
+                ci_runner::give_to_container(&cache, &userns)
                     .map_err(|e| ci_runner::error_chain(&e))
             });
-        if let Err(e) = &cache_ready {
-            tracing::warn!(dir = %pip_cache.display(), error = %e, "pip cache unavailable for this job");
-        }
-        if cache_ready.is_ok() {
-            spec.mounts.push(BindMount {
-                source: pip_cache,
-                destination: "/var/cache/ci-pip".into(),
+        match ready {
+            Ok(()) => spec.mounts.push(BindMount {
+                source: cache,
+                destination: destination.into(),
                 readonly: false,
-            });
-            spec.env.push("PIP_CACHE_DIR=/var/cache/ci-pip".into());
+            }),
+            Err(e) => {
+                tracing::warn!(dir = %cache.display(), error = %e, "installer cache unavailable for this job")
+            }
         }
-        if let Some(ca) = &self.ctx.ca_bundle {
+        if let Some(ca) = &ctx.ca_bundle {
             spec.mounts.push(BindMount {
                 source: ca.clone(),
                 destination: CA_IN_CONTAINER.into(),
                 readonly: true,
             });
         }
-        spec
-    }
-
-    fn test_spec(&self, deps: &Path, pytest_args: &[String]) -> ContainerSpec {
-        let extra = [("PYTHONPATH", "/deps"), ("PYTHONDONTWRITEBYTECODE", "1")];
-        let mut env = self.env(&extra);
-        if let Some(path) = env.iter_mut().find(|e| e.starts_with("PATH=")) {
-            *path = format!("PATH=/deps/bin:{}", &path[5..]);
-        }
-        let mut args = vec!["python3", "-m", "pytest", "-v", "-p", "no:cacheprovider"];
-        args.extend(pytest_args.iter().map(String::as_str));
-        let mut spec = self.base("test", &args, env, Network::None);
-        spec.mounts.push(BindMount {
-            source: deps.to_path_buf(),
-            destination: "/deps".into(),
-            readonly: true,
-        });
         spec
     }
 }
@@ -510,6 +721,8 @@ enum Interruption {
 
 struct ContainerRun {
     outcome: Option<Outcome>,
+    /// The end of what the container printed ([`OUTPUT_TAIL`] bytes), to explain a failure.
+    tail: Vec<u8>,
     interruption: Option<Interruption>,
     /// The helper's own diagnostics, when it failed.
     helper_stderr: String,
@@ -549,6 +762,24 @@ impl ContainerRun {
         })
     }
 
+    /// How a failed install ends the job: the reason in words when the output shows a
+    /// known cause, else the installer's exit code. `None` when the install succeeded.
+    fn install_failure(&self, ctx: &RunContext, what: &str) -> Option<Ending> {
+        match &self.outcome {
+            Some(Outcome {
+                exit_code: Some(0), ..
+            }) => None,
+            Some(o) => {
+                let said = install::diagnose(&String::from_utf8_lossy(&self.tail));
+                Some(Ending::error(match said {
+                    Some(reason) => reason,
+                    None => format!("{what} failed ({})", describe(ctx, o)),
+                }))
+            }
+            None => Some(Ending::error(self.helper_failure())),
+        }
+    }
+
     fn helper_failure(&self) -> String {
         use std::os::unix::process::ExitStatusExt;
         let said = self
@@ -576,6 +807,7 @@ async fn run_container(
 ) -> ContainerRun {
     let failed = |msg: String| ContainerRun {
         outcome: None,
+        tail: Vec::new(),
         interruption: None,
         helper_stderr: msg,
         helper_exit: None,
@@ -618,6 +850,7 @@ async fn run_container(
     });
 
     let mut interruption = None;
+    let mut tail = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
     let mut output_open = true;
     let mut exit = None;
@@ -635,6 +868,7 @@ async fn run_container(
             read = stdout.read(&mut buf), if output_open => match read {
                 Ok(0) | Err(_) => output_open = false,
                 Ok(n) => {
+                    keep_tail(&mut tail, &buf[..n]);
                     if interruption.is_none() && matches!(log.append(&buf[..n]), Ok(Appended::CapReached)) {
                         interruption = Some(Interruption::LogLimit);
                         let _ = log.note(&format!(
@@ -658,7 +892,10 @@ async fn run_container(
                         loop {
                             match stdout.read(&mut buf).await {
                                 Ok(0) | Err(_) => break,
-                                Ok(n) => { let _ = log.append(&buf[..n]); }
+                                Ok(n) => {
+                                    keep_tail(&mut tail, &buf[..n]);
+                                    let _ = log.append(&buf[..n]);
+                                }
                             }
                         }
                     });
@@ -697,9 +934,20 @@ async fn run_container(
         .and_then(|b| serde_json::from_slice::<Outcome>(&b).ok());
     ContainerRun {
         outcome,
+        tail,
         interruption,
         helper_stderr,
         helper_exit,
+    }
+}
+
+/// How much of a container's output is kept to explain its failure.
+const OUTPUT_TAIL: usize = 64 * 1024;
+
+fn keep_tail(tail: &mut Vec<u8>, more: &[u8]) {
+    tail.extend_from_slice(more);
+    if tail.len() > OUTPUT_TAIL {
+        tail.drain(..tail.len() - OUTPUT_TAIL);
     }
 }
 
@@ -709,21 +957,13 @@ mod tests {
 
     #[test]
     fn quotes_what_a_shell_would_split() {
-        assert_eq!(shell_quote("-k"), "-k");
+        assert_eq!(install::sh_quote("-k"), "-k");
         assert_eq!(
-            shell_quote("tests/test_a.py::test_x"),
+            install::sh_quote("tests/test_a.py::test_x"),
             "tests/test_a.py::test_x"
         );
-        assert_eq!(shell_quote("add or sub"), "'add or sub'");
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote(""), "''");
-    }
-
-    #[test]
-    fn deps_key_changes_with_image_and_requirements() {
-        let a = deps_cache_key("sha256:aa", b"pytest==7.4.3\n");
-        assert_eq!(a, deps_cache_key("sha256:aa", b"pytest==7.4.3\n"));
-        assert_ne!(a, deps_cache_key("sha256:bb", b"pytest==7.4.3\n"));
-        assert_ne!(a, deps_cache_key("sha256:aa", b"pytest==8\n"));
+        assert_eq!(install::sh_quote("add or sub"), "'add or sub'");
+        assert_eq!(install::sh_quote("it's"), r"'it'\''s'");
+        assert_eq!(install::sh_quote(""), "''");
     }
 }

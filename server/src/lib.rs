@@ -11,10 +11,12 @@ pub mod doctor;
 pub mod error;
 pub mod execute;
 pub mod image;
+pub mod install;
 pub mod jobs;
 pub mod logs;
 pub mod model;
 pub mod sandbox;
+pub mod tools;
 pub mod upload;
 
 use std::future::Future;
@@ -67,7 +69,7 @@ pub fn router(state: AppState) -> Router {
 
 /// Opens the data directory, settles what a previous run left, and builds the state.
 pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppState> {
-    let data = args.data_dir();
+    let data = std::path::absolute(args.data_dir())?;
     fs_err::create_dir_all(&data).context("cannot create the data directory")?;
     let sandbox = start_up_check(args)?;
     let db = db::Db::open(&data.join("db"))?;
@@ -81,11 +83,12 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         .image
         .parse()
         .with_context(|| format!("invalid --image {:?}", args.image))?;
-    let store = ci_rootfs::Store::new(
-        args.image_cache
-            .clone()
-            .unwrap_or_else(|| data.join("images")),
-    );
+    // Paths end up in container specs, which take absolute paths only.
+    let image_cache = args
+        .image_cache
+        .clone()
+        .unwrap_or_else(|| data.join("images"));
+    let store = ci_rootfs::Store::new(std::path::absolute(&image_cache)?);
     let options = ci_rootfs::PullOptions {
         insecure_registries: args.insecure_registries.clone(),
     };
@@ -95,6 +98,7 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
             "no CA bundle found: pip in the install phase uses the image's own certificates"
         );
     }
+    let (installer, uv) = installer(args, &data, ca_bundle.clone());
     let run = Arc::new(execute::RunContext {
         helper_exe,
         state_root,
@@ -103,6 +107,8 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         // Never shorter than a job can run: an entry in use is touched when its job starts.
         cache_max_age: args.cache_max_age.max(args.job_timeout * 2),
         image: image::ImageProvider::new(store, reference, options),
+        installer,
+        uv,
         ca_bundle,
         memory_limit: args.memory_limit,
         pids_limit: args.pids_limit,
@@ -136,6 +142,33 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
     api::bootstrap_admin(&state, &data.join("admin.key"))?;
     state.jobs.recover().await?;
     Ok(state)
+}
+
+/// Who installs dependencies: uv from `--uv` or the pinned wheel, unless `--installer pip`
+/// or no uv is pinned for this machine's architecture (then pip, with a warning).
+fn installer(
+    args: &ServeArgs,
+    data: &std::path::Path,
+    ca_bundle: Option<PathBuf>,
+) -> (ci_project::Installer, Option<tools::UvProvider>) {
+    if args.installer == config::InstallerArg::Pip {
+        return (ci_project::Installer::Pip, None);
+    }
+    let source = match &args.uv {
+        Some(path) => tools::UvSource::Local(path.clone()),
+        None => match tools::UvSource::index(&args.uv_index_url) {
+            Ok(source) => source,
+            Err(e) => {
+                let e = ci_runner::error_chain(&e);
+                tracing::warn!("cannot install with uv (failed to {e}): jobs install with pip");
+                return (ci_project::Installer::Pip, None);
+            }
+        },
+    };
+    let tools_dir = args.tools_dir.clone().unwrap_or_else(|| data.join("tools"));
+    let tools_dir = std::path::absolute(&tools_dir).unwrap_or(tools_dir);
+    let provider = tools::UvProvider::new(tools_dir, source, ca_bundle);
+    (ci_project::Installer::Uv, Some(provider))
 }
 
 /// Decides how jobs are isolated here, or refuses to start with every reason.
@@ -202,11 +235,20 @@ pub async fn serve(
             }
         }
     });
-    // Warm the image in the background so the first job does not wait for a pull.
+    // Warm the image and uv in the background so the first job does not wait for them.
     let run = state.run.clone();
     tokio::spawn(async move {
         if let Err(e) = run.image.get().await {
             tracing::error!(image = %run.image.reference(), error = %e, "image is not available yet; jobs will retry");
+        }
+    });
+    let run = state.run.clone();
+    tokio::spawn(async move {
+        if let Some(uv) = &run.uv {
+            if let Err(e) = uv.get().await {
+                let e = ci_runner::error_chain(&e);
+                tracing::error!(error = %e, "uv is not available yet; jobs will retry");
+            }
         }
     });
     let jobs = state.jobs.clone();

@@ -51,6 +51,11 @@ fn image_cache() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-image-cache")
 }
 
+/// Tools (uv) shared by every test server, so the pinned uv is fetched once per machine.
+fn tools_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-tools")
+}
+
 /// Polls `f` until it returns `Some`, or panics after `timeout` with `what`.
 pub fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -247,6 +252,11 @@ impl Server {
                 (Some(dir), _) => dir.clone(),
                 (None, Some(_)) => self.data_dir.join("images"),
                 (None, None) => image_cache(),
+            })
+            .arg("--tools-dir")
+            .arg(match self.run_as {
+                Some(_) => self.data_dir.join("tools"),
+                None => tools_dir(),
             })
             .args(&self.options.extra_args)
             .env("CI_LOG", "info,ci_server=debug")

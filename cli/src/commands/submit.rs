@@ -10,7 +10,7 @@ use crate::{exit, pack};
 
 #[derive(clap::Args, Debug)]
 pub struct SubmitArgs {
-    /// What to run: `test` runs pytest after `pip install -r requirements.txt`.
+    /// What to run: `test` installs the project's test environment as it declares it and runs pytest.
     #[arg(value_enum)]
     pub what: What,
 

@@ -1,0 +1,607 @@
+//! The install phase's pieces that need no container: where a job's files live, the scripts
+//! the install containers run, the cache key of the dependency layer, the copy of the
+//! project a build may write to, and what a failed install means in words.
+//!
+//! A job's environment is a virtual environment at [`VENV`] made of two layers (see
+//! ARCHITECTURE.md): the third-party dependencies, built once per [`deps_key`] and shared
+//! read-only by later jobs of the same user, and the project's own code, installed by every
+//! job into an overlay upper directory of its own, from a writable copy of its source.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use ci_project::{Deps, InstallPlan, Installer, ProjectLayer};
+
+/// The job's virtual environment, in every container of the job.
+pub const VENV: &str = "/venv";
+/// The generated scripts and requirement files, read-only.
+pub const INPUTS: &str = "/opt/ci";
+/// The directory holding the `uv` binary, read-only.
+pub const UV_DIR: &str = "/opt/ci-uv";
+pub const UV_CACHE: &str = "/var/cache/ci-uv";
+pub const PIP_CACHE: &str = "/var/cache/ci-pip";
+/// The version a build gets when it takes its version from version control and the upload
+/// has none (no `.git`, no `PKG-INFO`).
+pub const PRETEND_VERSION: &str = "0.0.0";
+
+/// Everything a job keeps under its directory, which `run_job` removes at the end.
+#[derive(Clone, Debug)]
+pub struct JobPaths {
+    root: PathBuf,
+}
+
+impl JobPaths {
+    pub fn new(root: PathBuf) -> JobPaths {
+        JobPaths { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The project as uploaded; only ever mounted read-only.
+    pub fn project(&self) -> PathBuf {
+        self.root.join("project")
+    }
+
+    /// A writable copy of the project that builds may write into (`build/`, `*.egg-info`,
+    /// a generated `_version.py`); seen only by the install containers.
+    pub fn build(&self) -> PathBuf {
+        self.root.join("build")
+    }
+
+    /// The generated scripts and requirement files ([`INPUTS`]).
+    pub fn inputs(&self) -> PathBuf {
+        self.root.join("inputs")
+    }
+
+    /// Where a new dependency layer is built before it is moved into the cache.
+    pub fn deps_staging(&self) -> PathBuf {
+        self.root.join("deps")
+    }
+
+    /// The overlay upper directory that receives the project's own install.
+    pub fn venv_upper(&self) -> PathBuf {
+        self.root.join("venv-upper")
+    }
+
+    /// overlayfs's work directory for [`JobPaths::venv_upper`] (same filesystem, empty).
+    pub fn venv_work(&self) -> PathBuf {
+        self.root.join("venv-work")
+    }
+
+    /// The bundle and outcome of one of the job's containers.
+    pub fn container(&self, phase: &str) -> PathBuf {
+        self.root.join(phase)
+    }
+}
+
+/// The installer a job uses, with the version that goes into the cache key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tool {
+    pub kind: Installer,
+    /// uv's version; pip's comes from the image, whose digest is in the key already.
+    pub version: String,
+}
+
+/// The cache key of the dependency layer: every input that decides what it holds. The
+/// recipe version changes when the way layers are built changes.
+pub fn deps_key(image_digest: &str, tool: &Tool, plan: &InstallPlan) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        "ci-deps-v2",
+        image_digest,
+        tool.kind.as_str(),
+        &tool.version,
+        &plan.deps_key,
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Single-quotes `s` for `/bin/sh` unless it is plainly safe.
+pub fn sh_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_=/.,:@%+".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+fn flags(flag: &str, values: &[String]) -> String {
+    values
+        .iter()
+        .map(|v| format!(" {flag} {}", sh_quote(v)))
+        .collect()
+}
+
+/// `uv sync` options selecting the plan's groups and extras.
+fn sync_selection(plan: &InstallPlan) -> String {
+    match &plan.deps {
+        Deps::UvLock { groups, extras } => {
+            format!("{}{}", flags("--group", groups), flags("--extra", extras))
+        }
+        Deps::Requirements { .. } => String::new(),
+    }
+}
+
+/// The per-job install, as the log shows it.
+pub fn project_command(plan: &InstallPlan, tool: &Tool) -> Option<String> {
+    let line = match plan.project.as_ref()? {
+        ProjectLayer::UvSync {
+            install_project,
+            editable,
+        } => format!(
+            "uv sync --locked --inexact{}{}{}",
+            if *editable { "" } else { " --no-editable" },
+            if *install_project {
+                ""
+            } else {
+                " --no-install-project"
+            },
+            sync_selection(plan)
+        ),
+        ProjectLayer::Install { requirements } => {
+            let args: Vec<String> = requirements
+                .iter()
+                .flat_map(|r| r.split_whitespace().map(sh_quote).collect::<Vec<_>>())
+                .collect();
+            let installer = match tool.kind {
+                Installer::Uv => "uv pip install",
+                Installer::Pip => "pip install",
+            };
+            format!("{installer} {}", args.join(" "))
+        }
+    };
+    Some(line)
+}
+
+/// The files the install containers read at [`INPUTS`]: `deps.sh` builds the dependency
+/// layer into an empty [`VENV`], `project.sh` installs the project on top of it, plus the
+/// requirement files they name.
+pub fn write_inputs(dir: &Path, plan: &InstallPlan, tool: &Tool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs_err::create_dir_all(dir)?;
+    // The containers' root is an unprivileged uid: everything here must be world-readable.
+    fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let mut files: Vec<(&str, String)> = vec![("deps.sh", deps_script(plan, tool))];
+    if let Deps::Requirements {
+        requirements,
+        constraints,
+    } = &plan.deps
+    {
+        files.push(("requirements.txt", requirements.clone()));
+        files.push(("constraints.txt", constraints.clone()));
+    }
+    if let Some(layer) = &plan.project {
+        files.push(("project.sh", project_script(plan, layer, tool)));
+        if let ProjectLayer::Install { requirements } = layer {
+            files.push(("project.txt", requirements.join("\n") + "\n"));
+        }
+    }
+    for (name, text) in files {
+        let path = dir.join(name);
+        fs_err::write(&path, text)?;
+        fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
+}
+
+const PY: &str = "/venv/bin/python";
+
+fn script_head(tool: &Tool) -> String {
+    let mut s = String::from("set -eu\n");
+    if tool.kind == Installer::Uv {
+        s.push_str(&format!("uv={UV_DIR}/uv\n"));
+    }
+    s
+}
+
+/// Adds pytest where nothing the project declares provides it, so that a project without
+/// test dependencies still runs instead of failing with `No module named pytest`.
+fn ensure_pytest(tool: &Tool) -> String {
+    let install = match tool.kind {
+        Installer::Uv => format!("\"$uv\" pip install --python {PY} pytest"),
+        Installer::Pip => format!("{PY} -m pip install pytest"),
+    };
+    format!(
+        "if ! {PY} -c 'import pytest' 2>/dev/null; then\n  echo 'pytest is not among the dependencies: adding it'\n  {install}\nfi\n"
+    )
+}
+
+fn deps_script(plan: &InstallPlan, tool: &Tool) -> String {
+    let mut s = script_head(tool);
+    // The image's interpreter: uv must never download one (UV_PYTHON_DOWNLOADS=never).
+    s.push_str("python=$(command -v python3)\n");
+    match tool.kind {
+        Installer::Uv => s.push_str("\"$uv\" venv --quiet --python \"$python\" /venv\n"),
+        Installer::Pip => s.push_str("\"$python\" -m venv /venv\n"),
+    }
+    match &plan.deps {
+        Deps::UvLock { .. } => {
+            let _ = writeln!(
+                s,
+                "cd /workspace\n\"$uv\" sync --locked --no-install-project --no-install-workspace --no-install-local{}",
+                sync_selection(plan)
+            );
+        }
+        Deps::Requirements {
+            requirements,
+            constraints,
+        } => {
+            let constraints = if constraints.trim().is_empty() {
+                String::new()
+            } else {
+                format!(" -c {INPUTS}/constraints.txt")
+            };
+            if !requirements.trim().is_empty() {
+                let install = match tool.kind {
+                    Installer::Uv => format!("\"$uv\" pip install --python {PY}"),
+                    Installer::Pip => format!("{PY} -m pip install"),
+                };
+                let _ = writeln!(s, "{install} -r {INPUTS}/requirements.txt{constraints}");
+            }
+        }
+    }
+    s.push_str(&ensure_pytest(tool));
+    s
+}
+
+fn project_script(plan: &InstallPlan, layer: &ProjectLayer, tool: &Tool) -> String {
+    let mut s = script_head(tool);
+    s.push_str("cd /workspace\n");
+    match layer {
+        ProjectLayer::UvSync {
+            install_project,
+            editable,
+        } => {
+            let _ = writeln!(
+                s,
+                "\"$uv\" sync --locked --inexact{}{}{}",
+                if *editable { "" } else { " --no-editable" },
+                if *install_project {
+                    ""
+                } else {
+                    " --no-install-project"
+                },
+                sync_selection(plan)
+            );
+        }
+        ProjectLayer::Install { .. } => {
+            let install = match tool.kind {
+                Installer::Uv => format!("\"$uv\" pip install --python {PY}"),
+                Installer::Pip => format!("{PY} -m pip install"),
+            };
+            let _ = writeln!(s, "{install} -r {INPUTS}/project.txt");
+        }
+    }
+    s
+}
+
+/// Environment of both install containers.
+pub fn install_env(tool: &Tool, plan: &InstallPlan, ca: Option<&str>) -> Vec<(String, String)> {
+    let mut env: Vec<(&str, String)> = vec![("VIRTUAL_ENV", VENV.into())];
+    match tool.kind {
+        Installer::Uv => env.extend([
+            ("UV_CACHE_DIR", UV_CACHE.into()),
+            ("UV_PYTHON_DOWNLOADS", "never".into()),
+            ("UV_PYTHON_PREFERENCE", "only-system".into()),
+            ("UV_PROJECT_ENVIRONMENT", VENV.into()),
+            // The cache and /venv are different mounts: hard links cannot cross them.
+            ("UV_LINK_MODE", "copy".into()),
+            // Tests run with /venv read-only, where Python could not write bytecode.
+            ("UV_COMPILE_BYTECODE", "1".into()),
+            ("UV_NO_PROGRESS", "1".into()),
+        ]),
+        Installer::Pip => env.extend([
+            ("PIP_CACHE_DIR", PIP_CACHE.into()),
+            ("PIP_DISABLE_PIP_VERSION_CHECK", "1".into()),
+            ("PIP_NO_INPUT", "1".into()),
+            ("PIP_PROGRESS_BAR", "off".into()),
+            ("PIP_ROOT_USER_ACTION", "ignore".into()),
+        ]),
+    }
+    if let Some(ca) = ca {
+        env.extend([
+            ("SSL_CERT_FILE", ca.into()),
+            ("PIP_CERT", ca.into()),
+            ("REQUESTS_CA_BUNDLE", ca.into()),
+        ]);
+    }
+    if plan.pretend_version {
+        env.push(("SETUPTOOLS_SCM_PRETEND_VERSION", PRETEND_VERSION.into()));
+    }
+    env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Finds, for each version-control requirement, whether the image has its tool; returns the
+/// first that cannot be installed, in words.
+pub fn missing_vcs_tool(rootfs: &Path, plan: &InstallPlan) -> Option<String> {
+    plan.vcs.iter().find_map(|(line, tool)| {
+        let found = ["usr/bin", "usr/local/bin", "bin"]
+            .iter()
+            .any(|dir| std::fs::symlink_metadata(rootfs.join(dir).join(tool)).is_ok());
+        (!found)
+            .then(|| format!("requirement {line:?} needs {tool}, which the image does not have"))
+    })
+}
+
+/// What a failed install means, from the end of its output: the one line a developer needs
+/// (a stale lock file, a missing compiler or git, a version that does not exist), or `None`
+/// when nothing known matches.
+pub fn diagnose(output: &str) -> Option<String> {
+    if output.contains("needs to be updated, but `--locked` was provided") {
+        return Some(
+            "uv.lock does not match pyproject.toml (uv sync --locked): run `uv lock` and submit again"
+                .into(),
+        );
+    }
+    const NO_COMPILER: &[&str] = &[
+        "command 'gcc' failed",
+        "command 'cc' failed",
+        "command 'c++' failed",
+        "-gcc' failed: No such file",
+        "gcc: not found",
+        "cc: not found",
+        "No such file or directory: 'gcc'",
+        "No such file or directory: 'cc'",
+        "unable to execute 'gcc'",
+        "error: can't find Rust compiler",
+    ];
+    if let Some(hit) = NO_COMPILER.iter().find(|p| output.contains(*p)) {
+        let what = if hit.contains("Rust") {
+            "a Rust compiler"
+        } else {
+            "a C compiler"
+        };
+        return Some(format!(
+            "building {} needs {what}, which the image does not have",
+            failed_build(output).unwrap_or_else(|| "a requirement".into())
+        ));
+    }
+    if output.contains("Git executable not found") || output.contains("git: not found") {
+        return Some("a requirement needs git, which the image does not have".into());
+    }
+    for marker in [
+        "ERROR: Could not find a version that satisfies the requirement",
+        "ERROR: No matching distribution found for",
+    ] {
+        if let Some(line) = output.lines().find(|l| l.contains(marker)) {
+            return Some(line.trim_start_matches("ERROR: ").trim().to_string());
+        }
+    }
+    if let Some(i) = output.find("No solution found when resolving") {
+        // uv: "× No solution found ...:\n  ╰─▶ Because <the reason>"
+        let reason = output[i..]
+            .lines()
+            .nth(1)
+            .map(|l| {
+                l.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+                    .trim()
+            })
+            .filter(|l| !l.is_empty());
+        return Some(match reason {
+            Some(r) => format!("no solution for the requirements: {r}"),
+            None => "no solution for the requirements".into(),
+        });
+    }
+    failed_build(output).map(|what| format!("building {what} failed"))
+}
+
+/// The requirement whose build failed, as uv (``Failed to build `x==1` ``) or pip
+/// (`Failed to build x`, `Failed building wheel for x`) names it.
+fn failed_build(output: &str) -> Option<String> {
+    for line in output.lines().rev() {
+        if let Some(rest) = line.split("Failed to build `").nth(1) {
+            if let Some(name) = rest.split('`').next() {
+                return Some(name.to_string());
+            }
+        }
+        for marker in ["Failed building wheel for ", "Failed to build "] {
+            if let Some(rest) = line.split(marker).nth(1) {
+                let name = rest.trim().trim_end_matches('.');
+                if !name.is_empty() && !name.contains(' ') {
+                    return Some(name.to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Copies the uploaded project into a fresh directory: files, directories and symlinks as
+/// they are (the upload has no other kinds, and its links stay inside it).
+pub fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs_err::create_dir(dst)?;
+    let mode = fs_err::metadata(src)?.permissions().mode();
+    for entry in fs_err::read_dir(src)? {
+        let entry = entry?;
+        let (from, to) = (entry.path(), dst.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&from, &to)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(fs_err::read_link(&from)?, &to)?;
+        } else if kind.is_file() {
+            fs_err::copy(&from, &to)?;
+        }
+    }
+    fs_err::set_permissions(dst, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(deps: Deps, project: Option<ProjectLayer>) -> InstallPlan {
+        InstallPlan {
+            summary: String::new(),
+            notes: vec![],
+            deps,
+            project,
+            deps_key: "key".into(),
+            vcs: vec![],
+            pretend_version: false,
+        }
+    }
+
+    fn uv() -> Tool {
+        Tool {
+            kind: Installer::Uv,
+            version: "0.13.9".into(),
+        }
+    }
+
+    #[test]
+    fn key_covers_image_installer_and_inputs() {
+        let p = plan(
+            Deps::Requirements {
+                requirements: "pytest\n".into(),
+                constraints: String::new(),
+            },
+            None,
+        );
+        let a = deps_key("sha256:aa", &uv(), &p);
+        assert_eq!(a, deps_key("sha256:aa", &uv(), &p));
+        assert_ne!(a, deps_key("sha256:bb", &uv(), &p));
+        let newer = Tool {
+            version: "0.14.0".into(),
+            ..uv()
+        };
+        assert_ne!(a, deps_key("sha256:aa", &newer, &p));
+        let pip = Tool {
+            kind: Installer::Pip,
+            version: String::new(),
+        };
+        assert_ne!(a, deps_key("sha256:aa", &pip, &p));
+        let mut other = p.clone();
+        other.deps_key = "other".into();
+        assert_ne!(a, deps_key("sha256:aa", &uv(), &other));
+    }
+
+    #[test]
+    fn scripts_for_a_lock_and_for_requirements() {
+        let locked = plan(
+            Deps::UvLock {
+                groups: vec!["test".into()],
+                extras: vec![],
+            },
+            Some(ProjectLayer::UvSync {
+                install_project: true,
+                editable: false,
+            }),
+        );
+        let deps = deps_script(&locked, &uv());
+        assert!(
+            deps.contains("\"$uv\" venv --quiet --python \"$python\" /venv"),
+            "{deps}"
+        );
+        assert!(deps.contains("sync --locked --no-install-project --no-install-workspace --no-install-local --group test"), "{deps}");
+        assert!(deps.contains("import pytest"), "{deps}");
+        assert_eq!(
+            project_command(&locked, &uv()).unwrap(),
+            "uv sync --locked --inexact --no-editable --group test"
+        );
+
+        let reqs = plan(
+            Deps::Requirements {
+                requirements: "pytest\n".into(),
+                constraints: "six<2\n".into(),
+            },
+            Some(ProjectLayer::Install {
+                requirements: vec!["-e /workspace[test]".into()],
+            }),
+        );
+        let pip = Tool {
+            kind: Installer::Pip,
+            version: String::new(),
+        };
+        let deps = deps_script(&reqs, &pip);
+        assert!(deps.contains("\"$python\" -m venv /venv"), "{deps}");
+        assert!(
+            deps.contains("/venv/bin/python -m pip install -r /opt/ci/requirements.txt -c /opt/ci/constraints.txt"),
+            "{deps}"
+        );
+        assert_eq!(
+            project_command(&reqs, &pip).unwrap(),
+            "pip install -e '/workspace[test]'"
+        );
+        let nothing = plan(
+            Deps::Requirements {
+                requirements: String::new(),
+                constraints: String::new(),
+            },
+            None,
+        );
+        assert!(!deps_script(&nothing, &uv()).contains("-r /opt/ci"));
+        assert!(project_command(&nothing, &uv()).is_none());
+    }
+
+    #[test]
+    fn group_names_are_quoted() {
+        let p = plan(
+            Deps::UvLock {
+                groups: vec!["a b'c".into()],
+                extras: vec![],
+            },
+            None,
+        );
+        assert!(deps_script(&p, &uv()).contains(r"--group 'a b'\''c'"));
+    }
+
+    fn check(output: &str, expected: Option<&str>) {
+        assert_eq!(diagnose(output).as_deref(), expected, "{output}");
+    }
+
+    #[test]
+    fn failures_in_words() {
+        check(
+            "error: The lockfile at `uv.lock` needs to be updated, but `--locked` was provided. To update the lockfile, run `uv lock`.",
+            Some("uv.lock does not match pyproject.toml (uv sync --locked): run `uv lock` and submit again"),
+        );
+        check(
+            "  error: command 'gcc' failed: No such file or directory\n  × Failed to build `cext==0.1`\n",
+            Some("building cext==0.1 needs a C compiler, which the image does not have"),
+        );
+        check(
+            "      error: command 'x86_64-linux-gnu-gcc' failed: No such file or directory\n  ERROR: Failed building wheel for cext\nFailed to build cext\n",
+            Some("building cext needs a C compiler, which the image does not have"),
+        );
+        check(
+            "ERROR: Could not find a version that satisfies the requirement nopkg==9 (from versions: none)\nERROR: No matching distribution found for nopkg==9",
+            Some("Could not find a version that satisfies the requirement nopkg==9 (from versions: none)"),
+        );
+        check(
+            "  × No solution found when resolving dependencies:\n  ╰─▶ Because there is no version of nopkg==9 and you require nopkg==9, we can conclude that your requirements are unsatisfiable.\n",
+            Some("no solution for the requirements: Because there is no version of nopkg==9 and you require nopkg==9, we can conclude that your requirements are unsatisfiable."),
+        );
+        check("Installed 3 packages", None);
+    }
+
+    #[test]
+    fn copies_files_dirs_and_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("pkg/sub")).unwrap();
+        std::fs::write(src.join("pkg/sub/a.py"), "A = 1\n").unwrap();
+        std::os::unix::fs::symlink("sub/a.py", src.join("pkg/link.py")).unwrap();
+        let dst = dir.path().join("dst");
+        copy_tree(&src, &dst).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dst.join("pkg/sub/a.py")).unwrap(),
+            "A = 1\n"
+        );
+        assert_eq!(
+            std::fs::read_link(dst.join("pkg/link.py")).unwrap(),
+            Path::new("sub/a.py")
+        );
+    }
+}
