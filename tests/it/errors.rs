@@ -3,12 +3,14 @@
 use ci_e2e::{fixture, project, shared_server, Server};
 
 #[test]
-fn missing_requirements_is_a_job_error() {
+fn project_without_any_declaration_gets_pytest() {
+    // Nothing declares a test environment, so nothing provides pytest: the server adds it.
     let server = shared_server();
     let dir = project(&[("tests/test_x.py", "def test_x():\n    pass\n")]);
     let run = server.ci(dir.path()).args(["submit", "test"]).run();
-    run.expect_code(1)
-        .expect_stdout("requirements.txt not found in project");
+    run.expect_code(0)
+        .expect_stdout("==> installing: nothing to install")
+        .expect_stdout("test_x PASSED");
 }
 
 #[test]

@@ -4,6 +4,7 @@ mod errors;
 mod hostile;
 mod install_network;
 mod lifecycle;
+mod projects;
 mod restart;
 mod resume;
 mod rootless;
