@@ -342,24 +342,7 @@ pub fn diagnose(output: &str) -> Option<String> {
                 .into(),
         );
     }
-    const NO_COMPILER: &[&str] = &[
-        "command 'gcc' failed",
-        "command 'cc' failed",
-        "command 'c++' failed",
-        "-gcc' failed: No such file",
-        "gcc: not found",
-        "cc: not found",
-        "No such file or directory: 'gcc'",
-        "No such file or directory: 'cc'",
-        "unable to execute 'gcc'",
-        "error: can't find Rust compiler",
-    ];
-    if let Some(hit) = NO_COMPILER.iter().find(|p| output.contains(*p)) {
-        let what = if hit.contains("Rust") {
-            "a Rust compiler"
-        } else {
-            "a C compiler"
-        };
+    if let Some(what) = missing_compiler(output) {
         return Some(format!(
             "building {} needs {what}, which the image does not have",
             failed_build(output).unwrap_or_else(|| "a requirement".into())
@@ -394,13 +377,51 @@ pub fn diagnose(output: &str) -> Option<String> {
     failed_build(output).map(|what| format!("building {what} failed"))
 }
 
+/// Which compiler a build wanted and did not find: a missing `gcc`, `cc`, `x86_64-linux-gnu-gcc`,
+/// `g++`, `clang` as distutils, setuptools or a shell report it, or a missing Rust toolchain.
+fn missing_compiler(output: &str) -> Option<&'static str> {
+    if output.contains("can't find Rust compiler") {
+        return Some("a Rust compiler");
+    }
+    let is_compiler = |name: &str| {
+        let name = name.rsplit('/').next().unwrap_or(name);
+        ["gcc", "cc", "g++", "c++", "clang", "clang++"]
+            .iter()
+            .any(|c| name == *c || name.ends_with(&format!("-{c}")))
+    };
+    let named = |line: &str, before: &str, after: &str| {
+        line.split(before)
+            .nth(1)
+            .and_then(|rest| rest.split(after).next())
+            .is_some_and(is_compiler)
+    };
+    output
+        .lines()
+        .any(|line| {
+            named(line, "No such file or directory: '", "'")
+                || named(line, "unable to execute '", "'")
+                || (named(line, "command '", "'") && line.contains("failed"))
+                || line
+                    .split(": not found")
+                    .next()
+                    .filter(|_| line.contains(": not found"))
+                    .and_then(|head| head.split_whitespace().last())
+                    .is_some_and(is_compiler)
+        })
+        .then_some("a C compiler")
+}
+
 /// The requirement whose build failed, as uv (``Failed to build `x==1` ``) or pip
 /// (`Failed to build x`, `Failed building wheel for x`) names it.
 fn failed_build(output: &str) -> Option<String> {
     for line in output.lines().rev() {
         if let Some(rest) = line.split("Failed to build `").nth(1) {
             if let Some(name) = rest.split('`').next() {
-                return Some(name.to_string());
+                // The project itself is installed from its copy at /workspace.
+                return Some(match name.split_once(" @ file:///workspace") {
+                    Some((project, "")) => format!("{project} (the project)"),
+                    _ => name.to_string(),
+                });
             }
         }
         for marker in ["Failed building wheel for ", "Failed to build "] {
@@ -583,6 +604,20 @@ mod tests {
             "  × No solution found when resolving dependencies:\n  ╰─▶ Because there is no version of nopkg==9 and you require nopkg==9, we can conclude that your requirements are unsatisfiable.\n",
             Some("no solution for the requirements: Because there is no version of nopkg==9 and you require nopkg==9, we can conclude that your requirements are unsatisfiable."),
         );
+        check(
+            "error: Failed to build `cext @ file:///workspace`\n         error: [Errno 2] No such file or directory: 'x86_64-linux-gnu-gcc'\n",
+            Some("building cext (the project) needs a C compiler, which the image does not have"),
+        );
+        check(
+            "/bin/sh: 1: cc: not found\n  × Failed to build `cext==0.1`",
+            Some("building cext==0.1 needs a C compiler, which the image does not have"),
+        );
+        check(
+            "error: can't find Rust compiler\nERROR: Failed building wheel for rpkg",
+            Some("building rpkg needs a Rust compiler, which the image does not have"),
+        );
+        // Words that merely contain a compiler's name are not a missing compiler.
+        check("No such file or directory: 'data.cc.json'\n", None);
         check("Installed 3 packages", None);
     }
 

@@ -26,9 +26,9 @@ impl Canary {
     }
 }
 
-/// A PEP 517 build backend in the project itself (nothing to download): while pip builds
-/// the package it records what the install container's network looks like into /deps,
-/// which the test phase then reads.
+/// A PEP 517 build backend in the project itself (nothing to download): while the installer
+/// builds the package (a local path requirement: the per-job install) it records what the
+/// install container's network looks like into /venv, which the test phase then reads.
 const BACKEND: &str = r#"
 import errno, os, socket, struct, zipfile
 
@@ -51,7 +51,7 @@ def _probe():
             out.append("connect %s:%d CONNECTED" % (host, port))
         except OSError as e:
             out.append("connect %s:%d %s" % (host, port, errno.errorcode.get(e.errno, str(e))))
-    with open("/deps/network-probe.txt", "w") as f:
+    with open("/venv/network-probe.txt", "w") as f:
         f.write("\n".join(out) + "\n")
 
 def get_requires_for_build_wheel(config_settings=None):
@@ -97,7 +97,7 @@ fn install_phase_reaches_the_index_but_not_this_machine() {
     let test = format!(
         r#"
 def test_install_network():
-    seen = open("/deps/network-probe.txt").read()
+    seen = open("/venv/network-probe.txt").read()
     print(seen)
     for line in {expected:?}:
         assert line + "\n" in seen, (line, seen)
@@ -113,7 +113,7 @@ def test_install_network():
     ]);
     let run = server.ci(dir.path()).args(["submit", "test"]).run();
     run.expect_code(0)
-        .expect_stdout("Successfully installed")
+        .expect_stdout("==> installing the project: uv pip install /workspace/probe")
         .expect_stdout("1 passed");
     assert_eq!(
         loopback.hits(),

@@ -367,3 +367,76 @@ fn git_requirement_without_git_is_a_job_error() {
         "{job}"
     );
 }
+
+#[test]
+fn c_extension_without_a_compiler_says_so() {
+    // The image has no C compiler (as python:*-slim): building the extension must fail with
+    // one line that names the requirement and what is missing.
+    let dir = project(&[
+        (
+            "pyproject.toml",
+            "[build-system]\nrequires = [\"setuptools\"]\nbuild-backend = \"setuptools.build_meta\"\n\n[project]\nname = \"cext\"\nversion = \"0.1\"\n",
+        ),
+        (
+            "setup.py",
+            "from setuptools import Extension, setup\nsetup(ext_modules=[Extension(\"cext._speed\", [\"cext/_speed.c\"])], packages=[\"cext\"])\n",
+        ),
+        ("cext/__init__.py", ""),
+        ("cext/_speed.c", "#include <Python.h>\n"),
+        ("tests/test_x.py", "def test_x():\n    pass\n"),
+    ]);
+    let run = submit(dir.path());
+    run.expect_code(1)
+        .expect_stdout("==> result: error: building cext")
+        .expect_stdout("needs a C compiler, which the image does not have");
+}
+
+#[test]
+fn lock_file_that_does_not_match_pyproject_is_named() {
+    let dir = copy_fixture("uv_locked");
+    let pyproject = dir.path().join("pyproject.toml");
+    let text = std::fs::read_to_string(&pyproject).unwrap();
+    // A new dependency the lock does not know: `uv sync --locked` refuses.
+    let edited = text.replacen(
+        "requires-python = \">=3.11\"\n",
+        "requires-python = \">=3.11\"\ndependencies = [\"six\"]\n",
+        1,
+    );
+    assert_ne!(text, edited, "the fixture declares requires-python");
+    std::fs::write(&pyproject, edited).unwrap();
+    let run = submit(dir.path());
+    run.expect_code(1).expect_stdout(
+        "==> result: error: uv.lock does not match pyproject.toml (uv sync --locked): run `uv lock` and submit again",
+    );
+}
+
+#[test]
+fn without_uv_the_server_installs_with_pip() {
+    // An index that cannot be reached and an empty tools dir: uv cannot be had, so the job
+    // says so and installs with the image's pip, with the same result.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let index = format!("http://{}/simple", closed.local_addr().unwrap());
+    drop(closed);
+    let tools = tempfile::tempdir_in(scratch()).unwrap();
+    let server = ci_e2e::Server::start(ci_e2e::ServerOptions {
+        extra_args: vec![
+            "--uv-index-url".into(),
+            index,
+            "--tools-dir".into(),
+            tools.path().display().to_string(),
+        ],
+        ..Default::default()
+    });
+    let run = server
+        .ci(&fixture("src_layout_extras"))
+        .args(["submit", "test"])
+        .run();
+    run.expect_code(0)
+        .expect_stdout("uv cannot be used (failed to ")
+        .expect_stdout("): installing with pip")
+        .expect_stdout("==> result: passed");
+    expect_line(
+        &run,
+        "==> installing: pip install '.[test]' (pyproject.toml [project.optional-dependencies] test)",
+    );
+}

@@ -253,11 +253,6 @@ impl Server {
                 (None, Some(_)) => self.data_dir.join("images"),
                 (None, None) => image_cache(),
             })
-            .arg("--tools-dir")
-            .arg(match self.run_as {
-                Some(_) => self.data_dir.join("tools"),
-                None => tools_dir(),
-            })
             .args(&self.options.extra_args)
             .env("CI_LOG", "info,ci_server=debug")
             .stdin(Stdio::null())
@@ -278,6 +273,12 @@ impl Server {
             cmd.pre_exec(|| {
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
                     .map_err(std::io::Error::from)
+            });
+        }
+        if !self.options.extra_args.iter().any(|a| a == "--tools-dir") {
+            cmd.arg("--tools-dir").arg(match self.run_as {
+                Some(_) => self.data_dir.join("tools"),
+                None => tools_dir(),
             });
         }
         self.child = Some(cmd.spawn().expect("start ci-server"));
