@@ -280,6 +280,12 @@ async fn execute(
         owner: &job.owner,
     };
 
+    let step = Step {
+        log,
+        control,
+        deadline,
+    };
+
     // Third-party dependencies: built once per user and key, then shared read-only.
     let key = install::deps_key(&image.manifest_digest, &tool, &plan);
     let deps = ctx.cache_dir.join("deps").join(&job.owner).join(&key);
@@ -288,20 +294,7 @@ async fn execute(
         let _ = log.note("dependencies unchanged since an earlier job: reusing them");
     } else {
         let staging = paths.deps_staging();
-        let spec = install.deps_spec(&staging);
-        let run = run_container(
-            ctx,
-            &spec,
-            &paths.container("install"),
-            log,
-            control,
-            deadline,
-        )
-        .await;
-        if let Some(ending) = run.interrupted(ctx, job) {
-            return ending;
-        }
-        if let Some(ending) = run.install_failure(ctx, "installing the dependencies") {
+        if let Some(ending) = install.deps(&staging, &step, job).await {
             return ending;
         }
         if let Some(parent) = deps.parent() {
@@ -318,20 +311,7 @@ async fn execute(
         None => Venv::Layer(deps.clone()),
         Some(command) => {
             let _ = log.note(&format!("installing the project: {command}"));
-            let spec = install.project_spec(&deps);
-            let run = run_container(
-                ctx,
-                &spec,
-                &paths.container("install-project"),
-                log,
-                control,
-                deadline,
-            )
-            .await;
-            if let Some(ending) = run.interrupted(ctx, job) {
-                return ending;
-            }
-            if let Some(ending) = run.install_failure(ctx, "installing the project") {
+            if let Some(ending) = install.project(&deps, &step, job).await {
                 return ending;
             }
             Venv::Overlay {
@@ -349,7 +329,15 @@ async fn execute(
     let line = format!("running tests: python -m pytest -v {}", shown.join(" "));
     set_phase(db, job, log, Phase::Testing, line.trim_end()).await;
     let spec = common.test_spec(&venv, &job.pytest_args, &config.env);
-    let run = run_container(ctx, &spec, &paths.container("test"), log, control, deadline).await;
+    let run = run_container(
+        ctx,
+        &spec,
+        &paths.container(&spec.id),
+        log,
+        control,
+        deadline,
+    )
+    .await;
     if let Some(ending) = run.interrupted(ctx, job) {
         return ending;
     }
@@ -612,24 +600,46 @@ struct Install<'a> {
     owner: &'a str,
 }
 
+/// What a container run of the job needs besides its spec.
+struct Step<'a> {
+    log: &'a LiveLog,
+    control: &'a Control,
+    deadline: Instant,
+}
+
 impl Install<'_> {
     /// Builds the dependency layer into `staging` (empty), mounted as `/venv`.
-    fn deps_spec(&self, staging: &Path) -> ContainerSpec {
-        self.spec(
-            "install",
-            "deps.sh",
-            Venv::Layer(staging.to_path_buf()),
-            true,
-        )
+    async fn deps(&self, staging: &Path, step: &Step<'_>, job: &Job) -> Option<Ending> {
+        let venv = Venv::Layer(staging.to_path_buf());
+        let spec = self.spec("install", "deps.sh", venv, true);
+        self.run(&spec, "installing the dependencies", step, job)
+            .await
     }
 
     /// Installs the project on top of the layer at `deps`, into the job's upper directory.
-    fn project_spec(&self, deps: &Path) -> ContainerSpec {
+    async fn project(&self, deps: &Path, step: &Step<'_>, job: &Job) -> Option<Ending> {
         let venv = Venv::Overlay {
             lower: vec![deps.to_path_buf()],
             upper: Some((self.paths.venv_upper(), self.paths.venv_work())),
         };
-        self.spec("install-project", "project.sh", venv, true)
+        let spec = self.spec("install-project", "project.sh", venv, true);
+        self.run(&spec, "installing the project", step, job).await
+    }
+
+    /// Runs one install container; `Some` is how the job ends when it cannot go on
+    /// (stopped, or the install failed: `what` names the step in the reason).
+    async fn run(
+        &self,
+        spec: &ContainerSpec,
+        what: &str,
+        step: &Step<'_>,
+        job: &Job,
+    ) -> Option<Ending> {
+        let ctx = self.common.ctx;
+        let dir = self.paths.container(&spec.id);
+        let run = run_container(ctx, spec, &dir, step.log, step.control, step.deadline).await;
+        run.interrupted(ctx, job)
+            .or_else(|| run.install_failure(ctx, what))
     }
 
     fn spec(&self, phase: &str, script: &str, venv: Venv, writable: bool) -> ContainerSpec {

@@ -70,9 +70,9 @@ impl JobPaths {
         self.root.join("venv-work")
     }
 
-    /// The bundle and outcome of one of the job's containers.
-    pub fn container(&self, phase: &str) -> PathBuf {
-        self.root.join(phase)
+    /// The bundle and outcome of the job's container `id`.
+    pub fn container(&self, id: &str) -> PathBuf {
+        self.root.join(id)
     }
 }
 
