@@ -55,12 +55,12 @@ fn assert_nothing_left(id: &str) {
     for ctrl in [
         "pids", "memory", "cpu", "cpuacct", "freezer", "blkio", "devices", "cpuset",
     ] {
-        for phase in ["install", "test"] {
+        for phase in ["install", "install-project", "test"] {
             let cg = format!("/sys/fs/cgroup/{ctrl}/ci/ci-{id}-{phase}");
             assert!(!Path::new(&cg).exists(), "{cg} is left");
         }
     }
-    for phase in ["install", "test"] {
+    for phase in ["install", "install-project", "test"] {
         let state = server
             .data_dir
             .join("containers")

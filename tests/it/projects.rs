@@ -440,3 +440,50 @@ fn without_uv_the_server_installs_with_pip() {
         "==> installing: pip install '.[test]' (pyproject.toml [project.optional-dependencies] test)",
     );
 }
+
+/// The sdist of a well-known project as PyPI serves it, downloaded once into `target/`.
+fn sdist(name: &str, version: &str) -> tempfile::TempDir {
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-sdists");
+    let archive = cache.join(format!("{name}-{version}.tar.gz"));
+    if !archive.is_file() {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+            ])
+            .arg(format!("{name}=={version}"))
+            .arg("-d")
+            .arg(&cache)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && archive.is_file(),
+            "pip download {name}=={version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = tempfile::tempdir_in(scratch()).unwrap();
+    let gz = flate2::read::GzDecoder::new(std::fs::File::open(&archive).unwrap());
+    tar::Archive::new(gz).unpack(dir.path()).unwrap();
+    dir
+}
+
+#[test]
+fn unmodified_click_sdist_passes_as_in_a_host_virtualenv() {
+    // click 8.1.7 as released: setup.py + setup.cfg, src layout, pinned requirements/tests.txt.
+    // A host virtualenv with `pip install -r requirements/tests.txt .` gives
+    // 589 passed, 21 skipped, 1 xfailed.
+    let dir = sdist("click", "8.1.7");
+    let run = submit(&dir.path().join("click-8.1.7"));
+    run.expect_code(0);
+    expect_line(
+        &run,
+        "==> installing: uv pip install -r requirements/tests.txt . (requirements/tests.txt)",
+    );
+    run.expect_stdout("589 passed, 21 skipped, 1 xfailed");
+}

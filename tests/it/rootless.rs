@@ -128,6 +128,17 @@ fn a_server_run_by_a_normal_user_runs_jobs_as_that_user() {
     assert_eq!(server.job(&run.job_id())["status"], "failed");
     assert_nothing_left(&server, &run.job_id());
 
+    // A project installed per job: the overlay over the dependency layer, built and
+    // removed (overlayfs leaves its work directory mode 000) by a server that is not root.
+    let run = server
+        .ci(&fixture("src_layout_extras"))
+        .args(["submit", "test"])
+        .run();
+    run.expect_code(0)
+        .expect_stdout("==> installing the project: ")
+        .expect_stdout("3 passed");
+    assert_nothing_left(&server, &run.job_id());
+
     jobs_run_as_the_user_in_the_delegated_cgroups(&server, user);
 
     let hog = project(&[
@@ -271,7 +282,7 @@ fn marked_processes(needle: &str) -> Vec<i32> {
 /// No cgroup, container state, job directory or process of the job is left.
 fn assert_nothing_left(server: &Server, id: &str) {
     for ctrl in CONTROLLERS {
-        for phase in ["install", "test"] {
+        for phase in ["install", "install-project", "test"] {
             let cg = format!("{}/ci-{id}-{phase}", subtree(ctrl, USER));
             assert!(!Path::new(&cg).exists(), "{cg} is left");
         }
