@@ -160,6 +160,16 @@ impl ServeArgs {
         PathBuf::from(home).join(".local/share/ci-server")
     }
 
+    /// Where pulled images are kept, with the default applied.
+    pub fn image_cache(&self) -> PathBuf {
+        (self.image_cache.clone()).unwrap_or_else(|| self.data_dir().join("images"))
+    }
+
+    /// Where fetched tools (uv) are kept, with the default applied.
+    pub fn tools_dir(&self) -> PathBuf {
+        (self.tools_dir.clone()).unwrap_or_else(|| self.data_dir().join("tools"))
+    }
+
     /// The CA bundle for pip: the flag, then the variables pip and OpenSSL read, then the
     /// system bundle. `None` when none of them names an existing file.
     pub fn ca_bundle(&self) -> Option<PathBuf> {

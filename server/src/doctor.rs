@@ -10,7 +10,7 @@ use std::time::Duration;
 use ci_runner::probe::Capabilities;
 use ci_runner::UserNamespace;
 
-use crate::config::{InstallNetwork, ServeArgs};
+use crate::config::{InstallNetwork, InstallerArg, ServeArgs};
 use crate::sandbox;
 
 /// One line of the table.
@@ -129,10 +129,15 @@ fn report(args: &ServeArgs, caps: &Capabilities) -> (String, bool) {
     ));
     let data = args.data_dir();
     rows.push(row("data dir", &dir_finding(&data, &userns, true)));
-    let images = sandbox::reachable_dirs(args)
-        .pop()
-        .unwrap_or_else(|| data.join("images"));
-    rows.push(row("image cache", &dir_finding(&images, &userns, false)));
+    rows.push(row(
+        "image cache",
+        &dir_finding(&args.image_cache(), &userns, false),
+    ));
+    rows.push(installer_row(args));
+    rows.push(row(
+        "tools dir",
+        &dir_finding(&args.tools_dir(), &userns, false),
+    ));
     rows.push(registry_row(&args.image));
 
     let dirs = sandbox::reachable_dirs(args);
@@ -195,6 +200,38 @@ fn dir_finding(dir: &Path, userns: &UserNamespace, free: bool) -> Result<String,
     }
     let _ = write!(detail, ", reachable by host uid {}", userns.host_ids().uid);
     Ok(detail)
+}
+
+/// Who installs dependencies, and whether uv is already on disk (nothing is fetched here).
+fn installer_row(args: &ServeArgs) -> Row {
+    let detail = match (args.installer, &args.uv) {
+        (InstallerArg::Pip, _) => "pip (the image's own)".to_string(),
+        (InstallerArg::Uv, Some(path)) => format!("uv at {}", path.display()),
+        (InstallerArg::Uv, None) => match crate::tools::WheelPin::for_this_host() {
+            Err(e) => format!("pip: no uv for this machine (failed to {e})"),
+            Ok(pin) => {
+                let dir = args.tools_dir().join(crate::tools::cached_dir_name(&pin));
+                if dir.join("uv").is_file() {
+                    format!(
+                        "uv {} (cached in {})",
+                        crate::tools::UV_VERSION,
+                        dir.display()
+                    )
+                } else {
+                    format!(
+                        "uv {}, fetched from {} on first use (sha256 pinned)",
+                        crate::tools::UV_VERSION,
+                        args.uv_index_url
+                    )
+                }
+            }
+        },
+    };
+    Row {
+        check: "installer".into(),
+        status: "ok",
+        detail,
+    }
 }
 
 /// Connects to the image's registry only when it is on loopback; anything else would be

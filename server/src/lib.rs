@@ -84,21 +84,17 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         .parse()
         .with_context(|| format!("invalid --image {:?}", args.image))?;
     // Paths end up in container specs, which take absolute paths only.
-    let image_cache = args
-        .image_cache
-        .clone()
-        .unwrap_or_else(|| data.join("images"));
-    let store = ci_rootfs::Store::new(std::path::absolute(&image_cache)?);
+    let store = ci_rootfs::Store::new(std::path::absolute(args.image_cache())?);
     let options = ci_rootfs::PullOptions {
         insecure_registries: args.insecure_registries.clone(),
     };
     let ca_bundle = args.ca_bundle();
     if ca_bundle.is_none() {
         tracing::warn!(
-            "no CA bundle found: pip in the install phase uses the image's own certificates"
+            "no CA bundle found: the installers in the install phase use the image's own certificates"
         );
     }
-    let (installer, uv) = installer(args, &data, ca_bundle.clone());
+    let (installer, uv) = installer(args, ca_bundle.clone())?;
     let run = Arc::new(execute::RunContext {
         helper_exe,
         state_root,
@@ -148,11 +144,10 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
 /// or no uv is pinned for this machine's architecture (then pip, with a warning).
 fn installer(
     args: &ServeArgs,
-    data: &std::path::Path,
     ca_bundle: Option<PathBuf>,
-) -> (ci_project::Installer, Option<tools::UvProvider>) {
+) -> anyhow::Result<(ci_project::Installer, Option<tools::UvProvider>)> {
     if args.installer == config::InstallerArg::Pip {
-        return (ci_project::Installer::Pip, None);
+        return Ok((ci_project::Installer::Pip, None));
     }
     let source = match &args.uv {
         Some(path) => tools::UvSource::Local(path.clone()),
@@ -161,14 +156,13 @@ fn installer(
             Err(e) => {
                 let e = ci_runner::error_chain(&e);
                 tracing::warn!("cannot install with uv (failed to {e}): jobs install with pip");
-                return (ci_project::Installer::Pip, None);
+                return Ok((ci_project::Installer::Pip, None));
             }
         },
     };
-    let tools_dir = args.tools_dir.clone().unwrap_or_else(|| data.join("tools"));
-    let tools_dir = std::path::absolute(&tools_dir).unwrap_or(tools_dir);
+    let tools_dir = std::path::absolute(args.tools_dir())?;
     let provider = tools::UvProvider::new(tools_dir, source, ca_bundle);
-    (ci_project::Installer::Uv, Some(provider))
+    Ok((ci_project::Installer::Uv, Some(provider)))
 }
 
 /// Decides how jobs are isolated here, or refuses to start with every reason.

@@ -277,14 +277,9 @@ pub fn parse_id_range(s: &str) -> Result<IdRange, String> {
     })
 }
 
-/// The directories jobs read from: the data dir and the image cache.
+/// The directories jobs read from: the data dir, the image cache and the tools dir (uv).
 pub fn reachable_dirs(args: &ServeArgs) -> Vec<PathBuf> {
-    let data = args.data_dir();
-    let images = args
-        .image_cache
-        .clone()
-        .unwrap_or_else(|| data.join("images"));
-    vec![data, images]
+    vec![args.data_dir(), args.image_cache(), args.tools_dir()]
 }
 
 #[cfg(test)]

@@ -114,6 +114,17 @@ impl WheelPin {
     }
 }
 
+/// The directory of the tools dir a uv of `version` whose content has `sha256` is kept in:
+/// the digest in the name gives a new binary of the same version its own directory.
+fn dir_name(version: &str, sha256: &str) -> String {
+    format!("uv-{version}-{}", short(sha256))
+}
+
+/// Where the pinned uv is kept in the tools dir, for `doctor`.
+pub fn cached_dir_name(pin: &WheelPin) -> String {
+    dir_name(UV_VERSION, &pin.sha256)
+}
+
 /// Why uv could not be had. Messages read after "failed to ...".
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
@@ -296,16 +307,12 @@ impl UvProvider {
 
     async fn copy_local(&self, path: &Path) -> Result<UvTool, ToolError> {
         let version = local_version(path).await?;
-        let (tools_dir, path, prefix) = (
-            self.tools_dir.clone(),
-            path.to_path_buf(),
-            format!("uv-{version}"),
-        );
+        let (tools_dir, path, name_version) =
+            (self.tools_dir.clone(), path.to_path_buf(), version.clone());
         let dir = tokio::task::spawn_blocking(move || {
             let binary = std::fs::read(&path).map_err(ToolError::io("read", &path))?;
             let sha256 = hex::encode(Sha256::digest(&binary));
-            // The digest in the name: a new binary of the same version gets its own directory.
-            let dir = tools_dir.join(format!("{prefix}-{}", short(&sha256)));
+            let dir = tools_dir.join(dir_name(&name_version, &sha256));
             if !dir.join("uv").is_file() {
                 install(&tools_dir, &dir, &binary)?;
             }
@@ -317,8 +324,7 @@ impl UvProvider {
     }
 
     fn tool_dir(&self, version: &str, sha256: &str) -> PathBuf {
-        self.tools_dir
-            .join(format!("uv-{version}-{}", short(sha256)))
+        self.tools_dir.join(dir_name(version, sha256))
     }
 
     /// The pinned wheel, checked against the index's listing, at most `pin.size` bytes.
@@ -638,25 +644,42 @@ async fn local_version(path: &Path) -> Result<String, ToolError> {
         path: path.to_path_buf(),
         reason,
     };
-    let child = tokio::process::Command::new(path)
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(VERSION_TIMEOUT, child)
-        .await
-        .map_err(|_| {
-            failed(format!(
-                "it did not finish within {} s",
-                VERSION_TIMEOUT.as_secs()
-            ))
-        })?
-        .map_err(|source| ToolError::RunVersion {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let run = || {
+        tokio::process::Command::new(path)
+            .arg("--version")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .output()
+    };
+    let mut tries = 0;
+    let output = loop {
+        let output = tokio::time::timeout(VERSION_TIMEOUT, run())
+            .await
+            .map_err(|_| {
+                failed(format!(
+                    "it did not finish within {} s",
+                    VERSION_TIMEOUT.as_secs()
+                ))
+            })?;
+        match output {
+            // A binary just written may still be open for writing in a child that another
+            // thread forked before its exec (the fd is close-on-exec, not close-on-fork):
+            // execve then fails with ETXTBSY for a moment.
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && tries < 10 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(source) => {
+                return Err(ToolError::RunVersion {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+            Ok(output) => break output,
+        }
+    };
     if !output.status.success() {
         return Err(failed(format!(
             "it exited with {}: {}",
