@@ -611,7 +611,7 @@ impl Install<'_> {
     /// Builds the dependency layer into `staging` (empty), mounted as `/venv`.
     async fn deps(&self, staging: &Path, step: &Step<'_>, job: &Job) -> Option<Ending> {
         let venv = Venv::Layer(staging.to_path_buf());
-        let spec = self.spec("install", "deps.sh", venv, true);
+        let spec = self.spec("install", "deps.sh", venv);
         self.run(&spec, "installing the dependencies", step, job)
             .await
     }
@@ -622,7 +622,7 @@ impl Install<'_> {
             lower: vec![deps.to_path_buf()],
             upper: Some((self.paths.venv_upper(), self.paths.venv_work())),
         };
-        let spec = self.spec("install-project", "project.sh", venv, true);
+        let spec = self.spec("install-project", "project.sh", venv);
         self.run(&spec, "installing the project", step, job).await
     }
 
@@ -642,7 +642,7 @@ impl Install<'_> {
             .or_else(|| run.install_failure(ctx, what))
     }
 
-    fn spec(&self, phase: &str, script: &str, venv: Venv, writable: bool) -> ContainerSpec {
+    fn spec(&self, phase: &str, script: &str, venv: Venv) -> ContainerSpec {
         let ctx = self.common.ctx;
         let ca = ctx.ca_bundle.as_ref().map(|_| CA_IN_CONTAINER);
         let env = self
@@ -667,10 +667,11 @@ impl Install<'_> {
         let network = ctx.sandbox.install_network;
         let mut spec = self.common.base(phase, &args, env, network, workspace);
         match venv {
+            // The staging directory of a new layer, which this container fills.
             Venv::Layer(dir) => spec.mounts.push(BindMount {
                 source: dir,
                 destination: install::VENV.into(),
-                readonly: !writable,
+                readonly: false,
             }),
             overlay => Common::mount_venv(&mut spec, &overlay),
         }
