@@ -117,9 +117,12 @@ impl Files {
                 max_mib: max / (1024 * 1024),
             });
         }
-        String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| Error::NotText { file: shown(rel) })
+        let text = String::from_utf8(bytes).map_err(|_| Error::NotText { file: shown(rel) })?;
+        // Editors on Windows start files with a byte-order mark; pip reads past it.
+        Ok(Some(match text.strip_prefix('\u{feff}') {
+            Some(rest) => rest.to_owned(),
+            None => text,
+        }))
     }
 
     /// `sha256:<hex>` of a file of any size: wheels in a `--find-links` directory are part
@@ -237,6 +240,19 @@ mod tests {
         );
         assert_eq!(files.read("alias.txt").unwrap().as_deref(), Some("y"));
         assert_eq!(files.read("missing.txt").unwrap(), None);
+    }
+
+    #[test]
+    fn reads_past_a_byte_order_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("requirements.txt"),
+            "\u{feff}pytest\r\nsix\r\n",
+        )
+        .unwrap();
+        let files = Files::new(dir.path()).unwrap();
+        let text = files.read("requirements.txt").unwrap().unwrap();
+        assert_eq!(text.lines().collect::<Vec<_>>(), ["pytest", "six"]);
     }
 
     #[test]
