@@ -263,21 +263,31 @@ async fn execute(
         job: &job_id,
         project: &paths.project(),
     };
+    // Third-party dependencies: built once per user and key, then shared read-only.
+    let key = install::deps_key(&image.manifest_digest, &tool, &plan);
+    let deps = ctx.cache_dir.join("deps").join(&job.owner).join(&key);
+    let cached = deps.is_dir();
     let setup = {
         let (paths, plan, tool) = (paths.clone(), plan.clone(), tool.clone());
+        let installer_cache = installer_cache(ctx, tool.kind, &job.owner);
         let userns = ctx.sandbox.user_namespace;
-        blocking(move || prepare_job_dirs(&paths, &plan, &tool, &userns)).await
+        blocking(move || {
+            prepare_job_dirs(&paths, &plan, &tool, !cached, &userns)?;
+            Ok::<_, String>(ready_cache(installer_cache, &userns))
+        })
+        .await
     };
-    if let Err(e) = setup {
-        return Ending::error(format!("cannot prepare the install: {e}"));
-    }
+    let installer_cache = match setup {
+        Ok(cache) => cache,
+        Err(e) => return Ending::error(format!("cannot prepare the install: {e}")),
+    };
     let install = Install {
         common: &common,
         paths: &paths,
         plan: &plan,
         tool: &tool,
         uv_dir: uv_dir.as_deref(),
-        owner: &job.owner,
+        installer_cache: installer_cache.as_ref(),
     };
 
     let step = Step {
@@ -286,10 +296,7 @@ async fn execute(
         deadline,
     };
 
-    // Third-party dependencies: built once per user and key, then shared read-only.
-    let key = install::deps_key(&image.manifest_digest, &tool, &plan);
-    let deps = ctx.cache_dir.join("deps").join(&job.owner).join(&key);
-    if deps.is_dir() {
+    if cached {
         crate::cache::touch(&deps);
         let _ = log.note("dependencies unchanged since an earlier job: reusing them");
     } else {
@@ -408,13 +415,21 @@ fn prepare_job_dirs(
     paths: &JobPaths,
     plan: &InstallPlan,
     tool: &Tool,
+    build_deps: bool,
     userns: &ci_runner::UserNamespace,
 ) -> Result<(), String> {
     let give = |dir: &Path| {
         ci_runner::give_to_container(dir, userns).map_err(|e| ci_runner::error_chain(&e))
     };
     install::write_inputs(&paths.inputs(), plan, tool).map_err(|e| e.to_string())?;
-    for dir in [paths.deps_staging(), paths.venv_upper(), paths.venv_work()] {
+    let mut dirs = Vec::new();
+    if build_deps {
+        dirs.push(paths.deps_staging());
+    }
+    if plan.project.is_some() {
+        dirs.extend([paths.venv_upper(), paths.venv_work()]);
+    }
+    for dir in dirs {
         fs_err::create_dir_all(&dir).map_err(|e| e.to_string())?;
         give(&dir)?;
     }
@@ -423,6 +438,33 @@ fn prepare_job_dirs(
         give(&paths.build())?;
     }
     Ok(())
+}
+
+/// The installer's download cache of `owner` (`<cache>/uv|pip/<owner>`), marked as used.
+fn installer_cache(ctx: &RunContext, kind: Installer, owner: &str) -> PathBuf {
+    let name = match kind {
+        Installer::Uv => "uv",
+        Installer::Pip => "pip",
+    };
+    ctx.cache_dir.join(name).join(owner)
+}
+
+/// Makes the installer cache exist and belong to the containers' root; `None` when it
+/// cannot (the job then installs without a cache, which is slower, not wrong).
+fn ready_cache(cache: PathBuf, userns: &ci_runner::UserNamespace) -> Option<PathBuf> {
+    crate::cache::touch(&cache);
+    let ready = fs_err::create_dir_all(&cache)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            ci_runner::give_to_container(&cache, userns).map_err(|e| ci_runner::error_chain(&e))
+        });
+    match ready {
+        Ok(()) => Some(cache),
+        Err(e) => {
+            tracing::warn!(dir = %cache.display(), error = %e, "installer cache unavailable for this job");
+            None
+        }
+    }
 }
 
 /// A build writes into the source tree: any install that builds the project or reads it as
@@ -597,7 +639,8 @@ struct Install<'a> {
     plan: &'a InstallPlan,
     tool: &'a Tool,
     uv_dir: Option<&'a Path>,
-    owner: &'a str,
+    /// The user's installer cache, when it could be made ready.
+    installer_cache: Option<&'a PathBuf>,
 }
 
 /// What a container run of the job needs besides its spec.
@@ -688,28 +731,16 @@ impl Install<'_> {
             });
         }
         // The installer's download cache, per user: warm installs skip the network.
-        let (name, destination) = match self.tool.kind {
-            Installer::Uv => ("uv", install::UV_CACHE),
-            Installer::Pip => ("pip", install::PIP_CACHE),
-        };
-        let cache = ctx.cache_dir.join(name).join(self.owner);
-        crate::cache::touch(&cache);
-        let userns = ctx.sandbox.user_namespace;
-        let ready = fs_err::create_dir_all(&cache)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                ci_runner::give_to_container(&cache, &userns)
-                    .map_err(|e| ci_runner::error_chain(&e))
-            });
-        match ready {
-            Ok(()) => spec.mounts.push(BindMount {
-                source: cache,
+        if let Some(cache) = self.installer_cache {
+            let destination = match self.tool.kind {
+                Installer::Uv => install::UV_CACHE,
+                Installer::Pip => install::PIP_CACHE,
+            };
+            spec.mounts.push(BindMount {
+                source: cache.clone(),
                 destination: destination.into(),
                 readonly: false,
-            }),
-            Err(e) => {
-                tracing::warn!(dir = %cache.display(), error = %e, "installer cache unavailable for this job")
-            }
+            });
         }
         if let Some(ca) = &ctx.ca_bundle {
             spec.mounts.push(BindMount {
