@@ -99,6 +99,70 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 100_000)]
     pub max_upload_entries: u64,
 
+    /// Most open client connections; past it new ones wait in the kernel's backlog
+    /// [default: sized to the file-descriptor limit, which the server raises to its hard limit].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Most connections from one IP address that have not yet sent a valid API key; past it
+    /// new ones from that address are answered 429 and closed.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+
+    /// How long a client may take to send a request's headers (also the first request on a
+    /// new connection).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// How long a kept-alive connection may sit idle between requests before it is closed.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Longest pause while a request body (an upload) is being sent.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Longest an upload may take from its first byte to its last.
+    #[arg(long, default_value = "10min", value_parser = humantime::parse_duration)]
+    pub upload_timeout: Duration,
+
+    /// Most uploads received at once; past it submissions are answered 503 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub max_concurrent_uploads: usize,
+
+    /// Largest a job's installed dependencies (and its project layer) may grow; an install
+    /// past it is stopped with that reason and nothing of it is kept.
+    #[arg(long, default_value = "2GiB", value_parser = parse_size)]
+    pub max_deps_size: u64,
+
+    /// Most disk each user's caches (dependency layers, uv's and pip's downloads) may use;
+    /// past it the least recently used entries are removed.
+    #[arg(long, default_value = "10GiB", value_parser = parse_size)]
+    pub cache_max_size: u64,
+
+    /// Most jobs one user may have queued (not yet running); past it submissions are
+    /// answered 429 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub max_queued_per_user: usize,
+
+    /// Most unpacked upload bytes one user's queued jobs may hold on disk together.
+    #[arg(long, default_value = "5GiB", value_parser = parse_size)]
+    pub max_queued_size_per_user: u64,
+
+    /// Most jobs of one user running at once [default: --max-jobs]; jobs of different users
+    /// take turns for free slots either way.
+    #[arg(long, value_name = "N")]
+    pub max_running_per_user: Option<usize>,
+
+    /// How long a finished job's log and record are kept; older ones are removed (the job
+    /// then lists as `expired`).
+    #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+    pub job_retention: Duration,
+
+    /// Free disk below which new submissions are refused (507) rather than half written.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    pub min_free_disk: u64,
+
     /// On SIGTERM or Ctrl-C, how long running jobs may go on before they are stopped.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -184,6 +248,13 @@ impl ServeArgs {
             )
             .chain([PathBuf::from("/etc/ssl/certs/ca-certificates.crt")]);
         candidates.into_iter().find(|p| p.is_file())
+    }
+
+    /// Most jobs of one user running at once, with the default applied.
+    pub fn max_running_per_user(&self) -> usize {
+        self.max_running_per_user
+            .unwrap_or_else(|| self.max_jobs())
+            .max(1)
     }
 
     pub fn max_jobs(&self) -> usize {

@@ -1,10 +1,13 @@
 //! End-to-end tests: the real `ci-server`, the real `ci`, real containers and real pip.
 
+mod abuse_connections;
 mod errors;
+mod fairness;
 mod hostile;
 mod install_network;
 mod lifecycle;
 mod projects;
+mod quotas;
 mod restart;
 mod resume;
 mod rootless;
