@@ -140,6 +140,8 @@ pub async fn submit(
         reason: None,
         timeout_secs: state.jobs.timeout_for(requested),
         pytest_args: all_args,
+        upload_bytes: 0,
+        expired_ms: None,
     };
     let position = match state.jobs.submit(job.clone()).await {
         Ok(p) => p,

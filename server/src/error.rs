@@ -23,6 +23,24 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// 503 with `Retry-After`: the server is busy with others' requests (e.g. uploads).
+    #[error("{message}")]
+    Busy {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// 429 with `Retry-After`: the caller is over one of its own caps.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// 507: the server's disk is too full to take the request.
+    #[error("{0}")]
+    InsufficientStorage(String),
+    /// 416 with `Content-Range: bytes */LENGTH`: a log offset past the end.
+    #[error("{message}")]
+    RangeNotSatisfiable { message: String, length: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -37,7 +55,10 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -69,6 +90,28 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+        let mut response =
+            (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Busy {
+                retry_after_secs, ..
+            }
+            | ApiError::TooManyRequests {
+                retry_after_secs, ..
+            } => {
+                headers.insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(*retry_after_secs),
+                );
+            }
+            ApiError::RangeNotSatisfiable { length, .. } => {
+                if let Ok(v) = axum::http::HeaderValue::from_str(&format!("bytes */{length}")) {
+                    headers.insert(axum::http::header::CONTENT_RANGE, v);
+                }
+            }
+            _ => {}
+        }
+        response
     }
 }

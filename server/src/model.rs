@@ -81,6 +81,12 @@ pub struct Job {
     /// Extra arguments for pytest, after the server's own (`ci submit test -- ARGS`).
     #[serde(default)]
     pub pytest_args: Vec<String>,
+    /// Bytes of the unpacked upload: what the job holds on disk while it waits.
+    #[serde(default)]
+    pub upload_bytes: u64,
+    /// When the job's log was removed after `--job-retention`; its record stays.
+    #[serde(default)]
+    pub expired_ms: Option<i64>,
 }
 
 /// Role of a user.
@@ -149,6 +155,8 @@ pub struct JobView {
     pub timeout_secs: u64,
     /// Bytes in the log so far: `ci wait` without `--all` starts here.
     pub log_bytes: u64,
+    /// The log was removed after the server's retention period.
+    pub expired: bool,
 }
 
 impl JobView {
@@ -174,6 +182,7 @@ impl JobView {
             queue_position,
             timeout_secs: job.timeout_secs,
             log_bytes,
+            expired: job.expired_ms.is_some(),
         }
     }
 }
