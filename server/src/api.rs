@@ -69,6 +69,8 @@ pub async fn submit(
     Query(q): Query<SubmitQuery>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // A user over a per-user cap is told before sending the upload.
+    state.jobs.admits(&caller.0.id)?;
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(format!(
             "the upload is over the server's {} limit",

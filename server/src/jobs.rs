@@ -1,7 +1,7 @@
 //! The job manager: accepts jobs, keeps the queue, runs at most `max_jobs` at once, and takes
 //! cancel, timeout and shutdown requests. It owns every job's status transitions.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +13,20 @@ use crate::error::ApiError;
 use crate::execute::{self, RunContext};
 use crate::logs::LogStore;
 use crate::model::{now_ms, Job, Status};
+use crate::queue::{FairQueue, Refusal, UserCaps};
+
+/// How much the job manager runs and keeps waiting.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Jobs running at once, all users together.
+    pub max_jobs: usize,
+    /// The longest timeout a job may have.
+    pub max_timeout: Duration,
+    pub per_user: UserCaps,
+}
+
+/// What a client over a per-user cap is told to wait before it submits again.
+const RETRY_AFTER_SECS: u64 = 30;
 
 /// Why a running job is asked to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,8 +87,9 @@ impl Control {
 
 #[derive(Default)]
 struct Inner {
-    queue: VecDeque<String>,
-    running: HashMap<String, Arc<Control>>,
+    queue: FairQueue,
+    /// Running jobs by id: their owner and the handle to stop them.
+    running: HashMap<String, (String, Arc<Control>)>,
     accepting: bool,
 }
 
@@ -88,18 +103,15 @@ pub struct Jobs {
     wake: Arc<Notify>,
     slots: Arc<Semaphore>,
     tasks: TaskTracker,
-    max_jobs: usize,
-    max_timeout: Duration,
+    limits: Limits,
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::Unavailable("the server is shutting down and takes no new jobs".into())
 }
 
 impl Jobs {
-    pub fn new(
-        db: Db,
-        logs: LogStore,
-        run: Arc<RunContext>,
-        max_jobs: usize,
-        max_timeout: Duration,
-    ) -> Jobs {
+    pub fn new(db: Db, logs: LogStore, run: Arc<RunContext>, limits: Limits) -> Jobs {
         Jobs {
             db,
             logs,
@@ -109,10 +121,9 @@ impl Jobs {
                 ..Inner::default()
             })),
             wake: Arc::new(Notify::new()),
-            slots: Arc::new(Semaphore::new(max_jobs)),
+            slots: Arc::new(Semaphore::new(limits.max_jobs)),
             tasks: TaskTracker::new(),
-            max_jobs,
-            max_timeout,
+            limits,
         }
     }
 
@@ -136,11 +147,12 @@ impl Jobs {
                 Status::Queued => {
                     // Followers wait on the live log until the job runs.
                     self.logs.open_live(&job.id, self.run.log_cap)?;
-                    self.inner
-                        .lock()
-                        .expect("jobs lock")
-                        .queue
-                        .push_back(job.id.clone());
+                    self.inner.lock().expect("jobs lock").queue.push(
+                        &job.owner,
+                        &job.id,
+                        job.seq,
+                        job.upload_bytes,
+                    );
                 }
                 _ => {}
             }
@@ -152,50 +164,93 @@ impl Jobs {
 
     /// The timeout a job gets: the client's wish, never more than the server's limit.
     pub fn timeout_for(&self, requested: Option<u64>) -> u64 {
-        let max = self.max_timeout.as_secs().max(1);
+        let max = self.limits.max_timeout.as_secs().max(1);
         requested.map_or(max, |r| r.clamp(1, max))
     }
 
-    /// Records a new job whose project is already unpacked, and queues it.
-    pub async fn submit(&self, job: Job) -> Result<usize, ApiError> {
-        if !self.inner.lock().expect("jobs lock").accepting {
-            return Err(ApiError::Unavailable(
-                "the server is shutting down and takes no new jobs".into(),
-            ));
+    /// Whether `owner` may submit a job now: checked before the upload is read, so a user
+    /// over a cap is told at once (429) and sends nothing.
+    pub fn admits(&self, owner: &str) -> Result<(), ApiError> {
+        let inner = self.inner.lock().expect("jobs lock");
+        if !inner.accepting {
+            return Err(shutting_down());
         }
+        inner
+            .queue
+            .admits(owner, 0, self.limits.per_user)
+            .map_err(|r| self.refusal(r))
+    }
+
+    /// Records a new job whose project is already unpacked, and queues it. Refused (429) when
+    /// its owner is over a per-user cap.
+    pub async fn submit(&self, job: Job) -> Result<usize, ApiError> {
+        self.admits_job(&job)?;
         self.db.put_job(&job)?;
         self.db.flush().await?;
         // The log is live from now on, so a client that follows a queued job waits for its
         // output instead of polling. A waiting client is told where it stands.
         let log = self.logs.open_live(&job.id, self.run.log_cap)?;
-        let (ahead, running) = {
-            let inner = self.inner.lock().expect("jobs lock");
-            (inner.queue.len(), inner.running.len())
+        let mut inner = self.inner.lock().expect("jobs lock");
+        // Checked again by the caller's admission only: two uploads of one user finishing at
+        // once may both get in, which overshoots a cap by at most the concurrent uploads.
+        inner
+            .queue
+            .push(&job.owner, &job.id, job.seq, job.upload_bytes);
+        let position = inner.queue.position(&job.id).unwrap_or(1);
+        let mine_running = inner.queue.running_of(&job.owner);
+        let why = if mine_running >= self.limits.per_user.running {
+            Some(format!(
+                "waiting: {mine_running} of your jobs are running, the most this server runs per user"
+            ))
+        } else if inner.running.len() + position > self.limits.max_jobs {
+            Some(format!(
+                "waiting for a free slot: position {position} in the queue"
+            ))
+        } else {
+            None
         };
-        if ahead + running >= self.max_jobs {
-            log.note(&format!(
-                "waiting for a free slot: position {} in the queue",
-                ahead + 1
-            ))?;
+        // Written under the lock, so that it comes before anything the job itself writes.
+        if let Some(why) = why {
+            log.note(&why)?;
         }
-        let position = {
-            let mut inner = self.inner.lock().expect("jobs lock");
-            inner.queue.push_back(job.id.clone());
-            inner.queue.len()
-        };
+        drop(inner);
         self.wake.notify_one();
         Ok(position)
     }
 
-    /// 1-based place of a queued job.
-    pub fn queue_position(&self, id: &str) -> Option<usize> {
-        self.inner
-            .lock()
-            .expect("jobs lock")
+    fn admits_job(&self, job: &Job) -> Result<(), ApiError> {
+        let inner = self.inner.lock().expect("jobs lock");
+        if !inner.accepting {
+            return Err(shutting_down());
+        }
+        inner
             .queue
-            .iter()
-            .position(|q| q == id)
-            .map(|p| p + 1)
+            .admits(&job.owner, job.upload_bytes, self.limits.per_user)
+            .map_err(|r| self.refusal(r))
+    }
+
+    fn refusal(&self, refusal: Refusal) -> ApiError {
+        let message = match refusal {
+            Refusal::TooManyQueued { queued } => format!(
+                "you have {queued} jobs waiting, the most this server queues per user \
+                 (--max-queued-per-user); submit again when some have run"
+            ),
+            Refusal::TooManyBytes { queued_bytes } => format!(
+                "your waiting jobs hold {} of uploads and this one would pass the {} per user \
+                 (--max-queued-size-per-user); submit again when some have run",
+                crate::config::format_size(queued_bytes),
+                crate::config::format_size(self.limits.per_user.queued_bytes)
+            ),
+        };
+        ApiError::TooManyRequests {
+            message,
+            retry_after_secs: RETRY_AFTER_SECS,
+        }
+    }
+
+    /// 1-based place of a queued job, in the order jobs will start if none ends meanwhile.
+    pub fn queue_position(&self, id: &str) -> Option<usize> {
+        self.inner.lock().expect("jobs lock").queue.position(id)
     }
 
     /// Cancels a queued or running job. Returns the job as it is after the request.
@@ -232,11 +287,10 @@ impl Jobs {
         }
         let control = {
             let mut inner = self.inner.lock().expect("jobs lock");
-            if let Some(pos) = inner.queue.iter().position(|q| *q == job.id) {
-                inner.queue.remove(pos);
+            if inner.queue.remove(&job.id) {
                 None
             } else {
-                inner.running.get(&job.id).cloned()
+                inner.running.get(&job.id).map(|(_, c)| c.clone())
             }
         };
         match control {
@@ -261,46 +315,60 @@ impl Jobs {
         }
     }
 
-    /// Takes jobs from the queue as slots free up, until shutdown.
+    /// Takes jobs from the queue as slots free up, until shutdown: users take turns
+    /// ([`FairQueue::pop`]). A job is taken from the queue and marked running under one lock,
+    /// so a cancel always finds it in one of the two.
     pub async fn dispatch(self) {
         loop {
             let Ok(permit) = self.slots.clone().acquire_owned().await else {
                 return;
             };
-            let id = loop {
+            let (id, owner, control) = loop {
                 let notified = self.wake.notified();
                 {
                     let mut inner = self.inner.lock().expect("jobs lock");
                     if !inner.accepting {
                         return;
                     }
-                    if let Some(id) = inner.queue.pop_front() {
-                        break id;
+                    if let Some((owner, id)) = inner.queue.pop(self.limits.per_user) {
+                        let control = Control::new();
+                        inner
+                            .running
+                            .insert(id.clone(), (owner.clone(), control.clone()));
+                        break (id, owner, control);
                     }
                 }
                 notified.await;
             };
             let job = match self.db.job(&id) {
-                Ok(Some(job)) if job.status == Status::Queued => job,
-                Ok(_) => continue,
+                Ok(Some(job)) if job.status == Status::Queued => Some(job),
+                Ok(_) => None,
                 Err(e) => {
                     tracing::error!(job = %id, error = %e, "cannot read queued job");
-                    continue;
+                    None
                 }
             };
-            let control = Control::new();
-            self.inner
-                .lock()
-                .expect("jobs lock")
-                .running
-                .insert(id.clone(), control.clone());
+            let Some(job) = job else {
+                self.ended(&id, &owner);
+                continue;
+            };
             let this = self.clone();
             self.tasks.spawn(async move {
                 execute::run_job(&this.run, &this.db, &this.logs, job, &control).await;
-                this.inner.lock().expect("jobs lock").running.remove(&id);
+                this.ended(&id, &owner);
                 drop(permit);
             });
         }
+    }
+
+    /// A job taken by [`Self::dispatch`] is over: its owner may have the next turn.
+    fn ended(&self, id: &str, owner: &str) {
+        let mut inner = self.inner.lock().expect("jobs lock");
+        inner.running.remove(id);
+        inner.queue.finished(owner);
+        drop(inner);
+        // A user held back by the per-user running cap may go now.
+        self.wake.notify_one();
     }
 
     /// Stops taking jobs, lets running ones go on for `grace`, then stops them (they end as
@@ -326,7 +394,7 @@ impl Jobs {
                 .expect("jobs lock")
                 .running
                 .values()
-                .cloned()
+                .map(|(_, c)| c.clone())
                 .collect();
             tracing::warn!(
                 jobs = controls.len(),
@@ -339,14 +407,7 @@ impl Jobs {
         }
         // Jobs still queued stay queued for the next start; their followers' streams end here
         // (they reconnect to the next server) so that the HTTP server can finish.
-        let queued: Vec<String> = self
-            .inner
-            .lock()
-            .expect("jobs lock")
-            .queue
-            .iter()
-            .cloned()
-            .collect();
+        let queued = self.inner.lock().expect("jobs lock").queue.ids();
         for id in queued {
             self.logs.close(&id);
         }

@@ -15,6 +15,7 @@ pub mod install;
 pub mod jobs;
 pub mod logs;
 pub mod model;
+pub mod queue;
 pub mod sandbox;
 pub mod tools;
 pub mod upload;
@@ -121,8 +122,15 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         db.clone(),
         logs.clone(),
         run.clone(),
-        args.max_jobs(),
-        args.job_timeout,
+        jobs::Limits {
+            max_jobs: args.max_jobs(),
+            max_timeout: args.job_timeout,
+            per_user: queue::UserCaps {
+                queued: args.max_queued_per_user.max(1),
+                queued_bytes: args.max_queued_size_per_user,
+                running: args.max_running_per_user(),
+            },
+        },
     );
     let state = AppState {
         db,
