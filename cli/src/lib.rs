@@ -76,12 +76,27 @@ pub async fn run(cli: Cli) -> u8 {
     }
 }
 
+/// `==> result: STATUS[: REASON] (SECS)`, as the job's record has it.
+pub fn result_line(job: &client::JobView) -> String {
+    let mut line = format!("==> result: {}", job.status);
+    if let Some(reason) = &job.reason {
+        line.push_str(&format!(": {reason}"));
+    }
+    if let Some(secs) = job.duration_secs {
+        line.push_str(&format!(" ({secs:.1}s)"));
+    }
+    line
+}
+
 /// Follows a job's log to its end and returns the exit code its result means. Ctrl+C leaves
 /// the job running and says how to get back to it.
 pub async fn follow_to_end(client: &Client, id: &str, offset: u64) -> anyhow::Result<u8> {
     tokio::select! {
         job = follow::follow(client, id, offset) => {
             let job = job?;
+            // The result comes from the job's record, never from the log, which holds the
+            // job's own output and so could imitate it.
+            println!("{}", result_line(&job));
             if !job.passed() && job.status != "failed" {
                 if let Some(reason) = &job.reason {
                     eprintln!("ci: job {} {}: {reason}", job.id, job.status.replace('_', " "));

@@ -148,13 +148,8 @@ pub async fn run_job(ctx: &RunContext, db: &Db, logs: &LogStore, mut job: Job, c
     job.reason = ending.reason;
     job.finished_ms = Some(now_ms());
     let secs = (job.finished_ms.unwrap_or(0) - job.started_ms.unwrap_or(0)) as f64 / 1000.0;
-    let summary = match &job.reason {
-        Some(reason) => format!("result: {}: {reason} ({secs:.1}s)", job.status.as_str()),
-        None => format!("result: {} ({secs:.1}s)", job.status.as_str()),
-    };
-    if let Err(e) = log.note(&summary) {
-        tracing::error!(job = %job.id, error = %e, "cannot write job log");
-    }
+    // The result is not written into the log, where a job's output could imitate it: clients
+    // read it from the job's record once the log ends.
     ctx.remove_job_dir(&job.id);
     if let Err(e) = db.put_job(&job) {
         tracing::error!(job = %job.id, error = %e, "cannot record job result");
@@ -335,7 +330,19 @@ async fn execute(
         .collect();
     let line = format!("running tests: python -m pytest -v {}", shown.join(" "));
     set_phase(db, job, log, Phase::Testing, line.trim_end()).await;
-    let spec = common.test_spec(&venv, &job.pytest_args, &config.env);
+    let report_dir = paths.report();
+    let ready = {
+        let (dir, userns) = (report_dir.clone(), ctx.sandbox.user_namespace);
+        blocking(move || {
+            fs_err::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            ci_runner::give_to_container(&dir, &userns).map_err(|e| ci_runner::error_chain(&e))
+        })
+        .await
+    };
+    if let Err(e) = ready {
+        return Ending::error(format!("cannot prepare the test report directory: {e}"));
+    }
+    let spec = common.test_spec(&venv, &job.pytest_args, &config.env, &report_dir);
     let run = run_container(
         ctx,
         &spec,
@@ -351,6 +358,18 @@ async fn execute(
     let Some(outcome) = run.outcome else {
         return Ending::error(run.helper_failure());
     };
+    let report_file = report_dir.join("junit.xml");
+    let report = blocking(move || crate::report::read(&report_file)).await;
+    if let Some(reason) = dishonest_pass(outcome.exit_code, &report, &job.pytest_args) {
+        return Ending {
+            status: Status::Error,
+            exit_code: outcome.exit_code,
+            reason: Some(reason),
+        };
+    }
+    if let Err(e) = &report {
+        let _ = log.note(&format!("no test report: {e}"));
+    }
     // A limit that was hit explains a failure better than pytest's exit code does: a test
     // whose child was OOM-killed, or that could not fork, fails for that reason.
     if outcome.exit_code != Some(0) && (outcome.oom_killed || outcome.pids_limit_hit) {
@@ -388,6 +407,36 @@ async fn execute(
             exit_code: None,
             reason: Some(describe(ctx, &outcome)),
         },
+    }
+}
+
+/// Why an exit status of 0 is not a pass, when the report says otherwise: a test process can
+/// end itself with status 0 after pytest reported failures (`os._exit(0)` in an atexit hook or
+/// a `sitecustomize` planted by a dependency). `None` when the exit status stands.
+fn dishonest_pass(
+    exit_code: Option<i32>,
+    report: &Result<Option<crate::report::Counts>, String>,
+    pytest_args: &[String],
+) -> Option<String> {
+    if exit_code != Some(0) {
+        return None;
+    }
+    // The user's own --junitxml replaces ours: then there is no second witness.
+    let own_report = pytest_args
+        .iter()
+        .any(|a| a.starts_with("--junitxml") || a.starts_with("--junit-xml"));
+    match report {
+        Ok(Some(counts)) if counts.failed() > 0 => Some(format!(
+            "the test process exited 0 but the report lists {} failed test{}",
+            counts.failed(),
+            if counts.failed() == 1 { "" } else { "s" }
+        )),
+        Ok(Some(_)) => None,
+        Ok(None) if own_report => None,
+        Ok(None) => Some("the test process exited 0 but pytest wrote no report".into()),
+        Err(e) => Some(format!(
+            "the test process exited 0 but its report is unusable: {e}"
+        )),
     }
 }
 
@@ -607,6 +656,7 @@ impl Common<'_> {
         venv: &Venv,
         pytest_args: &[String],
         config_env: &std::collections::BTreeMap<String, String>,
+        report_dir: &Path,
     ) -> ContainerSpec {
         let mut extra = vec![("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string())];
         // The project's own variables ([tool.ci] env) come last: they are the user's to set.
@@ -620,6 +670,9 @@ impl Common<'_> {
             "-p",
             "no:cacheprovider",
         ];
+        // Before the user's arguments, so that a --junitxml of theirs wins.
+        let junit = format!("--junitxml={}", crate::report::IN_CONTAINER);
+        args.push(&junit);
         args.extend(pytest_args.iter().map(String::as_str));
         let workspace = BindMount {
             source: self.project.to_path_buf(),
@@ -628,6 +681,11 @@ impl Common<'_> {
         };
         let mut spec = self.base("test", &args, self.env(&extra), Network::None, workspace);
         Self::mount_venv(&mut spec, venv);
+        spec.mounts.push(BindMount {
+            source: report_dir.to_path_buf(),
+            destination: crate::report::DIR_IN_CONTAINER.into(),
+            readonly: false,
+        });
         spec
     }
 }
@@ -892,6 +950,7 @@ async fn run_container(
     });
 
     let mut interruption = None;
+    let mut relay = crate::output::Relay::default();
     let mut tail = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
     let mut output_open = true;
@@ -911,7 +970,7 @@ async fn run_container(
                 Ok(0) | Err(_) => output_open = false,
                 Ok(n) => {
                     keep_tail(&mut tail, &buf[..n]);
-                    if interruption.is_none() && matches!(log.append(&buf[..n]), Ok(Appended::CapReached)) {
+                    if interruption.is_none() && matches!(log.append(&relay.push(&buf[..n])), Ok(Appended::CapReached)) {
                         interruption = Some(Interruption::LogLimit);
                         let _ = log.note(&format!(
                             "log truncated at {}: the job printed more than the server keeps (--max-log-size); stopping it",
@@ -936,7 +995,7 @@ async fn run_container(
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => {
                                     keep_tail(&mut tail, &buf[..n]);
-                                    let _ = log.append(&buf[..n]);
+                                    let _ = log.append(&relay.push(&buf[..n]));
                                 }
                             }
                         }
@@ -960,6 +1019,10 @@ async fn run_container(
             }
             stop_sent_at = Some(Instant::now());
         }
+    }
+    let held = relay.finish();
+    if !held.is_empty() && interruption != Some(Interruption::LogLimit) {
+        let _ = log.append(&held);
     }
     let helper_exit = exit.and_then(Result::ok);
     let helper_ok = helper_exit.is_some_and(|status| status.success());

@@ -70,6 +70,12 @@ impl JobPaths {
         self.root.join("venv-work")
     }
 
+    /// Where the test container's pytest writes its report ([`crate::report`]); the only
+    /// place the test container may write besides its tmpfs.
+    pub fn report(&self) -> PathBuf {
+        self.root.join("report")
+    }
+
     /// The bundle and outcome of the job's container `id`.
     pub fn container(&self, id: &str) -> PathBuf {
         self.root.join(id)

@@ -134,8 +134,6 @@ impl Jobs {
             match job.status {
                 Status::Running => {
                     let reason = "the server stopped while the job was running".to_string();
-                    self.logs
-                        .note_offline(&job.id, &format!("result: lost: {reason}"))?;
                     job.status = Status::Lost;
                     job.phase = None;
                     job.finished_ms = Some(now_ms());
@@ -198,13 +196,13 @@ impl Jobs {
             .push(&job.owner, &job.id, job.seq, job.upload_bytes);
         let position = inner.queue.position(&job.id).unwrap_or(1);
         let mine_running = inner.queue.running_of(&job.owner);
-        let why = if mine_running >= self.limits.per_user.running {
-            Some(format!(
-                "waiting: {mine_running} of your jobs are running, the most this server runs per user"
-            ))
-        } else if inner.running.len() + position > self.limits.max_jobs {
+        let why = if inner.running.len() + position > self.limits.max_jobs {
             Some(format!(
                 "waiting for a free slot: position {position} in the queue"
+            ))
+        } else if mine_running >= self.limits.per_user.running {
+            Some(format!(
+                "waiting: {mine_running} of your jobs are running, the most this server runs per user"
             ))
         } else {
             None
@@ -302,8 +300,6 @@ impl Jobs {
                 // It was still queued: nothing runs, end it here.
                 let mut job = job;
                 let why = reason.cancel_reason(false);
-                self.logs
-                    .note_offline(&job.id, &format!("result: cancelled: {why}"))?;
                 job.status = Status::Cancelled;
                 job.finished_ms = Some(now_ms());
                 job.reason = Some(why.into());

@@ -279,3 +279,59 @@ fn the_server_still_serves_after_hostile_jobs() {
         .run();
     run.expect_code(0).expect_stdout("2 passed");
 }
+
+#[test]
+fn a_dependency_that_forces_exit_status_0_cannot_forge_a_pass() {
+    // A dependency (installed through requirements.txt, as a real one would be) registers
+    // an exit hook that turns any exit status into 0 after pytest reported: here a pytest
+    // plugin, which pytest loads by itself (a `sitecustomize` does the same on images whose
+    // Python has none of its own; Debian's shadows it).
+    let dir = project(&[
+        ("requirements.txt", "pytest==7.4.3\n./evil\n"),
+        (
+            "evil/pyproject.toml",
+            "[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n\n\
+             [project]\nname = \"evil\"\nversion = \"1.0\"\n\n[project.entry-points.pytest11]\nevil = \"evil_plugin\"\n\n\
+             [tool.setuptools]\npy-modules = [\"evil_plugin\"]\n",
+        ),
+        (
+            "evil/evil_plugin.py",
+            "import atexit, os\natexit.register(lambda: os._exit(0))\n",
+        ),
+        (
+            "tests/test_forged.py",
+            "def test_fails():\n    assert 1 == 2\n",
+        ),
+    ]);
+    let run = server().ci(dir.path()).args(["submit", "test"]).run();
+    run.expect_code(1).expect_stdout("1 failed").expect_stdout(
+        "==> result: error: the test process exited 0 but the report lists 1 failed test",
+    );
+    let job = server().job(&run.job_id());
+    assert_eq!(job["status"], "error", "{job}");
+    assert_eq!(job["exit_code"], 0, "{job}");
+
+    // The same from the project's own conftest.
+    let conftest = "import atexit, os\natexit.register(lambda: os._exit(0))\n";
+    let (run, job) = submit("def test_fails():\n    assert False\n", Some(conftest), &[]);
+    run.expect_code(1);
+    assert_eq!(job["status"], "error", "{job}");
+}
+
+#[test]
+fn a_printed_result_line_changes_nothing() {
+    let test = r#"
+def test_fails_after_claiming_success():
+    print("\n==> result: passed (0.1s)", flush=True)
+    assert False
+"#;
+    let (run, job) = submit(test, None, &["--", "-s"]);
+    run.expect_code(1);
+    assert_eq!(job["status"], "failed", "{job}");
+    let stdout = run.stdout();
+    // The job's imitation is set apart; the last line is the real result, from the record.
+    assert!(stdout.contains("\n ==> result: passed (0.1s)\n"), "{run}");
+    assert!(!stdout.contains("\n==> result: passed"), "{run}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.starts_with("==> result: failed ("), "{run}");
+}

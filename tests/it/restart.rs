@@ -53,8 +53,10 @@ fn sigkill_mid_job_then_restart_marks_it_lost_and_keeps_the_rest() {
         "{job}"
     );
     let waited = server.ci(slow.path()).args(["wait", &id]).run();
-    waited.expect_code(1).expect_stderr("lost");
-    assert!(String::from_utf8_lossy(&server.stored_log(&id)).contains("result: lost"));
+    waited
+        .expect_code(1)
+        .expect_stderr("lost")
+        .expect_stdout("==> result: lost: the server stopped while the job was running");
     assert_eq!(server.job(&done_id)["status"], "passed");
     assert_eq!(server.stored_log(&done_id), done_log);
     assert!(

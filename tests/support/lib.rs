@@ -721,3 +721,16 @@ pub fn delegate_cgroups(name: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// What `ci` printed of the job's log: its output without the result line it prints last,
+/// from the job's record (the log itself has none).
+pub fn log_part(stdout: &[u8]) -> &[u8] {
+    let text = stdout.strip_suffix(b"\n").unwrap_or(stdout);
+    let start = text.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    assert!(
+        text[start..].starts_with(b"==> result: "),
+        "ci's output does not end with the result line: {:?}",
+        String::from_utf8_lossy(&text[start..])
+    );
+    &stdout[..start]
+}
