@@ -21,6 +21,9 @@ pub struct JobView {
     pub queue_position: Option<usize>,
     #[serde(default)]
     pub log_bytes: u64,
+    /// The log was removed after the server's retention period; the record stays.
+    #[serde(default)]
+    pub expired: bool,
 }
 
 impl JobView {

@@ -45,6 +45,11 @@ pub async fn follow(client: &Client, id: &str, mut offset: u64) -> anyhow::Resul
                     Err(_) => {}
                 }
             }
+            // The job ended long enough ago that the server removed its log.
+            Err(RequestError::Http(410, message)) => {
+                eprintln!("ci: {message}");
+                return client.job(id).await.map_err(|e| anyhow!(e));
+            }
             Err(e) if !e.is_transient() => return Err(anyhow!(e)),
             Err(e) => {
                 let since = *away_since.get_or_insert_with(|| {

@@ -78,6 +78,35 @@ pub fn remove(id: &str, cgroup_path: &Path) -> Result<(), Error> {
     })
 }
 
+/// Moves process `pid` into the cgroups of container `id` at `cgroup_path`, in every
+/// hierarchy, the way libcontainer moved the container's init (the same manager, so the
+/// same directories), so that the kernel counts it against the container's limits and
+/// the container's kill and removal take it too. For helpers of the container that run
+/// outside it (slirp4netns). The cgroups must exist: call it after `build()`.
+///
+/// Moving a task needs write access to the destination's `cgroup.procs` and, on v1,
+/// the writer's euid to be root or the task's uid: the helper is root, or the same user
+/// as the process it started.
+pub fn join(
+    id: &str,
+    cgroup_path: &Path,
+    pid: nix::unistd::Pid,
+    what: &'static str,
+) -> Result<(), Error> {
+    let err = |source| Error::JoinCgroup {
+        what,
+        path: cgroup_path.to_owned(),
+        source: Box::new(source),
+    };
+    let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
+        cgroup_path: cgroup_path.to_owned(),
+        systemd_cgroup: false,
+        container_name: id.to_owned(),
+    })
+    .map_err(|e| Error::CgroupSetup(Box::new(e)))?;
+    manager.add_task(pid).map_err(err)
+}
+
 /// [`crate::CgroupMode::Delegated`]: creates the container's cgroups (`cgroup_path`, e.g.
 /// `/ci-alice/<id>`, inside a subtree the user owns) and writes `limits` into them, before
 /// libcontainer moves the container in. Only cgroup v1: there a directory created by a

@@ -107,6 +107,14 @@ pub enum Error {
         source: Box<libcgroups::common::AnyManagerError>,
     },
 
+    #[error("move {what} into the container's cgroup {}", path.display())]
+    JoinCgroup {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<libcgroups::common::AnyManagerError>,
+    },
+
     #[error("prepare delegated cgroups: {0}")]
     Delegation(String),
 

@@ -266,9 +266,21 @@ fn launch_and_wait(
         net::configure(pid, &unreachable)?;
     }
     // Told to exit once init has; dropping it reaps slirp4netns (killing it if need be),
-    // also on every error path.
+    // also on every error path. It lives in the container's cgroups (see slirp::start):
+    // the container's kill and delete() SIGKILL it with the rest, which its reaping here
+    // copes with, and delete() can remove the cgroups once it has exited.
     let mut slirp: Option<Slirp> = match &network.slirp_log {
-        Some(log) => Some(slirp::start(pid, log)?),
+        Some(log) => {
+            let cgroup_path = container
+                .spec()
+                .map_err(|source| Error::Build {
+                    id: id.to_owned(),
+                    source: Box::new(source),
+                })?
+                .cgroup_path;
+            let place = |slirp_pid| cgroup::join(id, &cgroup_path, slirp_pid, "slirp4netns");
+            Some(slirp::start(pid, log, place)?)
+        }
         None => None,
     };
     container.start().map_err(|source| Error::Start {

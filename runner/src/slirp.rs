@@ -56,7 +56,16 @@ pub struct Slirp {
 /// 127.0.0.0/8 (through the gateway 10.0.2.2); `--enable-sandbox` puts slirp4netns itself
 /// in an empty mount namespace without capabilities, `--enable-seccomp` limits its
 /// syscalls, since it parses packets a job controls.
-pub fn start(pid: Pid, log: &Path) -> Result<Slirp, Error> {
+///
+/// `place` gets slirp4netns's pid as soon as it runs, before it touches the network: the
+/// helper moves it into the container's cgroups there, so that its memory, CPU and
+/// pids count against the job's limits (it works for the job: a job that floods it pays
+/// for it) and the container's kill takes it along. Its failure stops slirp4netns.
+pub fn start(
+    pid: Pid,
+    log: &Path,
+    place: impl FnOnce(Pid) -> Result<(), Error>,
+) -> Result<Slirp, Error> {
     let binary = find().ok_or_else(|| {
         Error::Slirp(format!(
             "{BINARY} not found in PATH (Debian package slirp4netns)"
@@ -111,10 +120,15 @@ pub fn start(pid: Pid, log: &Path) -> Result<Slirp, Error> {
     // Only the child may hold these ends: EOF on ready_r then means it died.
     drop(ready_w);
     drop(exit_r);
+    let slirp_pid = Pid::from_raw(child.id() as i32);
     let mut slirp = Slirp {
         child: Some(child),
         exit_w: Some(exit_w),
     };
+    if let Err(e) = place(slirp_pid) {
+        slirp.stop();
+        return Err(e);
+    }
     match wait_ready(&ready_r) {
         Ok(()) => {
             tracing::debug!(elapsed = ?started.elapsed(), "slirp4netns ready");

@@ -248,7 +248,13 @@ pub async fn log(
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiError> {
-    own_job(&state, &caller, &id)?;
+    let job = own_job(&state, &caller, &id)?;
+    if job.expired_ms.is_some() {
+        return Err(ApiError::Gone(format!(
+            "the log of job {id} was removed after the server's retention period ({})",
+            crate::retention::describe(state.job_retention)
+        )));
+    }
     let stream = state.logs.stream(&id, q.offset);
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();

@@ -1,4 +1,5 @@
-//! Durable records in sled: jobs, users and API keys, stored as JSON values.
+//! Durable records in sled: jobs, users and API keys, stored as JSON values. The directory
+//! is the server's user's only (0700): it holds emails and key hashes.
 
 use std::path::Path;
 
@@ -11,6 +12,11 @@ use crate::model::{ApiKey, Job, User};
 pub enum DbError {
     #[error("failed to open the database at {path}: {source}")]
     Open { path: String, source: sled::Error },
+    #[error("failed to make the database at {path} private to this user: {source}")]
+    Private {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("database error: {0}")]
     Sled(#[from] sled::Error),
     #[error("corrupt record in {tree}: {source}")]
@@ -30,8 +36,21 @@ pub struct Db {
 }
 
 impl Db {
+    /// Opens (or creates) the database at `path`, first making the directory private: a
+    /// new one is made 0700, an older one open to others is tightened with its files.
+    /// Blocking.
     pub fn open(path: &Path) -> Result<Db, DbError> {
+        crate::perms::private_dir(path).map_err(|source| DbError::Private {
+            path: path.display().to_string(),
+            source,
+        })?;
         let db = sled::open(path).map_err(|source| DbError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        // sled writes a snapshot file as it opens, with the umask's mode: the directory
+        // already shuts others out, the files are tightened too for good measure.
+        crate::perms::tighten(path).map_err(|source| DbError::Private {
             path: path.display().to_string(),
             source,
         })?;
@@ -60,6 +79,31 @@ impl Db {
 
     pub fn job(&self, id: &str) -> Result<Option<Job>, DbError> {
         get(&self.jobs, "jobs", id)
+    }
+
+    /// Records that a finished job's log was removed at `at_ms` (see `retention`). Only
+    /// this field changes, atomically with respect to other writers of the record; a job
+    /// that is missing, not finished or already expired is left as it is. Returns whether
+    /// the record changed.
+    pub fn mark_expired(&self, id: &str, at_ms: i64) -> Result<bool, DbError> {
+        let mut changed = false;
+        self.jobs.fetch_and_update(id.as_bytes(), |old| {
+            // sled may call this more than once: decide afresh each time.
+            changed = false;
+            let old = old?;
+            let mut job: Job = match serde_json::from_slice(old) {
+                Ok(job) => job,
+                // Never drop a record we cannot read: returning None would delete it.
+                Err(_) => return Some(old.to_vec()),
+            };
+            if !job.status.is_terminal() || job.expired_ms.is_some() {
+                return Some(old.to_vec());
+            }
+            job.expired_ms = Some(at_ms);
+            changed = true;
+            Some(serde_json::to_vec(&job).expect("records serialize"))
+        })?;
+        Ok(changed)
     }
 
     /// All jobs, oldest first.
@@ -131,4 +175,63 @@ fn all<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str) -> Result<Vec
             serde_json::from_slice(&v?).map_err(|source| DbError::Corrupt { tree: name, source })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Status;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn job(id: &str, status: Status) -> Job {
+        Job {
+            id: id.into(),
+            owner: "u".into(),
+            seq: 1,
+            status,
+            phase: None,
+            created_ms: 1,
+            started_ms: None,
+            finished_ms: status.is_terminal().then_some(2),
+            exit_code: None,
+            reason: None,
+            timeout_secs: 60,
+            pytest_args: Vec::new(),
+            upload_bytes: 0,
+            expired_ms: None,
+        }
+    }
+
+    #[test]
+    fn only_finished_jobs_are_marked_expired_and_only_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db")).unwrap();
+        db.put_job(&job("done", Status::Passed)).unwrap();
+        db.put_job(&job("busy", Status::Running)).unwrap();
+        assert!(db.mark_expired("done", 10).unwrap());
+        assert!(!db.mark_expired("done", 20).unwrap());
+        assert_eq!(db.job("done").unwrap().unwrap().expired_ms, Some(10));
+        assert!(!db.mark_expired("busy", 10).unwrap());
+        assert_eq!(db.job("busy").unwrap().unwrap().expired_ms, None);
+        assert!(!db.mark_expired("missing", 10).unwrap());
+        assert!(db.job("missing").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_database_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        drop(Db::open(&path).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o700);
+        // Files sled made in the open directory are tightened at the next start.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        drop(Db::open(&path).unwrap());
+        for entry in std::fs::read_dir(&path).unwrap() {
+            let p = entry.unwrap().path();
+            assert_eq!(mode(&p) & 0o077, 0, "{}", p.display());
+        }
+    }
 }

@@ -16,8 +16,10 @@ pub mod jobs;
 pub mod logs;
 pub mod model;
 pub mod output;
+pub mod perms;
 pub mod queue;
 pub mod report;
+pub mod retention;
 pub mod sandbox;
 pub mod tools;
 pub mod upload;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub jobs: jobs::Jobs,
     pub run: Arc<execute::RunContext>,
     pub upload_limits: upload::Limits,
+    /// `--job-retention`: how long a finished job's log is kept.
+    pub job_retention: std::time::Duration,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -75,8 +79,19 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
     let data = std::path::absolute(args.data_dir())?;
     fs_err::create_dir_all(&data).context("cannot create the data directory")?;
     let sandbox = start_up_check(args)?;
-    let db = db::Db::open(&data.join("db"))?;
-    let logs = logs::LogStore::new(data.join("logs"))?;
+    // The database and the logs are the server's user's only; a data dir of an older
+    // version is tightened here, which walks every log once.
+    let (db, logs) = {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = db::Db::open(&data.join("db"))?;
+            let logs =
+                logs::LogStore::new(data.join("logs")).context("cannot open the log directory")?;
+            perms::tighten(&data.join("admin.key")).context("cannot make admin.key private")?;
+            anyhow::Ok((db, logs))
+        })
+        .await??
+    };
     let state_root = data.join("containers");
     let jobs_dir = data.join("jobs");
     fs_err::create_dir_all(&state_root)?;
@@ -144,6 +159,7 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
             max_unpacked_bytes: args.max_unpacked_size,
             max_entries: args.max_upload_entries,
         },
+        job_retention: args.job_retention,
     };
     api::bootstrap_admin(&state, &data.join("admin.key"))?;
     state.jobs.recover().await?;
@@ -239,6 +255,12 @@ pub async fn serve(
             }
         }
     });
+    // Remove the logs of jobs finished longer ago than --job-retention, now and regularly.
+    let retention = tokio::spawn(retention::run(
+        state.db.clone(),
+        state.logs.clone(),
+        state.job_retention,
+    ));
     // Warm the image and uv in the background so the first job does not wait for them.
     let run = state.run.clone();
     tokio::spawn(async move {
@@ -269,6 +291,7 @@ pub async fn serve(
     jobs.shutdown(grace).await;
     dispatcher.abort();
     collector.abort();
+    retention.abort();
     server.await??;
     Ok(())
 }

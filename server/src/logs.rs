@@ -4,7 +4,11 @@
 //! A reader never gets bytes from memory, only from the file: what a client prints is by
 //! construction a slice of the stored log, so a reconnect at offset N resumes with nothing lost
 //! and nothing repeated.
+//!
+//! Logs are the server's user's only (directory 0700, files 0600): a job's output may hold
+//! what its owner would not show other local users. `retention` removes finished ones.
 
+use fs_err::os::unix::fs::OpenOptionsExt;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -101,8 +105,10 @@ pub struct LogStore {
 }
 
 impl LogStore {
+    /// Opens the log directory, creating it private or tightening an older one (see
+    /// [`crate::perms`]). Blocking.
     pub fn new(dir: PathBuf) -> std::io::Result<LogStore> {
-        fs_err::create_dir_all(&dir)?;
+        crate::perms::private_dir(&dir)?;
         Ok(LogStore {
             dir,
             live: Arc::default(),
@@ -124,6 +130,7 @@ impl LogStore {
             .create(true)
             .read(true)
             .append(true)
+            .mode(0o600)
             .open(&path)?
             .into_parts()
             .0;
@@ -150,6 +157,22 @@ impl LogStore {
     pub fn close(&self, id: &str) {
         if let Some(log) = self.live.lock().expect("logs lock").remove(id) {
             log.finish();
+        }
+    }
+
+    /// Removes the stored log of a job that has ended (`retention`). A log that is still
+    /// live is left alone and `Ok(false)` returned; a log that is already gone counts as
+    /// removed. Blocking.
+    pub fn remove(&self, id: &str) -> std::io::Result<bool> {
+        // Held across the unlink, so the log cannot come alive in between.
+        let live = self.live.lock().expect("logs lock");
+        if live.contains_key(id) {
+            return Ok(false);
+        }
+        match fs_err::remove_file(self.path(id)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(e),
         }
     }
 
@@ -313,5 +336,25 @@ mod tests {
         assert!(std::fs::read_to_string(store.path("j"))
             .unwrap()
             .ends_with("again\n==> reopened\n"));
+    }
+
+    #[test]
+    fn logs_are_private_and_only_ended_ones_are_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::new(dir.path().join("logs")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("logs")), 0o700);
+        let log = store.open_live("j", u64::MAX).unwrap();
+        log.append(b"secret\n").unwrap();
+        assert_eq!(mode(&store.path("j")), 0o600);
+        // Live: kept.
+        assert!(!store.remove("j").unwrap());
+        assert!(store.path("j").exists());
+        store.close("j");
+        assert!(store.remove("j").unwrap());
+        assert!(!store.path("j").exists());
+        // Already gone.
+        assert!(store.remove("j").unwrap());
     }
 }

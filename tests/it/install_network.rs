@@ -128,3 +128,131 @@ def test_install_network():
         );
     }
 }
+
+/// A build backend that holds the per-job install until the test lets it go: it waits for
+/// `/workspace/probe/go`, which the test creates through the job's writable copy of the
+/// project (`<data>/jobs/<id>/build`), at most two minutes.
+const WAITING_BACKEND: &str = r#"
+import os, time, zipfile
+
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    deadline = time.time() + 120
+    while not os.path.exists("/workspace/probe/go") and time.time() < deadline:
+        time.sleep(0.1)
+    name = "probe-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as z:
+        z.writestr("probe-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: probe\nVersion: 0.1\n")
+        z.writestr("probe-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: probe\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr("probe-0.1.dist-info/RECORD", "")
+    return name
+"#;
+
+/// `/proc/PID/status`'s parent pid.
+fn parent_of(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn cmdline(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+fn pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The cgroups of `pid` by controller (`memory` -> `/ci/ci-…-install-project`).
+fn cgroups(pid: i32) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            Some(
+                ctrls
+                    .split(',')
+                    .map(move |c| (c.to_owned(), path.to_owned())),
+            )
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn slirp4netns_runs_in_the_install_containers_cgroups() {
+    let server = shared_server();
+    let dir = project(&[
+        ("requirements.txt", "pytest==7.4.3\n./probe\n"),
+        ("probe/pyproject.toml", PYPROJECT),
+        ("probe/probe_backend.py", WAITING_BACKEND),
+        ("tests/test_ok.py", "def test_ok():\n    pass\n"),
+    ]);
+    let id = server.submit_async(dir.path());
+    let container = format!("ci-{id}-install-project");
+    // The helper of the per-job install container, and its two children: the container's
+    // init and slirp4netns.
+    let (slirp, init) = ci_e2e::poll(
+        std::time::Duration::from_secs(300),
+        "slirp4netns of the install",
+        || {
+            let all = pids();
+            let helper = *all.iter().find(|p| cmdline(**p).contains(&container))?;
+            let children: Vec<i32> = all
+                .iter()
+                .copied()
+                .filter(|p| parent_of(*p) == Some(helper))
+                .collect();
+            let is_slirp = |p: &i32| cmdline(*p)[0].ends_with("slirp4netns");
+            let slirp = *children.iter().find(|p| is_slirp(p))?;
+            let init = *children.iter().find(|p| !is_slirp(p))?;
+            Some((slirp, init))
+        },
+    );
+    let (of_slirp, of_init) = (cgroups(slirp), cgroups(init));
+    let job_cgroup = of_init.get("memory").cloned().unwrap_or_default();
+    assert!(
+        job_cgroup.ends_with(&format!("/{container}")),
+        "{of_init:?}"
+    );
+    for ctrl in ["memory", "pids", "cpu"] {
+        assert_eq!(
+            of_slirp.get(ctrl),
+            Some(&job_cgroup),
+            "slirp4netns is outside the job's {ctrl} cgroup: {of_slirp:?}"
+        );
+    }
+    assert_eq!(
+        of_slirp, of_init,
+        "slirp4netns's cgroups differ from the job's"
+    );
+
+    std::fs::write(
+        server.data_dir.join(format!("jobs/{id}/build/probe/go")),
+        "",
+    )
+    .unwrap();
+    let job = server.wait_job(&id, "the job to end", |j| {
+        j["status"] != "running" && j["status"] != "queued"
+    });
+    assert_eq!(job["status"], "passed", "{job}");
+    // The container's removal took its cgroups, slirp4netns's with them.
+    let left =
+        std::path::Path::new("/sys/fs/cgroup/memory").join(job_cgroup.trim_start_matches('/'));
+    assert!(!left.exists(), "{} is left", left.display());
+}

@@ -10,6 +10,7 @@ mod projects;
 mod quotas;
 mod restart;
 mod resume;
+mod retention;
 mod rootless;
 mod sandbox;
 mod seed;

@@ -59,9 +59,14 @@ fn table(jobs: &[JobView]) -> String {
                 (None, Some(c)) => format!("exit {c}"),
                 _ => "-".into(),
             };
+            let status = if j.expired {
+                format!("{} (expired)", j.status)
+            } else {
+                j.status.clone()
+            };
             [
                 j.id.clone(),
-                j.status.clone(),
+                status,
                 phase,
                 crate::table::short_time(Some(&j.created)),
                 crate::table::short_time(j.started.as_deref()),
@@ -72,4 +77,28 @@ fn table(jobs: &[JobView]) -> String {
         })
         .collect();
     crate::table::render(&header, rows.into_iter().map(Vec::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expired_job_says_so_in_its_status() {
+        let job: JobView = serde_json::from_value(serde_json::json!({
+            "id": "abc", "status": "passed", "phase": null, "created": "2026-11-21T10:50:54Z",
+            "started": null, "finished": null, "duration_secs": 1.0, "exit_code": 0,
+            "reason": null, "queue_position": null, "log_bytes": 0, "expired": true
+        }))
+        .unwrap();
+        let fresh = JobView {
+            expired: false,
+            ..job.clone()
+        };
+        let shown = table(&[job, fresh]);
+        let lines: Vec<&str> = shown.lines().collect();
+        assert!(lines[1].contains("  passed (expired)  "), "{shown}");
+        assert!(lines[2].contains("  passed  "), "{shown}");
+        assert!(!lines[2].contains("expired"), "{shown}");
+    }
 }

@@ -1,6 +1,7 @@
 //! `ci wait <id>`: reconnect to a job and follow it to its end.
 
-use crate::client::Client;
+use crate::client::{Client, JobView};
+use crate::exit;
 
 #[derive(clap::Args, Debug)]
 pub struct WaitArgs {
@@ -13,6 +14,68 @@ pub struct WaitArgs {
 
 pub async fn run(client: &Client, args: WaitArgs) -> anyhow::Result<u8> {
     let job = client.job(&args.id).await?;
+    if job.expired {
+        // Nothing to follow: say how it ended, and end the same way.
+        eprintln!("ci: {}", expired_line(&job));
+        return Ok(if job.passed() {
+            exit::SUCCESS
+        } else {
+            exit::JOB_FAILED
+        });
+    }
     let offset = if args.all { 0 } else { job.log_bytes };
     crate::follow_to_end(client, &job.id, offset).await
+}
+
+/// One line about a job whose log the server removed.
+fn expired_line(job: &JobView) -> String {
+    let status = job.status.replace('_', " ");
+    let how = match (&job.reason, job.exit_code) {
+        (Some(reason), _) => format!("{status}: {reason}"),
+        (None, Some(code)) if !job.passed() => format!("{status} (exit {code})"),
+        _ => status,
+    };
+    format!(
+        "job {} {how}; its log was removed after the server's retention period",
+        job.id
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(status: &str, exit_code: Option<i32>, reason: Option<&str>) -> JobView {
+        JobView {
+            id: "abc".into(),
+            status: status.into(),
+            phase: None,
+            created: String::new(),
+            started: None,
+            finished: None,
+            duration_secs: None,
+            exit_code,
+            reason: reason.map(str::to_string),
+            queue_position: None,
+            log_bytes: 0,
+            expired: true,
+        }
+    }
+
+    fn check(j: JobView, expected: &str) {
+        assert_eq!(
+            expired_line(&j),
+            format!("job abc {expected}; its log was removed after the server's retention period")
+        );
+    }
+
+    #[test]
+    fn says_how_an_expired_job_ended() {
+        check(job("passed", Some(0), None), "passed");
+        check(job("failed", Some(1), None), "failed (exit 1)");
+        check(
+            job("timed_out", None, Some("timed out after 1m")),
+            "timed out: timed out after 1m",
+        );
+    }
 }

@@ -331,6 +331,8 @@ fn slirp4netns_lives_as_long_as_its_container() {
     let init = *ctx.wait_for_processes().first().expect("container init");
     let slirps = || support::processes_with_cmdline("slirp4netns", &init.to_string());
     assert_eq!(slirps().len(), 1, "one slirp4netns for container {init}");
+    // It counts against the container's limits, and its kill takes it along.
+    ctx.assert_in_container_cgroups(slirps()[0], init);
     running.signal(Signal::SIGTERM);
     assert!(running.wait().outcome().killed_by_request);
     assert_eq!(slirps(), Vec::<i32>::new());

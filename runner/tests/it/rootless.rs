@@ -152,6 +152,24 @@ except OSError as e:
 }
 
 #[test]
+fn rootless_slirp4netns_is_in_the_delegated_cgroups() {
+    let _tun = ci_e2e::TunOpen::new();
+    let ctx = TestContext::rootless("rl-slirpcg", user());
+    let running = ctx.spawn(&ctx.spec(
+        Network::Slirp,
+        &["sh", "-c", "echo started; exec sleep 1000"],
+    ));
+    running.wait_for_line(|l| l == "started");
+    let init = *ctx.wait_for_processes().first().expect("container init");
+    let slirps = crate::support::processes_with_cmdline("slirp4netns", &init.to_string());
+    assert_eq!(slirps.len(), 1, "one slirp4netns for container {init}");
+    ctx.assert_in_container_cgroups(slirps[0], init);
+    running.signal(Signal::SIGTERM);
+    assert!(running.wait().outcome().killed_by_request);
+    ctx.assert_clean();
+}
+
+#[test]
 fn rootless_cleanup_removes_a_container_whose_helper_was_killed() {
     let ctx = TestContext::rootless("rl-orphan", user());
     let mut running = ctx.spawn(&ctx.spec(

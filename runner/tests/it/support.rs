@@ -161,6 +161,16 @@ pub fn processes_with_cmdline(program: &str, arg: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The cgroups of process `pid`, one `ID:CONTROLLERS:PATH` line per hierarchy, as the
+/// test (in the host's cgroup namespace) sees them.
+pub fn cgroups_of(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// One container's worth of temp dirs. Dropping it removes the container if a test
 /// failed halfway and checks nothing was left.
 pub struct TestContext {
@@ -306,6 +316,25 @@ impl TestContext {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Checks that slirp4netns `slirp` is in every cgroup of the container's init
+    /// `init`, which are the container's own (`<cgroup_parent>/<id>`).
+    pub fn assert_in_container_cgroups(&self, slirp: i32, init: i32) {
+        let own = format!("{}/{}", self.cgroup_parent, self.id);
+        let (slirp, init) = (cgroups_of(slirp), cgroups_of(init));
+        assert_eq!(slirp, init, "slirp4netns's cgroups differ from init's");
+        for ctrl in ["memory", "pids", "cpu"] {
+            let line = init.iter().find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|c| c == ctrl))
+            });
+            assert!(
+                line.is_some_and(|l| l.ends_with(&format!(":{own}"))),
+                "no {ctrl} cgroup {own} in {init:?}"
+            );
+        }
     }
 
     /// The container's cgroup directories that still exist.

@@ -1,0 +1,199 @@
+//! Job retention (`--job-retention`): the log of a job that finished longer ago than the
+//! retention period is removed and its record marked expired (`Job::expired_ms`). The
+//! record itself stays (it is small): `ci list` still shows the job, as expired, and its
+//! log answers 410 Gone instead of an empty body.
+//!
+//! The log is removed before the record is marked, so a crash in between leaves a job
+//! whose log is gone and that the next round marks; never a marked job with a log left.
+
+use std::time::Duration;
+
+use crate::db::{Db, DbError};
+use crate::logs::LogStore;
+use crate::model::Job;
+
+/// How often the collector looks: a quarter of the retention (so a log outlives it by at
+/// most a quarter), at most hourly, at least every second.
+pub fn interval(retention: Duration) -> Duration {
+    (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+}
+
+/// Whether the log of `job` is due for removal at `now_ms`: the job has finished, at
+/// least `retention` ago, and was not expired yet.
+pub fn is_due(job: &Job, now_ms: i64, retention: Duration) -> bool {
+    if !job.status.is_terminal() || job.expired_ms.is_some() {
+        return false;
+    }
+    // Every path that ends a job sets the finish time; the creation time is a safe
+    // stand-in for a record that somehow lacks it.
+    let finished = job.finished_ms.unwrap_or(job.created_ms);
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    now_ms.saturating_sub(finished) >= retention_ms
+}
+
+/// One round: removes the logs of the jobs due at `now_ms` and marks them expired;
+/// returns how many. A log that cannot be removed is logged and tried again next round.
+/// Blocking: run it off the async threads.
+pub fn collect(
+    db: &Db,
+    logs: &LogStore,
+    retention: Duration,
+    now_ms: i64,
+) -> Result<usize, DbError> {
+    let mut expired = 0;
+    for job in db.jobs()? {
+        if !is_due(&job, now_ms, retention) {
+            continue;
+        }
+        match logs.remove(&job.id) {
+            Ok(true) => {}
+            // Still live: its job ended a moment ago and is being wound down.
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "cannot remove an expired job's log");
+                continue;
+            }
+        }
+        if db.mark_expired(&job.id, now_ms)? {
+            expired += 1;
+        }
+    }
+    Ok(expired)
+}
+
+/// Runs [`collect`] now and then every [`interval`], until the task is aborted.
+pub async fn run(db: Db, logs: LogStore, retention: Duration) {
+    let mut every = tokio::time::interval(interval(retention));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let (db2, logs) = (db.clone(), logs.clone());
+        let now = crate::model::now_ms();
+        let round = tokio::task::spawn_blocking(move || collect(&db2, &logs, retention, now)).await;
+        match round {
+            Ok(Ok(0)) => {}
+            Ok(Ok(expired)) => {
+                if let Err(e) = db.flush().await {
+                    tracing::error!(error = %e, "cannot flush the database");
+                }
+                tracing::info!(expired, retention = %describe(retention), "removed the logs of old jobs");
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot expire old jobs"),
+            Err(e) => tracing::error!(error = %e, "expiring old jobs failed"),
+        }
+    }
+}
+
+/// The retention period in words, for messages: "30 days", "12 hours", "3 seconds".
+pub fn describe(retention: Duration) -> String {
+    let secs = retention.as_secs();
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    if retention.subsec_nanos() != 0 || secs == 0 {
+        return humantime::format_duration(retention).to_string();
+    }
+    for (unit, len) in [("day", 86_400), ("hour", 3_600), ("minute", 60)] {
+        if secs % len == 0 {
+            return plural(secs / len, unit);
+        }
+    }
+    plural(secs, "second")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Status;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn job(id: &str, status: Status, finished_ms: Option<i64>) -> Job {
+        Job {
+            id: id.into(),
+            owner: "u".into(),
+            seq: 0,
+            status,
+            phase: None,
+            created_ms: 0,
+            started_ms: None,
+            finished_ms,
+            exit_code: None,
+            reason: None,
+            timeout_secs: 60,
+            pytest_args: Vec::new(),
+            upload_bytes: 0,
+            expired_ms: None,
+        }
+    }
+
+    fn check(status: Status, finished_ms: Option<i64>, now_ms: i64, due: bool) {
+        let j = job("j", status, finished_ms);
+        assert_eq!(
+            is_due(&j, now_ms, DAY),
+            due,
+            "{status:?} {finished_ms:?} {now_ms}"
+        );
+    }
+
+    #[test]
+    fn due_once_finished_for_the_whole_retention() {
+        let day = 86_400_000;
+        check(Status::Passed, Some(1_000), 1_000 + day, true);
+        check(Status::Failed, Some(1_000), 1_000 + day - 1, false);
+        check(Status::Cancelled, Some(0), 5 * day, true);
+        check(Status::Lost, None, day, true);
+        check(Status::Running, Some(0), 5 * day, false);
+        check(Status::Queued, None, 5 * day, false);
+        let mut expired = job("j", Status::Passed, Some(0));
+        expired.expired_ms = Some(day);
+        assert!(!is_due(&expired, 5 * day, DAY));
+        // A clock that went backwards expires nothing.
+        check(Status::Passed, Some(day), 0, false);
+    }
+
+    #[test]
+    fn collects_the_logs_of_old_jobs_and_keeps_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db")).unwrap();
+        let logs = LogStore::new(dir.path().join("logs")).unwrap();
+        let now = 10 * 86_400_000;
+        for (id, status, finished) in [
+            ("old", Status::Passed, Some(0)),
+            ("new", Status::Failed, Some(now - 1_000)),
+            ("running", Status::Running, None),
+            ("ending", Status::Error, Some(0)),
+        ] {
+            db.put_job(&job(id, status, finished)).unwrap();
+            let log = logs.open_live(id, u64::MAX).unwrap();
+            log.append(b"output\n").unwrap();
+            if id != "running" && id != "ending" {
+                logs.close(id);
+            }
+        }
+        assert_eq!(collect(&db, &logs, DAY, now).unwrap(), 1);
+        assert!(!logs.path("old").exists());
+        assert_eq!(db.job("old").unwrap().unwrap().expired_ms, Some(now));
+        for kept in ["new", "running", "ending"] {
+            assert!(logs.path(kept).exists(), "{kept}");
+            assert_eq!(db.job(kept).unwrap().unwrap().expired_ms, None, "{kept}");
+        }
+        // The job whose log was still live goes once it is closed; the rest stays.
+        logs.close("ending");
+        assert_eq!(collect(&db, &logs, DAY, now).unwrap(), 1);
+        assert!(!logs.path("ending").exists());
+        assert_eq!(collect(&db, &logs, DAY, now).unwrap(), 0);
+        assert_eq!(db.jobs().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn intervals_and_words() {
+        assert_eq!(interval(30 * DAY), Duration::from_secs(3600));
+        assert_eq!(interval(Duration::from_secs(8)), Duration::from_secs(2));
+        assert_eq!(interval(Duration::from_secs(3)), Duration::from_secs(1));
+        assert_eq!(describe(30 * DAY), "30 days");
+        assert_eq!(describe(DAY), "1 day");
+        assert_eq!(describe(Duration::from_secs(7200)), "2 hours");
+        assert_eq!(describe(Duration::from_secs(90)), "90 seconds");
+        assert_eq!(describe(Duration::from_secs(3)), "3 seconds");
+        assert_eq!(describe(Duration::from_millis(1500)), "1s 500ms");
+    }
+}
