@@ -154,8 +154,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub max_running_per_user: Option<usize>,
 
-    /// How long a finished job's log and record are kept; older ones are removed (the job
-    /// then lists as `expired`).
+    /// How long a finished job's log is kept; older logs are removed, while the job's record
+    /// stays and lists as `expired`.
     #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
     pub job_retention: Duration,
 
