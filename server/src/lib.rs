@@ -38,6 +38,8 @@ pub struct AppState {
     pub jobs: jobs::Jobs,
     pub run: Arc<execute::RunContext>,
     pub upload_limits: upload::Limits,
+    /// Concurrent uploads, their deadline, and the free disk a submission needs.
+    pub uploads: upload::Intake,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -61,9 +63,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/keys/{id}", delete(admin::revoke_key))
         .fallback(api::no_such_endpoint)
         .method_not_allowed_fallback(api::wrong_method)
-        .layer(DefaultBodyLimit::max(
-            usize::try_from(state.upload_limits.max_compressed_bytes).unwrap_or(usize::MAX),
-        ))
+        // JSON bodies only: uploads are streamed and capped by `api::submit` itself.
+        .layer(DefaultBodyLimit::max(api::JSON_BODY_LIMIT))
         .with_state(state)
 }
 
@@ -134,6 +135,11 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
             max_unpacked_bytes: args.max_unpacked_size,
             max_entries: args.max_upload_entries,
         },
+        uploads: upload::Intake::new(
+            args.max_concurrent_uploads,
+            args.upload_timeout,
+            args.min_free_disk,
+        ),
     };
     api::bootstrap_admin(&state, &data.join("admin.key"))?;
     state.jobs.recover().await?;
