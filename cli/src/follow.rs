@@ -45,6 +45,16 @@ pub async fn follow(client: &Client, id: &str, mut offset: u64) -> anyhow::Resul
                     Err(_) => {}
                 }
             }
+            // The log is shorter than what was printed (it was removed or replaced on the
+            // server): nothing more can come from this offset. A finished job still has its
+            // result; anything else is an error, never a retry.
+            Err(RequestError::Http(416, message)) => {
+                return match client.job(id).await {
+                    Ok(job) if job.is_terminal() => Ok(job),
+                    Ok(_) => Err(anyhow!(message)),
+                    Err(e) => Err(anyhow!(e)),
+                };
+            }
             Err(e) if !e.is_transient() => return Err(anyhow!(e)),
             Err(e) => {
                 let since = *away_since.get_or_insert_with(|| {
