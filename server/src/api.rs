@@ -1,6 +1,6 @@
 //! HTTP handlers of the `/v1` API. See the README for the contract.
 
-use axum::body::Body;
+use axum::body::{Body, BodyDataStream};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -78,9 +78,45 @@ pub async fn submit(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let mut body = body.into_data_stream();
+    let answer = accept(&state, caller, q, &headers, &mut body).await;
+    if answer.is_err() {
+        linger(body, state.upload_limits.max_compressed_bytes);
+    }
+    answer
+}
+
+/// How long a refused upload's remaining body is read (and dropped) after the answer.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// After an early answer, reads and drops what the client still sends, for a few seconds and
+/// at most the upload cap, so that a client that writes its whole body before it reads gets
+/// the answer rather than a reset connection (nginx's "lingering close"). Nothing is kept.
+fn linger(mut body: BodyDataStream, max_bytes: u64) {
+    tokio::spawn(async move {
+        let drain = async {
+            let mut seen: u64 = 0;
+            while let Some(Ok(chunk)) = body.next().await {
+                seen += chunk.len() as u64;
+                if seen > max_bytes {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    });
+}
+
+async fn accept(
+    state: &AppState,
+    caller: Caller,
+    q: SubmitQuery,
+    headers: &HeaderMap,
+    body: &mut BodyDataStream,
+) -> Result<Response, ApiError> {
     let pytest_args = parse_pytest_args(q.pytest_args.as_deref())?;
     let limits = state.upload_limits;
-    match declared_length(&headers) {
+    match declared_length(headers) {
         Some(0) => return Err(ApiError::BadRequest(UploadError::Empty.to_string())),
         Some(n) if n > limits.max_compressed_bytes => return Err(too_large(limits)),
         _ => {}
@@ -92,11 +128,11 @@ pub async fn submit(
         ),
         retry_after_secs: BUSY_RETRY_AFTER_SECS,
     })?;
-    enough_disk(&state).await?;
-    let id = new_job_id(&state)?;
+    enough_disk(state).await?;
+    let id = new_job_id(state)?;
     let deadline = tokio::time::Instant::now() + state.uploads.timeout;
     let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_CHANNEL_CHUNKS);
-    let dir = JobDir::new(&state, &id);
+    let dir = JobDir::new(state, &id);
     let project = dir.path().join("project");
     // The blocking side owns the slot and the directory until it is done, so that a client
     // that goes away (which drops this future) frees neither before the unpacker stops.
@@ -114,7 +150,7 @@ pub async fn submit(
     let (dir, upload_bytes) = match join_upload(receiving, unpacking).await? {
         Joined::Unpacked(Ok(unpacked)) => unpacked,
         Joined::Unpacked(Err(e)) => return Err(upload_error(&id, e)),
-        Joined::BodyFailed(failure) => return Err(failure.into_api_error(&state)),
+        Joined::BodyFailed(failure) => return Err(failure.into_api_error(state)),
     };
     // The project's own configuration is checked now, so that a mistake in it is one line
     // back at once instead of a job that fails later; it also sets pytest arguments and
@@ -280,13 +316,12 @@ impl BodyFailure {
 /// (also when no Content-Length was declared). Stops quietly when the unpacker stops early:
 /// its result says why.
 async fn send_body(
-    body: Body,
+    body: &mut BodyDataStream,
     tx: tokio::sync::mpsc::Sender<Chunk>,
     limits: upload::Limits,
 ) -> Result<(), BodyFailure> {
-    let mut stream = body.into_data_stream();
     let mut received: u64 = 0;
-    while let Some(chunk) = stream.next().await {
+    while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(BodyFailure::Read)?;
         received += chunk.len() as u64;
         if received > limits.max_compressed_bytes {
