@@ -212,9 +212,9 @@ async fn accept(
         .into_response())
 }
 
-/// Body bytes the receiving side may hold for the unpacker before it waits for it: with
-/// hyper's chunks of at most a few hundred KiB, a few MiB per upload at the very most.
-const UPLOAD_CHANNEL_CHUNKS: usize = 8;
+/// Body chunks the receiving side may hold for the unpacker before it waits for it: with
+/// hyper's chunks of at most its read buffer (about 400 KiB), under a MiB per upload.
+const UPLOAD_CHANNEL_CHUNKS: usize = 2;
 /// What a busy server suggests to wait before submitting again.
 const BUSY_RETRY_AFTER_SECS: u64 = 10;
 /// Largest JSON request body (the admin endpoints'); uploads are streamed and capped apart.
@@ -249,13 +249,13 @@ async fn enough_disk(state: &AppState) -> Result<(), ApiError> {
         return Err(ApiError::InsufficientStorage(format!(
             "the server's disk is too full for new jobs: {} free, and it keeps at least {} free; try again later",
             approx_size(free),
-            crate::config::format_size(min)
+            approx_size(min)
         )));
     }
     Ok(())
 }
 
-/// A byte count for people, e.g. `812.4 MiB`.
+/// A byte count for people: `812.4 MiB`, `1 GiB`.
 fn approx_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
@@ -264,8 +264,8 @@ fn approx_size(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{bytes} bytes")
+    if value.fract() == 0.0 {
+        format!("{value} {}", UNITS[unit])
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
@@ -629,4 +629,18 @@ fn write_secret(path: &std::path::Path, content: &str) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(content.as_bytes())?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(approx_size(0), "0 bytes");
+        assert_eq!(approx_size(1000), "1000 bytes");
+        assert_eq!(approx_size(1 << 30), "1 GiB");
+        assert_eq!(approx_size(1000 << 40), "1000 TiB");
+        assert_eq!(approx_size((1 << 30) + (1 << 29) / 5 * 2), "1.2 GiB");
+    }
 }

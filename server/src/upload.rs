@@ -60,11 +60,15 @@ pub enum UploadError {
         "archive entry {0:?} has an absolute path or '..'; paths must stay inside the project"
     )]
     PathEscapes(String),
-    #[error("archive entry {path:?} has a path of {len} bytes; at most {MAX_PATH_BYTES} are allowed")]
+    #[error(
+        "archive entry {path:?} has a path of {len} bytes; at most {MAX_PATH_BYTES} are allowed"
+    )]
     PathTooLong { path: String, len: usize },
     #[error("archive entry {path:?} is {depth} names deep; at most {MAX_DEPTH} are allowed")]
     TooDeep { path: String, depth: usize },
-    #[error("archive entry {path:?} has a name of {len} bytes; at most {MAX_NAME_BYTES} are allowed")]
+    #[error(
+        "archive entry {path:?} has a name of {len} bytes; at most {MAX_NAME_BYTES} are allowed"
+    )]
     NameTooLong { path: String, len: usize },
     #[error("archive entry {path:?} is a link pointing outside the project ({target:?})")]
     LinkEscapes { path: String, target: String },
@@ -318,7 +322,9 @@ impl Rel {
     }
 
     fn name(&self) -> &OsStr {
-        self.path.file_name().expect("a checked path has a last name")
+        self.path
+            .file_name()
+            .expect("a checked path has a last name")
     }
 }
 
@@ -487,7 +493,9 @@ impl<'a> Unpacker<'a> {
                 node = child;
                 continue;
             }
-            let path: PathBuf = self.dest.join(rel.names().take(depth + 1).collect::<PathBuf>());
+            let path: PathBuf = self
+                .dest
+                .join(rel.names().take(depth + 1).collect::<PathBuf>());
             if self.make_dir(&path, rel)? {
                 self.count()?;
             }
@@ -738,10 +746,7 @@ mod tests {
         unpack_bytes(&archive(entries), LIMITS)
     }
 
-    fn unpack_bytes(
-        bytes: &[u8],
-        limits: Limits,
-    ) -> (tempfile::TempDir, Result<u64, UploadError>) {
+    fn unpack_bytes(bytes: &[u8], limits: Limits) -> (tempfile::TempDir, Result<u64, UploadError>) {
         let root = tempfile::tempdir().unwrap();
         let dest = root.path().join("project");
         std::fs::create_dir(&dest).unwrap();
@@ -874,7 +879,10 @@ mod tests {
                 assert_eq!(e.fault(), Fault::Client, "{e}");
                 assert!(!written, "refused only after writing: {e}");
             }
-            (r, expected) => panic!("{}: got {r:?}, expected {expected:?}", &path[..40.min(path.len())]),
+            (r, expected) => panic!(
+                "{}: got {r:?}, expected {expected:?}",
+                &path[..40.min(path.len())]
+            ),
         }
     }
 
@@ -895,12 +903,12 @@ mod tests {
             &format!("src/{}", name(300)),
             Err("has a name of 300 bytes; at most 255"),
         );
-        check(
-            &format!("{}/f", name(256)),
-            Err("has a name of 256 bytes"),
-        );
+        check(&format!("{}/f", name(256)), Err("has a name of 256 bytes"));
         check(&format!("{}xx", "./".repeat(2047)), Ok(()));
-        check(&format!("{}x", "./".repeat(2048)), Err("has a path of 4097 bytes"));
+        check(
+            &format!("{}x", "./".repeat(2048)),
+            Err("has a path of 4097 bytes"),
+        );
         // Within the caps, but too long for the file system once under the job's directory:
         // still the archive's fault, with the reason.
         let long = vec![name(255); 16].join("/");
@@ -1045,7 +1053,11 @@ mod tests {
             |b| {
                 let mut name = vec![b'a'; 1 << 20];
                 name.push(0);
-                let h = header(tar::EntryType::GNULongName, "././@LongLink", name.len() as u64);
+                let h = header(
+                    tar::EntryType::GNULongName,
+                    "././@LongLink",
+                    name.len() as u64,
+                );
                 b.append(&h, &name[..]).unwrap();
                 b.append(&header(tar::EntryType::Regular, "f", 0), &[][..])
                     .unwrap();
@@ -1066,7 +1078,10 @@ mod tests {
         );
         let (_root, r) = unpack_bytes(&fat, LIMITS);
         let e = r.unwrap_err();
-        assert!(matches!(e, UploadError::Overhead { ref after } if after == "d"), "{e:?}");
+        assert!(
+            matches!(e, UploadError::Overhead { ref after } if after == "d"),
+            "{e:?}"
+        );
         assert!(e.to_string().contains("16 KiB"), "{e}");
         // Zeros after the end: a little is padding, a lot is refused.
         let file = |b: &mut tar::Builder<Vec<u8>>| {
@@ -1129,7 +1144,6 @@ mod tests {
         let started = std::time::Instant::now();
         unpack(&bytes[..], &dest, limits).unwrap();
         let took = started.elapsed();
-        eprintln!("TOOK {took:?}");
         let last = format!("{}f{}", &spine[..2 * 249], FILES - 1);
         assert!(project(&root).join(last).is_file());
         assert!(took < std::time::Duration::from_secs(60), "took {took:?}");
@@ -1138,8 +1152,10 @@ mod tests {
     #[test]
     fn body_reader_reads_chunks_and_tells_a_cut_from_the_end() {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.blocking_send(Chunk::Data(Bytes::from_static(b"hello "))).unwrap();
-        tx.blocking_send(Chunk::Data(Bytes::from_static(b"world"))).unwrap();
+        tx.blocking_send(Chunk::Data(Bytes::from_static(b"hello ")))
+            .unwrap();
+        tx.blocking_send(Chunk::Data(Bytes::from_static(b"world")))
+            .unwrap();
         tx.blocking_send(Chunk::End).unwrap();
         let mut reader = BodyReader::new(rx);
         let mut out = String::new();
@@ -1148,7 +1164,8 @@ mod tests {
         assert_eq!(reader.received(), 11);
 
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.blocking_send(Chunk::Data(Bytes::from_static(b"hel"))).unwrap();
+        tx.blocking_send(Chunk::Data(Bytes::from_static(b"hel")))
+            .unwrap();
         drop(tx);
         let mut reader = BodyReader::new(rx);
         let e = reader.read_to_end(&mut Vec::new()).unwrap_err();
