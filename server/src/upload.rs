@@ -9,7 +9,7 @@
 //! Entries are created one by one by this code (not by `tar`'s own unpack) so that every path is
 //! checked against the tree as it is on disk: a symlink unpacked earlier can never become a
 //! parent of a later entry. The directories this unpack made are remembered as a tree of names
-//! ([`Dirs`]), so an entry costs time in proportion to its own path (at most
+//! (`Dirs`), so an entry costs time in proportion to its own path (at most
 //! [`MAX_PATH_BYTES`]) and the directories it creates, never a walk of the disk up its whole
 //! path: unpacking is linear in the size of the archive.
 
