@@ -50,6 +50,16 @@ pub async fn follow(client: &Client, id: &str, mut offset: u64) -> anyhow::Resul
                 eprintln!("ci: {message}");
                 return client.job(id).await.map_err(|e| anyhow!(e));
             }
+            // The log is shorter than what was printed (it was removed or replaced on the
+            // server): nothing more can come from this offset. A finished job still has its
+            // result; anything else is an error, never a retry.
+            Err(RequestError::Http(416, message)) => {
+                return match client.job(id).await {
+                    Ok(job) if job.is_terminal() => Ok(job),
+                    Ok(_) => Err(anyhow!(message)),
+                    Err(e) => Err(anyhow!(e)),
+                };
+            }
             Err(e) if !e.is_transient() => return Err(anyhow!(e)),
             Err(e) => {
                 let since = *away_since.get_or_insert_with(|| {
@@ -66,5 +76,71 @@ pub async fn follow(client: &Client, id: &str, mut offset: u64) -> anyhow::Resul
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A fake server on loopback: every log request gets 416, every job request `job`.
+    /// Returns its URL and a counter of the log requests it answered.
+    async fn fake(job: &'static str) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let logs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = logs.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                let n = socket.read(&mut buf).await.unwrap();
+                let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let (status, headers, body) = if request.contains("/log?") {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body =
+                        r#"{"error":"offset 5 is past the end of the log of job j (3 bytes)"}"#;
+                    (
+                        "416 Range Not Satisfiable",
+                        "Content-Range: bytes */3\r\n",
+                        body,
+                    )
+                } else {
+                    ("200 OK", "", job)
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(reply.as_bytes()).await;
+            }
+        });
+        (url, logs)
+    }
+
+    fn client(url: String) -> Client {
+        Client::new(&crate::config::Settings {
+            server: url,
+            api_key: "ci_test".into(),
+        })
+        .unwrap()
+    }
+
+    const FINISHED: &str = r#"{"id":"j","status":"passed","phase":null,"created":"t","started":null,"finished":null,"duration_secs":null,"exit_code":0,"reason":null,"queue_position":null,"log_bytes":3}"#;
+    const RUNNING: &str = r#"{"id":"j","status":"running","phase":null,"created":"t","started":null,"finished":null,"duration_secs":null,"exit_code":null,"reason":null,"queue_position":null,"log_bytes":3}"#;
+
+    #[tokio::test]
+    async fn an_offset_past_the_end_ends_the_follow_once() {
+        // A finished job: its result, after one try.
+        let (url, logs) = fake(FINISHED).await;
+        let job = follow(&client(url), "j", 5).await.unwrap();
+        assert!(job.passed());
+        assert_eq!(logs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A job still running: the server's message, never a loop.
+        let (url, logs) = fake(RUNNING).await;
+        let e = follow(&client(url), "j", 5).await.unwrap_err();
+        assert!(e.to_string().contains("past the end of the log"), "{e}");
+        assert_eq!(logs.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -1,16 +1,19 @@
 //! HTTP handlers of the `/v1` API. See the README for the contract.
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::body::{Body, BodyDataStream};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::model::{now_ms, Job, JobView, Role, Status, User};
-use crate::upload;
+use crate::upload::{self, BodyReader, Chunk, Fault, UploadError};
 use crate::AppState;
 
 pub async fn healthz() -> &'static str {
@@ -62,52 +65,100 @@ fn parse_pytest_args(raw: Option<&str>) -> Result<Vec<String>, ApiError> {
     Ok(args)
 }
 
-/// `POST /v1/jobs`: the body is the project as tar.gz.
+/// `POST /v1/jobs`: the body is the project as tar.gz, unpacked while it arrives.
+///
+/// In order: the query, the declared size (413), a free upload slot (503), free disk (507),
+/// all before a byte of the body is read; then the body streams through a bounded channel to
+/// the unpacker on a blocking thread, under the compressed cap (413) and the upload deadline
+/// (408). Whatever fails, the job's directory is gone before the answer.
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<SubmitQuery>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    ApiQuery(q): ApiQuery<SubmitQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut body = body.into_data_stream();
+    let answer = accept(&state, caller, q, &headers, &mut body).await;
+    if answer.is_err() {
+        linger(body, state.upload_limits.max_compressed_bytes);
+    }
+    answer
+}
+
+/// How long a refused upload's remaining body is read (and dropped) after the answer.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// After an early answer, reads and drops what the client still sends, for a few seconds and
+/// at most the upload cap, so that a client that writes its whole body before it reads gets
+/// the answer rather than a reset connection (nginx's "lingering close"). Nothing is kept.
+fn linger(mut body: BodyDataStream, max_bytes: u64) {
+    tokio::spawn(async move {
+        let drain = async {
+            let mut seen: u64 = 0;
+            while let Some(Ok(chunk)) = body.next().await {
+                seen += chunk.len() as u64;
+                if seen > max_bytes {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    });
+}
+
+async fn accept(
+    state: &AppState,
+    caller: Caller,
+    q: SubmitQuery,
+    headers: &HeaderMap,
+    body: &mut BodyDataStream,
 ) -> Result<Response, ApiError> {
     // A user over a per-user cap is told before sending the upload.
     state.jobs.admits(&caller.0.id)?;
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(format!(
-            "the upload is over the server's {} limit",
-            crate::config::format_size(state.upload_limits.max_compressed_bytes)
-        )),
-        _ => ApiError::BadRequest(format!("cannot read the upload: {e}")),
-    })?;
     let pytest_args = parse_pytest_args(q.pytest_args.as_deref())?;
-    if body.is_empty() {
-        return Err(ApiError::BadRequest(
-            "empty upload: send the project as a tar.gz body".into(),
-        ));
-    }
-    let id = new_job_id(&state)?;
-    let dir = state.run.job_dir(&id);
-    let project = dir.join("project");
-    fs_err::create_dir_all(&project)?;
     let limits = state.upload_limits;
-    let unpacked = {
-        let project = project.clone();
-        tokio::task::spawn_blocking(move || upload::unpack(&body[..], &project, limits))
-            .await
-            .map_err(ApiError::internal)?
-    };
-    if let Err(e) = unpacked {
-        state.run.remove_job_dir(&id);
-        return Err(if e.is_client_error() {
-            ApiError::BadRequest(e.to_string())
-        } else {
-            ApiError::internal(e)
-        });
+    match declared_length(headers) {
+        Some(0) => return Err(ApiError::BadRequest(UploadError::Empty.to_string())),
+        Some(n) if n > limits.max_compressed_bytes => return Err(too_large(limits)),
+        _ => {}
     }
+    let slot = state.uploads.slot().ok_or_else(|| ApiError::Busy {
+        message: format!(
+            "the server is receiving {} uploads already; try again shortly",
+            state.uploads.max_concurrent
+        ),
+        retry_after_secs: BUSY_RETRY_AFTER_SECS,
+    })?;
+    enough_disk(state).await?;
+    let id = new_job_id(state)?;
+    let deadline = tokio::time::Instant::now() + state.uploads.timeout;
+    let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_CHANNEL_CHUNKS);
+    let dir = JobDir::new(state, &id);
+    let project = dir.path().join("project");
+    // The blocking side owns the slot and the directory until it is done, so that a client
+    // that goes away (which drops this future) frees neither before the unpacker stops.
+    let unpacking = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        match receive_project(BodyReader::new(rx), &project, limits) {
+            Ok(bytes) => Ok((dir, bytes)),
+            Err(e) => {
+                dir.remove_now();
+                Err(e)
+            }
+        }
+    });
+    let receiving = tokio::time::timeout_at(deadline, send_body(body, tx, limits));
+    let (dir, upload_bytes) = match join_upload(receiving, unpacking).await? {
+        Joined::Unpacked(Ok(unpacked)) => unpacked,
+        Joined::Unpacked(Err(e)) => return Err(upload_error(&id, e)),
+        Joined::BodyFailed(failure) => return Err(failure.into_api_error(state)),
+    };
     // The project's own configuration is checked now, so that a mistake in it is one line
     // back at once instead of a job that fails later; it also sets pytest arguments and
     // the timeout.
     let checked = {
-        let (project, installer) = (project.clone(), state.run.installer);
+        let (project, installer) = (dir.path().join("project"), state.run.installer);
         tokio::task::spawn_blocking(move || {
             let config = ci_project::read_config(&project)?;
             ci_project::plan(&project, &config, installer)?;
@@ -119,7 +170,7 @@ pub async fn submit(
     let config = match checked {
         Ok(config) => config,
         Err(e) => {
-            state.run.remove_job_dir(&id);
+            dir.remove().await;
             return Err(ApiError::BadRequest(e.to_string()));
         }
     };
@@ -142,22 +193,282 @@ pub async fn submit(
         reason: None,
         timeout_secs: state.jobs.timeout_for(requested),
         pytest_args: all_args,
-        upload_bytes: 0,
+        upload_bytes,
         expired_ms: None,
     };
+    // From here the directory belongs to the job (or is removed below if it is refused).
+    dir.keep();
     let position = match state.jobs.submit(job.clone()).await {
         Ok(p) => p,
         Err(e) => {
-            state.run.remove_job_dir(&id);
+            let run = state.run.clone();
+            let _ = tokio::task::spawn_blocking(move || run.remove_job_dir(&id)).await;
             return Err(e);
         }
     };
-    tracing::info!(job = %id, user = %caller.0.email, "job submitted");
+    tracing::info!(job = %job.id, user = %caller.0.email, upload_bytes, "job submitted");
     Ok((
         StatusCode::CREATED,
         Json(JobView::new(&job, Some(position), 0)),
     )
         .into_response())
+}
+
+/// Body chunks the receiving side may hold for the unpacker before it waits for it: with
+/// hyper's chunks of at most its read buffer (about 400 KiB), under a MiB per upload.
+const UPLOAD_CHANNEL_CHUNKS: usize = 2;
+/// What a busy server suggests to wait before submitting again.
+const BUSY_RETRY_AFTER_SECS: u64 = 10;
+/// Largest JSON request body (the admin endpoints'); uploads are streamed and capped apart.
+pub const JSON_BODY_LIMIT: usize = 64 * 1024;
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn too_large(limits: upload::Limits) -> ApiError {
+    ApiError::TooLarge(format!(
+        "the upload is over the server's {} limit",
+        crate::config::format_size(limits.max_compressed_bytes)
+    ))
+}
+
+/// Refuses a submission while the jobs' file system has less free space than the server keeps.
+async fn enough_disk(state: &AppState) -> Result<(), ApiError> {
+    let (dir, min) = (state.run.jobs_dir.clone(), state.uploads.min_free_disk);
+    if min == 0 {
+        return Ok(());
+    }
+    let free = tokio::task::spawn_blocking(move || upload::free_bytes(&dir))
+        .await
+        .map_err(ApiError::internal)??;
+    if free < min {
+        return Err(ApiError::InsufficientStorage(format!(
+            "the server's disk is too full for new jobs: {} free, and it keeps at least {} free; try again later",
+            approx_size(free),
+            approx_size(min)
+        )));
+    }
+    Ok(())
+}
+
+/// A byte count for people: `812.4 MiB`, `1 GiB`.
+fn approx_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Unpacks the project from the body, then reads what follows the archive; blocking.
+fn receive_project(
+    mut body: BodyReader,
+    project: &std::path::Path,
+    limits: upload::Limits,
+) -> Result<u64, UploadError> {
+    fs_err::create_dir_all(project).map_err(|source| UploadError::Io {
+        path: ".".into(),
+        source,
+    })?;
+    let unpacked = upload::unpack(&mut body, project, limits).and_then(|bytes| {
+        body.finish()?;
+        Ok(bytes)
+    });
+    if body.received() == 0 {
+        return Err(UploadError::Empty);
+    }
+    unpacked
+}
+
+/// Why receiving a body stopped before its end.
+#[derive(Debug)]
+enum BodyFailure {
+    TooLarge,
+    TimedOut,
+    Read(axum::Error),
+}
+
+impl BodyFailure {
+    fn into_api_error(self, state: &AppState) -> ApiError {
+        match self {
+            BodyFailure::TooLarge => too_large(state.upload_limits),
+            BodyFailure::TimedOut => ApiError::RequestTimeout(format!(
+                "the upload took longer than the server's {} limit",
+                humantime::format_duration(state.uploads.timeout)
+            )),
+            BodyFailure::Read(e) => ApiError::BadRequest(format!("cannot read the upload: {e}")),
+        }
+    }
+}
+
+/// Sends the body to the unpacker chunk by chunk, counting it against the compressed cap
+/// (also when no Content-Length was declared). Stops quietly when the unpacker stops early:
+/// its result says why.
+async fn send_body(
+    body: &mut BodyDataStream,
+    tx: tokio::sync::mpsc::Sender<Chunk>,
+    limits: upload::Limits,
+) -> Result<(), BodyFailure> {
+    let mut received: u64 = 0;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(BodyFailure::Read)?;
+        received += chunk.len() as u64;
+        if received > limits.max_compressed_bytes {
+            return Err(BodyFailure::TooLarge);
+        }
+        if tx.send(Chunk::Data(chunk)).await.is_err() {
+            return Ok(());
+        }
+    }
+    let _ = tx.send(Chunk::End).await;
+    Ok(())
+}
+
+/// What an unpack gives: the job's directory with the project in it, and the project's size.
+type Unpacked = Result<(JobDir, u64), UploadError>;
+
+enum Joined {
+    Unpacked(Unpacked),
+    BodyFailed(BodyFailure),
+}
+
+/// Runs the receiving and the unpacking side together until the unpacker is done. A failed
+/// body ends the channel, so the unpacker stops at once; an unpacker that fails stops the
+/// receiving side without waiting for more of the body.
+async fn join_upload(
+    receiving: impl std::future::Future<
+        Output = Result<Result<(), BodyFailure>, tokio::time::error::Elapsed>,
+    >,
+    unpacking: tokio::task::JoinHandle<Unpacked>,
+) -> Result<Joined, ApiError> {
+    let mut receiving = Box::pin(receiving);
+    tokio::pin!(unpacking);
+    let received = tokio::select! {
+        done = &mut unpacking => {
+            return Ok(Joined::Unpacked(done.map_err(ApiError::internal)?));
+        }
+        received = &mut receiving => received,
+    };
+    // The receiving side is done; dropping it closes the channel (a deadline leaves the sender
+    // inside it), so the unpacker ends: wait for it (and, if it failed, for the directory to be
+    // removed) before answering.
+    drop(receiving);
+    let unpacked = unpacking.await.map_err(ApiError::internal)?;
+    match received {
+        Err(_) => Ok(Joined::BodyFailed(BodyFailure::TimedOut)),
+        Ok(Err(failure)) => Ok(Joined::BodyFailed(failure)),
+        Ok(Ok(())) => Ok(Joined::Unpacked(unpacked)),
+    }
+}
+
+/// The answer to a failed unpack: the archive's fault (400), a full disk (507), or ours.
+fn upload_error(id: &str, e: UploadError) -> ApiError {
+    match e.fault() {
+        Fault::Client => ApiError::BadRequest(e.to_string()),
+        Fault::NoSpace => {
+            tracing::warn!(job = %id, error = %e, "upload refused: the disk is full");
+            ApiError::InsufficientStorage(format!(
+                "the server's disk filled up while unpacking the project: {e}"
+            ))
+        }
+        Fault::Server => ApiError::internal(format!("job {id}: {e}")),
+    }
+}
+
+/// A new job's directory while its submission is under way: removed when dropped, unless
+/// kept, so that nothing half-written stays whichever way the submission ends (even when the
+/// client goes away and the request's future is dropped).
+struct JobDir {
+    run: std::sync::Arc<crate::execute::RunContext>,
+    id: String,
+    armed: bool,
+}
+
+impl JobDir {
+    fn new(state: &AppState, id: &str) -> JobDir {
+        JobDir {
+            run: state.run.clone(),
+            id: id.to_string(),
+            armed: true,
+        }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.run.job_dir(&self.id)
+    }
+
+    /// Removes it now; blocking.
+    fn remove_now(mut self) {
+        self.armed = false;
+        self.run.remove_job_dir(&self.id);
+    }
+
+    async fn remove(self) {
+        let _ = tokio::task::spawn_blocking(move || self.remove_now()).await;
+    }
+
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for JobDir {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (run, id) = (self.run.clone(), std::mem::take(&mut self.id));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || run.remove_job_dir(&id));
+            }
+            Err(_) => run.remove_job_dir(&id),
+        }
+    }
+}
+
+/// `Query`, with a bad query string answered like every other error: 400 and one line of JSON.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(ApiQuery(value)),
+            Err(e) => Err(ApiError::BadRequest(e.body_text())),
+        }
+    }
+}
+
+/// `Path`, with a bad path parameter answered like every other error.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(e) if e.status() == StatusCode::BAD_REQUEST => {
+                Err(ApiError::BadRequest(e.body_text()))
+            }
+            Err(e) => Err(ApiError::internal(e.body_text())),
+        }
+    }
 }
 
 fn new_job_id(state: &AppState) -> Result<String, ApiError> {
@@ -193,7 +504,7 @@ fn view(state: &AppState, job: &Job) -> JobView {
 pub async fn get_job(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let job = own_job(&state, &caller, &id)?;
     Ok(Json(view(&state, &job)))
@@ -209,7 +520,7 @@ pub struct ListQuery {
 pub async fn list_jobs(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<JobView>>, ApiError> {
     let status = match q.status.as_deref() {
         None => None,
@@ -245,8 +556,8 @@ pub struct LogQuery {
 pub async fn log(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-    Query(q): Query<LogQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
     let job = own_job(&state, &caller, &id)?;
     if job.expired_ms.is_some() {
@@ -254,6 +565,17 @@ pub async fn log(
             "the log of job {id} was removed after the server's retention period ({})",
             crate::retention::describe(state.job_retention)
         )));
+    }
+    // Past the end is an error (as GitLab answers); at the end, a live log waits for more.
+    let length = crate::logs::stored_len(&state.logs.path(&id));
+    if q.offset > length {
+        return Err(ApiError::RangeNotSatisfiable {
+            message: format!(
+                "offset {} is past the end of the log of job {id} ({length} bytes)",
+                q.offset
+            ),
+            length,
+        });
     }
     let stream = state.logs.stream(&id, q.offset);
     let mut response = Body::from_stream(stream).into_response();
@@ -270,7 +592,7 @@ pub async fn log(
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let job = own_job(&state, &caller, &id)?;
     let job = state.jobs.cancel(job).await?;
@@ -315,4 +637,18 @@ fn write_secret(path: &std::path::Path, content: &str) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(content.as_bytes())?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(approx_size(0), "0 bytes");
+        assert_eq!(approx_size(1000), "1000 bytes");
+        assert_eq!(approx_size(1 << 30), "1 GiB");
+        assert_eq!(approx_size(1000 << 40), "1000 TiB");
+        assert_eq!(approx_size((1 << 30) + (1 << 29) / 5 * 2), "1.2 GiB");
+    }
 }

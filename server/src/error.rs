@@ -22,6 +22,9 @@ pub enum ApiError {
     /// 410: it existed and was removed for good (the log of an expired job).
     #[error("{0}")]
     Gone(String),
+    /// 408: the request (an upload) took longer than the server allows.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
@@ -58,6 +61,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) | ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -45,6 +45,8 @@ pub struct AppState {
     pub upload_limits: upload::Limits,
     /// `--job-retention`: how long a finished job's log is kept.
     pub job_retention: std::time::Duration,
+    /// Concurrent uploads, their deadline, and the free disk a submission needs.
+    pub uploads: upload::Intake,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -68,9 +70,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/keys/{id}", delete(admin::revoke_key))
         .fallback(api::no_such_endpoint)
         .method_not_allowed_fallback(api::wrong_method)
-        .layer(DefaultBodyLimit::max(
-            usize::try_from(state.upload_limits.max_compressed_bytes).unwrap_or(usize::MAX),
-        ))
+        // JSON bodies only: uploads are streamed and capped by `api::submit` itself.
+        .layer(DefaultBodyLimit::max(api::JSON_BODY_LIMIT))
         .with_state(state)
 }
 
@@ -160,6 +161,11 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
             max_entries: args.max_upload_entries,
         },
         job_retention: args.job_retention,
+        uploads: upload::Intake::new(
+            args.max_concurrent_uploads,
+            args.upload_timeout,
+            args.min_free_disk,
+        ),
     };
     api::bootstrap_admin(&state, &data.join("admin.key"))?;
     state.jobs.recover().await?;

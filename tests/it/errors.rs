@@ -2,6 +2,8 @@
 
 use ci_e2e::{fixture, project, shared_server, Server};
 
+use crate::uploads::exchange;
+
 #[test]
 fn project_without_any_declaration_gets_pytest() {
     // Nothing declares a test environment, so nothing provides pytest: the server adds it.
@@ -133,4 +135,72 @@ fn malformed_pytest_arguments_are_refused() {
     .unwrap();
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("pytest_args must be a JSON array of strings"));
+}
+
+#[test]
+fn query_string_and_path_errors_answer_json() {
+    let server = shared_server();
+    let key = format!("Authorization: Bearer {}", server.admin_key);
+    for (method, path) in [
+        ("GET", "/v1/jobs?limit=many"),
+        ("GET", "/v1/jobs/abc/log?offset=-1"),
+        ("POST", "/v1/jobs?timeout_secs=soon"),
+        ("GET", "/v1/jobs/%FF"),
+        ("POST", "/v1/jobs/%FF%FE/cancel"),
+    ] {
+        let head = format!("{method} {path} HTTP/1.1\r\n{key}\r\nContent-Length: 0");
+        let reply = exchange(&server.addr, &head, Vec::new());
+        assert_eq!(reply.status, 400, "{method} {path}: {}", reply.body);
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/json"),
+            "{method} {path}"
+        );
+        assert!(!reply.error().is_empty(), "{method} {path}");
+    }
+}
+
+#[test]
+fn a_log_offset_past_the_end_answers_416_with_the_length() {
+    let server = shared_server();
+    let dir = project(&[("tests/test_x.py", "def test_x():\n    pass\n")]);
+    let id = server.submit_async(dir.path());
+    let job = server.wait_job(&id, "the job to end", |j| {
+        !matches!(j["status"].as_str(), Some("queued" | "running"))
+    });
+    let length = job["log_bytes"].as_u64().unwrap();
+    assert!(length > 0);
+    let key = format!("Authorization: Bearer {}", server.admin_key);
+    let get = |offset: u64| {
+        let head =
+            format!("GET /v1/jobs/{id}/log?offset={offset} HTTP/1.1\r\n{key}\r\nConnection: close");
+        exchange(&server.addr, &head, Vec::new())
+    };
+    let past = get(length + 1);
+    assert_eq!(past.status, 416, "{}", past.body);
+    assert_eq!(
+        past.header("content-range"),
+        Some(format!("bytes */{length}").as_str())
+    );
+    assert!(
+        past.error().contains(&format!(
+            "past the end of the log of job {id} ({length} bytes)"
+        )),
+        "{}",
+        past.body
+    );
+    // At the end of a finished log: nothing more, and no error.
+    let (status, body) = ci_e2e::http(
+        "GET",
+        &server.addr,
+        &format!("/v1/jobs/{id}/log?offset={length}"),
+        Some(&server.admin_key),
+        b"",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(body.is_empty(), "{}", String::from_utf8_lossy(&body));
+    // `ci wait` of a finished job asks from the end and ends with the job's result.
+    let run = server.ci(dir.path()).args(["wait", &id]).run();
+    run.expect_code(0);
 }
