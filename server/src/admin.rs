@@ -4,7 +4,9 @@
 //! once, and never logged (only its short id is).
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use crate::api::{ApiPath, ApiQuery};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -78,7 +80,7 @@ pub async fn list_users(
 pub async fn disable_user(
     State(state): State<AppState>,
     caller: Caller,
-    Path(email): Path<String>,
+    ApiPath(email): ApiPath<String>,
 ) -> Result<Json<UserView>, ApiError> {
     set_active(state, caller, &email, false).await
 }
@@ -87,7 +89,7 @@ pub async fn disable_user(
 pub async fn enable_user(
     State(state): State<AppState>,
     caller: Caller,
-    Path(email): Path<String>,
+    ApiPath(email): ApiPath<String>,
 ) -> Result<Json<UserView>, ApiError> {
     set_active(state, caller, &email, true).await
 }
@@ -183,7 +185,7 @@ pub struct KeyQuery {
 pub async fn list_keys(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<KeyQuery>,
+    ApiQuery(q): ApiQuery<KeyQuery>,
 ) -> Result<Json<Vec<KeyView>>, ApiError> {
     caller.require_admin()?;
     let users = state.db.users()?;
@@ -211,7 +213,7 @@ pub async fn list_keys(
 pub async fn revoke_key(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<KeyView>, ApiError> {
     caller.require_admin()?;
     let _guard = WRITES.lock().await;

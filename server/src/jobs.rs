@@ -156,6 +156,27 @@ impl Jobs {
             }
         }
         self.db.flush().await?;
+        // A job directory without a queued job is what an upload cut short by a crash left.
+        let queued: std::collections::HashSet<String> = self
+            .inner
+            .lock()
+            .expect("jobs lock")
+            .queue
+            .ids()
+            .into_iter()
+            .collect();
+        let run = self.run.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let entries = std::fs::read_dir(&run.jobs_dir).into_iter().flatten().flatten();
+            for entry in entries {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !queued.contains(&name) {
+                    tracing::info!(dir = %entry.path().display(), "removing a job directory no queued job owns");
+                    run.remove_job_dir(&name);
+                }
+            }
+        })
+        .await;
         self.wake.notify_one();
         Ok(())
     }

@@ -45,7 +45,11 @@ fn sigkill_mid_job_then_restart_marks_it_lost_and_keeps_the_rest() {
         container_gone(&id).then_some(())
     });
 
+    // What an upload cut short by the crash would leave: a job directory with no job.
+    let stray = server.data_dir.join("jobs").join("0123456789ab");
+    std::fs::create_dir_all(stray.join("project")).unwrap();
     server.restart();
+    assert!(!stray.exists(), "a job directory without a job is left");
     let job = server.job(&id);
     assert_eq!(job["status"], "lost", "{job}");
     assert!(
@@ -96,7 +100,11 @@ fn sigterm_waits_for_the_grace_period_then_stops_jobs_and_keeps_the_queue() {
     let status = server.stop_with(Signal::SIGTERM);
     assert!(status.success(), "server exit: {status}");
     assert!(container_gone(&id));
+    // What an upload cut short by the crash would leave: a job directory with no job.
+    let stray = server.data_dir.join("jobs").join("0123456789ab");
+    std::fs::create_dir_all(stray.join("project")).unwrap();
     server.restart();
+    assert!(!stray.exists(), "a job directory without a job is left");
     let job = server.job(&id);
     assert_eq!(job["status"], "lost", "{job}");
     assert!(
