@@ -506,9 +506,9 @@ impl Overrun {
 }
 
 impl Budget {
-    /// Measures what the install wrote so far; `Err` names the part past the cap. Stops
-    /// walking as soon as a part is past it. Blocking.
-    pub fn check(&self) -> Result<(), Overrun> {
+    /// Measures what the install wrote so far: the larger of its two parts, or `Err`
+    /// naming the part past the cap. Stops walking as soon as a part is past it. Blocking.
+    pub fn check(&self) -> Result<u64, Overrun> {
         use crate::cache::usage;
         let measured = |e: std::io::Error| {
             tracing::warn!(error = %e, "cannot measure what an install wrote");
@@ -525,16 +525,28 @@ impl Budget {
         if let Some((build, before)) = &self.build {
             let left = self.cap.saturating_sub(output);
             let now = usage(build, before.saturating_add(left)).map_err(measured)?;
-            if output.saturating_add(now.bytes.saturating_sub(*before)) > self.cap {
+            output = output.saturating_add(now.bytes.saturating_sub(*before));
+            if output > self.cap {
                 return Err(Overrun::Output);
             }
         }
-        if let Some(cache) = &self.cache {
-            if usage(cache, self.cap).map_err(measured)?.bytes > self.cap {
+        let mut cache = 0;
+        if let Some(dir) = &self.cache {
+            cache = usage(dir, self.cap).map_err(measured)?.bytes;
+            if cache > self.cap {
                 return Err(Overrun::InstallerCache);
             }
         }
-        Ok(())
+        Ok(output.max(cache))
+    }
+
+    /// Bytes in use on the filesystem the install writes to (`statvfs`, which counts
+    /// data not yet written back): a cheap sign that it may have written a lot.
+    pub fn filesystem_used(&self) -> Option<u64> {
+        let dir = self.layer.first()?;
+        let fs = nix::sys::statvfs::statvfs(dir.as_path()).ok()?;
+        let blocks = fs.blocks().saturating_sub(fs.blocks_free());
+        Some(blocks.saturating_mul(fs.fragment_size()))
     }
 }
 
@@ -748,7 +760,9 @@ mod tests {
             cache: Some(root.join("cache")),
         };
         // The copy of the project as uploaded counts for nothing.
-        assert_eq!(budget.check(), Ok(()));
+        let empty = budget.check().unwrap();
+        assert!(empty <= 4 * crate::cache::MIN_ENTRY_BYTES, "{empty}");
+        assert!(budget.filesystem_used().unwrap() > 0);
         std::fs::write(root.join("cache/wheel"), vec![1u8; 80 << 10]).unwrap();
         assert_eq!(budget.check(), Err(Overrun::InstallerCache));
         std::fs::write(root.join("build/generated"), vec![1u8; 40 << 10]).unwrap();
