@@ -490,12 +490,11 @@ fn settle_caches(
     kept: bool,
 ) -> Result<Option<cache::Eviction>, String> {
     let Some(InstallerCache::Shared { dir, upper, .. }) = &installer_cache else {
-        return match kept {
-            true => cache::evict(cache_dir, owner, max_size, registry)
-                .map(Some)
-                .map_err(|e| e.to_string()),
-            false => Ok(None),
-        };
+        if !kept {
+            return Ok(None);
+        }
+        let eviction = cache::evict(cache_dir, owner, max_size, registry);
+        return eviction.map(Some).map_err(|e| e.to_string());
     };
     let result = if kept {
         let pending = cache::usage(upper, u64::MAX)
@@ -514,7 +513,7 @@ fn settle_caches(
     } else {
         Ok(None)
     };
-    // The job may have set the cache's mtime through the overlay's copy of it.
+    // Its last use, for eviction by age and by size.
     cache::touch(dir);
     result
 }
@@ -523,10 +522,11 @@ fn settle_caches(
 /// there), then the project's own layer over it. Returns it with the job's hold on the
 /// dependency layer, which the tests mount too.
 ///
-/// Afterwards, what a failed install wrote into the installer cache is removed, and the
-/// user's cache entries are brought back under `--cache-max-size` (least recently used
-/// first); when they cannot be, because running jobs use the rest, the job fails and
-/// nothing of its install is kept.
+/// Afterwards the user's cache entries are brought back under `--cache-max-size` (least
+/// recently used first), counting what the installs wrote into the installer cache, which
+/// is merged into it only then; what a failed install wrote there goes with the job
+/// directory. When the entries cannot be brought under the cap, because running jobs use
+/// the rest, the job fails and nothing of its install is kept.
 #[expect(
     clippy::too_many_arguments,
     reason = "the pieces execute() has decided by then; a struct would only rename them"
