@@ -394,3 +394,34 @@ fn the_least_recently_used_layer_is_evicted_past_the_users_cap() {
     kept.sort();
     assert_eq!(kept, ["7.4.1", "7.4.3"]);
 }
+
+#[test]
+fn an_install_that_cannot_fit_the_users_cap_fails_and_keeps_nothing() {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    let server = SERVER.get_or_init(|| {
+        long_lived(ServerOptions {
+            extra_args: ["--installer", "pip", "--cache-max-size", "16MiB"]
+                .map(String::from)
+                .to_vec(),
+            ..Default::default()
+        })
+    });
+    let user = new_user(server, "toobig");
+    let dir = project(&[
+        ("requirements.txt", "pytest==7.4.3\n"),
+        ("tests/test_ok.py", "def test_ok():\n    pass\n"),
+    ]);
+    // The layer alone (a virtualenv with pip and pytest, some 31 MB) is past the cap.
+    let (run, job) = submit(server, &user, dir.path());
+    run.expect_code(1);
+    let reason = job["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("your caches would hold ")
+            && reason.ends_with(
+                "with this install, more than 16 MiB (--cache-max-size), with every entry no running job uses already removed; nothing of this install is kept"
+            ),
+        "{job}"
+    );
+    assert_eq!(cache_entries(server, "deps", &user), Vec::<String>::new());
+    assert_eq!(cache_entries(server, "pip", &user), Vec::<String>::new());
+}
