@@ -46,10 +46,13 @@ pub struct Usage {
 /// pay for the rest.
 ///
 /// Symlinks are not followed and hard links count once. A directory the walk may not read
-/// is opened up for its owner first (a job may leave one mode 000; a server that is not
-/// root reads its files only as their owner). Entries removed during the walk are skipped.
-/// A tree deeper than paths may be long fails with `ENAMETOOLONG`: the caller treats a
-/// tree it cannot measure as over any cap.
+/// is opened up for its owner first (overlayfs leaves its work directory mode 000, a job
+/// may leave others so; a server that is not root reads them only as their owner, and
+/// root never needs to). Entries removed during the walk are skipped. The walk goes by
+/// path: a job that swaps a directory for a symlink while it runs makes it count what the
+/// link leads to, which can only stop that job sooner. A tree deeper than paths may be
+/// long fails with `ENAMETOOLONG`: the caller treats a tree it cannot measure as over any
+/// cap.
 pub fn usage(root: &Path, limit: u64) -> io::Result<Usage> {
     let mut usage = Usage::default();
     let meta = match std::fs::symlink_metadata(root) {
