@@ -293,8 +293,12 @@ pub fn merge(upper: &Path, lower: &Path) -> io::Result<u64> {
             moved += merge(&from, &to)?;
             continue;
         }
+        // rename(2) replaces a file with a file and an empty directory with a directory;
+        // anything else below goes first.
         if below_dir {
             remove_tree(&to)?;
+        } else if below.is_some() && meta.is_dir() {
+            std::fs::remove_file(&to)?;
         }
         std::fs::rename(&from, &to)?;
         moved += 1;
@@ -590,11 +594,15 @@ mod tests {
         write(&cache.join("wheels/x/old.whl"), 1);
         write(&cache.join("replaced"), 1);
         write(&cache.join("tree-gone/f"), 1);
+        write(&cache.join("was-a-file"), 1);
+        write(&cache.join("was-a-dir/f"), 1);
         // What an install wrote: new files in an old directory, a new tree, a file
         // changed in place, and whiteouts for a removed file and a removed tree.
         write(&upper.join("http/a/new"), 1);
         write(&upper.join("planted/d0/f1"), 1);
         std::fs::write(upper.join("replaced"), "new").unwrap();
+        write(&upper.join("was-a-file/now-a-dir"), 1);
+        write(&upper.join("was-a-dir"), 1);
         for gone in ["http/a/gone", "tree-gone"] {
             nix::sys::stat::mknod(
                 &upper.join(gone),
@@ -604,7 +612,7 @@ mod tests {
             )
             .unwrap();
         }
-        assert_eq!(merge(&upper, &cache).unwrap(), 3);
+        assert_eq!(merge(&upper, &cache).unwrap(), 5);
         assert_eq!(
             tree(&cache),
             [
@@ -616,6 +624,9 @@ mod tests {
                 "planted/d0",
                 "planted/d0/f1",
                 "replaced",
+                "was-a-dir",
+                "was-a-file",
+                "was-a-file/now-a-dir",
                 "wheels",
                 "wheels/x",
                 "wheels/x/old.whl"

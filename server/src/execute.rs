@@ -478,44 +478,51 @@ fn ready_cache(
     }
 }
 
-/// After the installs: brings the user's cache entries under `max_size` counting what the
-/// installs wrote into the shared installer cache, then merges that in if the install is
-/// kept and fits. Returns the eviction, if one ran. Blocking.
+/// After the installs: when the user's cache entries `grew`, brings them under `max_size`
+/// counting what the installs wrote into the shared installer cache, then merges that in
+/// if the install is `kept` and it fits. Returns the eviction, if one ran. Blocking.
 fn settle_caches(
-    cache_dir: &Path,
-    registry: &cache::Registry,
+    cache: (&Path, &cache::Registry),
     owner: &str,
     max_size: u64,
     installer_cache: Option<InstallerCache>,
     kept: bool,
+    grew: bool,
 ) -> Result<Option<cache::Eviction>, String> {
-    let Some(InstallerCache::Shared { dir, upper, .. }) = &installer_cache else {
-        if !kept {
-            return Ok(None);
+    let (cache_dir, registry) = cache;
+    let settled = match &installer_cache {
+        Some(InstallerCache::Shared { dir, upper, .. }) if kept => {
+            merge_if_it_fits(cache, owner, max_size, upper, dir).map(Some)
         }
-        let eviction = cache::evict(cache_dir, owner, max_size, registry);
-        return eviction.map(Some).map_err(|e| e.to_string());
+        _ if grew => cache::evict(cache_dir, owner, max_size, registry).map(Some),
+        _ => Ok(None),
     };
-    let result = if kept {
-        let pending = cache::usage(upper, u64::MAX)
-            .map_err(|e| e.to_string())?
-            .bytes;
-        let mut eviction =
-            cache::evict(cache_dir, owner, max_size.saturating_sub(pending), registry)
-                .map_err(|e| e.to_string())?;
-        eviction.bytes += pending;
-        if eviction.bytes <= max_size {
-            if let Err(e) = cache::merge(upper, dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot merge what an install downloaded into the installer cache");
-            }
+    if let Some(InstallerCache::Shared { dir, .. }) = &installer_cache {
+        // Its last use, for eviction by age and by size.
+        cache::touch(dir);
+    }
+    settled.map_err(|e| e.to_string())
+}
+
+/// Evicts the user's entries to make room for what an install wrote into `upper` over the
+/// installer cache `dir`, and merges it in if it then fits.
+fn merge_if_it_fits(
+    (cache_dir, registry): (&Path, &cache::Registry),
+    owner: &str,
+    max_size: u64,
+    upper: &Path,
+    dir: &Path,
+) -> std::io::Result<cache::Eviction> {
+    let pending = cache::usage(upper, u64::MAX)?.bytes;
+    let room = max_size.saturating_sub(pending);
+    let mut eviction = cache::evict(cache_dir, owner, room, registry)?;
+    eviction.bytes += pending;
+    if eviction.bytes <= max_size {
+        if let Err(e) = cache::merge(upper, dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot merge what an install downloaded into the installer cache");
         }
-        Ok(Some(eviction))
-    } else {
-        Ok(None)
-    };
-    // Its last use, for eviction by age and by size.
-    cache::touch(dir);
-    result
+    }
+    Ok(eviction)
 }
 
 /// Builds the job's `/venv`: the dependency layer (from the cache, or installed and stored
@@ -589,16 +596,13 @@ async fn install_venv(
     let settled = {
         let (registry, cache_dir, owner) =
             (ctx.cache.clone(), ctx.cache_dir.clone(), job.owner.clone());
-        let (max_size, kept) = (ctx.cache_max_size, result.is_ok() && installs);
+        let max_size = ctx.cache_max_size;
+        let kept = result.is_ok() && installs;
+        // A layer stored before the project's install failed is kept, and counts too.
+        let grew = kept || stored;
         blocking(move || {
-            settle_caches(
-                &cache_dir,
-                &registry,
-                &owner,
-                max_size,
-                installer_cache,
-                kept,
-            )
+            let cache = (cache_dir.as_path(), &registry);
+            settle_caches(cache, &owner, max_size, installer_cache, kept, grew)
         })
         .await
     };
@@ -628,11 +632,13 @@ async fn install_venv(
         let (registry, cache_dir) = (ctx.cache.clone(), ctx.cache_dir.clone());
         let _ = blocking(move || registry.remove_unless_used(&cache_dir, &deps)).await;
     }
-    Err(Ending::error(format!(
+    let over = format!(
         "your caches would hold {} with this install, more than {} (--cache-max-size), with every entry no running job uses already removed; nothing of this install is kept",
         cache::approx_size(eviction.bytes),
         format_size(ctx.cache_max_size)
-    )))
+    );
+    // An install that failed anyway keeps its own reason.
+    Err(result.err().unwrap_or_else(|| Ending::error(over)))
 }
 
 /// A build writes into the source tree: any install that builds the project or reads it as
