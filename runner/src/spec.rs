@@ -79,6 +79,12 @@ pub struct ContainerSpec {
     /// Who writes the limits into the cgroups.
     #[serde(default)]
     pub cgroups: CgroupMode,
+    /// The largest file any process of the container may write (`RLIMIT_FSIZE`, soft and
+    /// hard). A write past it fails with `EFBIG`, after `SIGXFSZ` (which kills a process
+    /// that does not ignore it; Python ignores it). Kept to the calling process's own hard
+    /// limit, which an unprivileged root cannot raise. `None`: the caller's limits.
+    #[serde(default)]
+    pub max_file_size: Option<u64>,
 }
 
 /// The user namespace a container runs in: its root is never the host's root.
@@ -364,6 +370,9 @@ pub fn validate(spec: &ContainerSpec) -> Result<(), Error> {
             return invalid(format!("user namespace {r:?} out of range"));
         }
     }
+    if spec.max_file_size == Some(0) {
+        return invalid("max_file_size is 0".into());
+    }
     if spec.cgroups == CgroupMode::Delegated && spec.user_namespace.is_none() {
         return invalid("delegated cgroups need a user namespace".into());
     }
@@ -526,7 +535,7 @@ pub fn build_spec(spec: &ContainerSpec, hosts_file: &Path) -> Result<Spec, Error
         .build()
         .map_err(b)?;
 
-    let rlimits = vec![
+    let mut rlimits = vec![
         // Root here lacks CAP_SYS_RESOURCE, so a hard limit above the helper's own fails
         // with EPERM in setrlimit(2); 1024 is the kernel default and enough for pytest.
         PosixRlimitBuilder::default()
@@ -543,6 +552,17 @@ pub fn build_spec(spec: &ContainerSpec, hosts_file: &Path) -> Result<Spec, Error
             .build()
             .map_err(b)?,
     ];
+    if let Some(bytes) = spec.max_file_size {
+        let bytes = bytes.min(own_hard_file_size_limit());
+        rlimits.push(
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitFsize)
+                .soft(bytes)
+                .hard(bytes)
+                .build()
+                .map_err(b)?,
+        );
+    }
 
     let process = ProcessBuilder::default()
         .terminal(false)
@@ -639,6 +659,13 @@ pub fn build_spec(spec: &ContainerSpec, hosts_file: &Path) -> Result<Spec, Error
         .annotations(annotations)
         .build()
         .map_err(b)
+}
+
+/// This process's hard `RLIMIT_FSIZE`, which the container inherits through the helper and
+/// whose root (without CAP_SYS_RESOURCE in the initial user namespace) cannot raise.
+fn own_hard_file_size_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE)
+        .map_or(u64::MAX, |(_, hard)| hard)
 }
 
 /// runc's default masked paths: kernel interfaces that leak host information or allow
@@ -1007,6 +1034,7 @@ pub(crate) mod tests {
             cgroup_parent: "/ci".into(),
             user_namespace: None,
             cgroups: CgroupMode::Runtime,
+            max_file_size: None,
         }
     }
 
@@ -1177,6 +1205,28 @@ pub(crate) mod tests {
             .contains(&"/proc/kcore".to_owned()));
         let seccomp = linux.seccomp().as_ref().unwrap();
         assert_eq!(seccomp.default_action(), LinuxSeccompAction::ScmpActAllow);
+    }
+
+    #[test]
+    fn max_file_size_becomes_rlimit_fsize() {
+        let fsize = |spec: &ContainerSpec| {
+            build(spec)
+                .process()
+                .as_ref()
+                .unwrap()
+                .rlimits()
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|r| r.typ() == PosixRlimitType::RlimitFsize)
+                .map(|r| (r.soft(), r.hard()))
+        };
+        let mut spec = sample(Network::None);
+        assert_eq!(fsize(&spec), None, "no limit unless asked");
+        spec.max_file_size = Some(64 << 20);
+        assert_eq!(fsize(&spec), Some((64 << 20, 64 << 20)));
+        spec.max_file_size = Some(0);
+        assert!(validate(&spec).is_err());
     }
 
     fn plan(oci: &Spec) -> HelperPlan {

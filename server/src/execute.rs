@@ -5,8 +5,10 @@
 //! container's merged output. libcontainer changes the caller's cwd and forks from whatever
 //! thread calls it, which a multi-threaded server cannot allow (shared/notes/libcontainer.md).
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ci_project::{InstallPlan, Installer};
@@ -16,10 +18,11 @@ use ci_runner::{
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
+use crate::cache;
 use crate::config::format_size;
 use crate::db::Db;
 use crate::image::ImageProvider;
-use crate::install::{self, JobPaths, Tool};
+use crate::install::{self, Budget, JobPaths, Overrun, Tool};
 use crate::jobs::{Control, StopReason};
 use crate::logs::{Appended, LiveLog, LogStore};
 use crate::model::{now_ms, Job, Phase, Status};
@@ -33,6 +36,14 @@ pub struct RunContext {
     pub cache_dir: PathBuf,
     /// Cache entries unused for this long are removed ([`crate::cache::collect`]).
     pub cache_max_age: Duration,
+    /// Most one user's cache entries (dependency layers, installer caches) may hold; the
+    /// least recently used go first ([`crate::cache::evict`]).
+    pub cache_max_size: u64,
+    /// Most an install may write into the layer it builds, and into the installer cache
+    /// (`--max-deps-size`); also the largest file it may write.
+    pub max_deps_size: u64,
+    /// The cache entries running jobs use, which nothing removes.
+    pub cache: cache::Registry,
     pub image: ImageProvider,
     /// Who installs dependencies (`--installer`); pip when uv cannot be had.
     pub installer: Installer,
@@ -55,17 +66,22 @@ impl RunContext {
 
     pub fn remove_job_dir(&self, id: &str) {
         let dir = self.job_dir(id);
-        let mut removed = std::fs::remove_dir_all(&dir);
-        if removed.is_err() {
-            // overlayfs leaves its work directory mode 000; a server that is not root may
-            // not list it until it opens it up again.
-            open_dirs(&dir);
-            removed = std::fs::remove_dir_all(&dir);
+        if let Err(e) = cache::remove_tree(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove job directory");
         }
-        if let Err(e) = removed {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove job directory");
-            }
+    }
+
+    /// [`RunContext::remove_job_dir`] off the async threads: a job may leave hundreds of
+    /// thousands of files, which take minutes to remove on a busy disk.
+    pub async fn remove_job_dir_blocking(&self, id: &str) {
+        let dir = self.job_dir(id);
+        let removed = tokio::task::spawn_blocking(move || {
+            let removed = cache::remove_tree(&dir);
+            (dir, removed)
+        })
+        .await;
+        if let Ok((dir, Err(e))) = removed {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove job directory");
         }
     }
 
@@ -83,24 +99,6 @@ impl RunContext {
                 "cleanup of a leftover container failed"
             );
         }
-    }
-}
-
-/// Gives the owner rwx on every directory under `dir` that it owns.
-fn open_dirs(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(meta) = std::fs::symlink_metadata(dir) else {
-        return;
-    };
-    if !meta.is_dir() {
-        return;
-    }
-    let mode = meta.permissions().mode();
-    if mode & 0o700 != 0o700 {
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o700));
-    }
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        open_dirs(&entry.path());
     }
 }
 
@@ -150,7 +148,7 @@ pub async fn run_job(ctx: &RunContext, db: &Db, logs: &LogStore, mut job: Job, c
     let secs = (job.finished_ms.unwrap_or(0) - job.started_ms.unwrap_or(0)) as f64 / 1000.0;
     // The result is not written into the log, where a job's output could imitate it: clients
     // read it from the job's record once the log ends.
-    ctx.remove_job_dir(&job.id);
+    ctx.remove_job_dir_blocking(&job.id).await;
     if let Err(e) = db.put_job(&job) {
         tracing::error!(job = %job.id, error = %e, "cannot record job result");
     }
@@ -258,69 +256,26 @@ async fn execute(
         job: &job_id,
         project: &paths.project(),
     };
-    // Third-party dependencies: built once per user and key, then shared read-only.
-    let key = install::deps_key(&image.manifest_digest, &tool, &plan);
-    let deps = ctx.cache_dir.join("deps").join(&job.owner).join(&key);
-    let cached = deps.is_dir();
-    let setup = {
-        let (paths, plan, tool) = (paths.clone(), plan.clone(), tool.clone());
-        let installer_cache = installer_cache(ctx, tool.kind, &job.owner);
-        let userns = ctx.sandbox.user_namespace;
-        blocking(move || {
-            prepare_job_dirs(&paths, &plan, &tool, !cached, &userns)?;
-            Ok::<_, String>(ready_cache(installer_cache, &userns))
-        })
-        .await
-    };
-    let installer_cache = match setup {
-        Ok(cache) => cache,
-        Err(e) => return Ending::error(format!("cannot prepare the install: {e}")),
-    };
-    let install = Install {
-        common: &common,
-        paths: &paths,
-        plan: &plan,
-        tool: &tool,
-        uv_dir: uv_dir.as_deref(),
-        installer_cache: installer_cache.as_ref(),
-    };
-
     let step = Step {
         log,
         control,
         deadline,
     };
-
-    if cached {
-        crate::cache::touch(&deps);
-        let _ = log.note("dependencies unchanged since an earlier job: reusing them");
-    } else {
-        let staging = paths.deps_staging();
-        if let Some(ending) = install.deps(&staging, &step, job).await {
-            return ending;
-        }
-        if let Some(parent) = deps.parent() {
-            let _ = fs_err::create_dir_all(parent);
-        }
-        // Another job with the same key may have won the race: then use its copy.
-        if std::fs::rename(&staging, &deps).is_err() && !deps.is_dir() {
-            return Ending::error("cannot store the installed dependencies");
-        }
-    }
-
-    // The project itself, per job, from this job's source, into an overlay over the layer.
-    let venv = match install::project_command(&plan, &tool) {
-        None => Venv::Layer(deps.clone()),
-        Some(command) => {
-            let _ = log.note(&format!("installing the project: {command}"));
-            if let Some(ending) = install.project(&deps, &step, job).await {
-                return ending;
-            }
-            Venv::Overlay {
-                lower: vec![paths.venv_upper(), deps.clone()],
-                upper: None,
-            }
-        }
+    let installed = install_venv(
+        &common,
+        &step,
+        job,
+        &paths,
+        &plan,
+        &tool,
+        uv_dir.as_deref(),
+        &image.manifest_digest,
+    )
+    .await;
+    // The hold keeps the dependency layer in the cache while the tests mount it.
+    let (venv, _layer) = match installed {
+        Ok(installed) => installed,
+        Err(ending) => return ending,
     };
 
     let shown: Vec<String> = job
@@ -460,13 +415,14 @@ async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
 /// Writes the install inputs and makes the directories the install containers write to:
 /// the staging directory of a new dependency layer, the overlay upper and work directories,
 /// and the writable copy of the project. All of them belong to the containers' root.
+/// Returns the copy's disk use, from which what a build adds to it is counted.
 fn prepare_job_dirs(
     paths: &JobPaths,
     plan: &InstallPlan,
     tool: &Tool,
     build_deps: bool,
     userns: &ci_runner::UserNamespace,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let give = |dir: &Path| {
         ci_runner::give_to_container(dir, userns).map_err(|e| ci_runner::error_chain(&e))
     };
@@ -482,14 +438,16 @@ fn prepare_job_dirs(
         fs_err::create_dir_all(&dir).map_err(|e| e.to_string())?;
         give(&dir)?;
     }
-    if needs_build_copy(plan) {
-        install::copy_tree(&paths.project(), &paths.build()).map_err(|e| e.to_string())?;
-        give(&paths.build())?;
+    if !needs_build_copy(plan) {
+        return Ok(0);
     }
-    Ok(())
+    install::copy_tree(&paths.project(), &paths.build()).map_err(|e| e.to_string())?;
+    give(&paths.build())?;
+    let copy = cache::usage(&paths.build(), u64::MAX).map_err(|e| e.to_string())?;
+    Ok(copy.bytes)
 }
 
-/// The installer's download cache of `owner` (`<cache>/uv|pip/<owner>`), marked as used.
+/// The installer's download cache of `owner` (`<cache>/uv|pip/<owner>`).
 fn installer_cache(ctx: &RunContext, kind: Installer, owner: &str) -> PathBuf {
     let name = match kind {
         Installer::Uv => "uv",
@@ -498,22 +456,238 @@ fn installer_cache(ctx: &RunContext, kind: Installer, owner: &str) -> PathBuf {
     ctx.cache_dir.join(name).join(owner)
 }
 
-/// Makes the installer cache exist and belong to the containers' root; `None` when it
-/// cannot (the job then installs without a cache, which is slower, not wrong).
-fn ready_cache(cache: PathBuf, userns: &ci_runner::UserNamespace) -> Option<PathBuf> {
-    crate::cache::touch(&cache);
-    let ready = fs_err::create_dir_all(&cache)
-        .map_err(|e| e.to_string())
-        .and_then(|()| {
-            ci_runner::give_to_container(&cache, userns).map_err(|e| ci_runner::error_chain(&e))
-        });
-    match ready {
-        Ok(()) => Some(cache),
+/// The installer cache a job's installs see.
+enum InstallerCache {
+    /// The user's own, claimed by this job alone (no other job mounts it, nothing evicts
+    /// it meanwhile) and seen through an overlay: the installs write into the job's
+    /// `upper` directory, which is merged into the cache only if they succeed.
+    Shared {
+        dir: PathBuf,
+        _claim: cache::Hold,
+        upper: PathBuf,
+        work: PathBuf,
+    },
+    /// Another job of the user has the user's own: a cache of the job's own, which goes
+    /// with the job directory.
+    Private(PathBuf),
+}
+
+impl InstallerCache {
+    /// Where what the installs write into the cache lands.
+    fn writes(&self) -> &Path {
+        match self {
+            InstallerCache::Shared { upper, .. } => upper,
+            InstallerCache::Private(dir) => dir,
+        }
+    }
+}
+
+/// Claims the user's installer cache `shared` with the overlay directories this job's
+/// installs write through, or makes a private one when another job of the user has it;
+/// all of them belong to the containers' root. `None` when neither can be had (the job
+/// then installs without a cache, which is slower, not wrong).
+fn ready_cache(
+    registry: &cache::Registry,
+    shared: PathBuf,
+    paths: &JobPaths,
+    userns: &ci_runner::UserNamespace,
+) -> Option<InstallerCache> {
+    let ready = |dirs: &[&Path]| {
+        dirs.iter().try_for_each(|dir| {
+            fs_err::create_dir_all(dir)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    ci_runner::give_to_container(dir, userns)
+                        .map_err(|e| ci_runner::error_chain(&e))
+                })
+        })
+    };
+    // The claim first: once held, the cache cannot be evicted before the job mounts it.
+    let cache = match registry.claim(&shared) {
+        Some(claim) => {
+            let (upper, work) = (paths.cache_upper(), paths.cache_work());
+            ready(&[&shared, &upper, &work]).map(|()| InstallerCache::Shared {
+                dir: shared.clone(),
+                _claim: claim,
+                upper,
+                work,
+            })
+        }
+        None => {
+            let own = paths.installer_cache();
+            ready(&[&own]).map(|()| InstallerCache::Private(own))
+        }
+    };
+    match cache {
+        Ok(cache) => Some(cache),
         Err(e) => {
-            tracing::warn!(dir = %cache.display(), error = %e, "installer cache unavailable for this job");
+            tracing::warn!(dir = %shared.display(), error = %e, "installer cache unavailable for this job");
             None
         }
     }
+}
+
+/// After the installs: when the user's cache entries `grew`, brings them under `max_size`
+/// counting what the installs wrote into the shared installer cache, then merges that in
+/// if the install is `kept` and it fits. Returns the eviction, if one ran. Blocking.
+fn settle_caches(
+    cache: (&Path, &cache::Registry),
+    owner: &str,
+    max_size: u64,
+    installer_cache: Option<InstallerCache>,
+    kept: bool,
+    grew: bool,
+) -> Result<Option<cache::Eviction>, String> {
+    let (cache_dir, registry) = cache;
+    let settled = match &installer_cache {
+        Some(InstallerCache::Shared { dir, upper, .. }) if kept => {
+            merge_if_it_fits(cache, owner, max_size, upper, dir).map(Some)
+        }
+        _ if grew => cache::evict(cache_dir, owner, max_size, registry).map(Some),
+        _ => Ok(None),
+    };
+    if let Some(InstallerCache::Shared { dir, .. }) = &installer_cache {
+        // Its last use, for eviction by age and by size.
+        cache::touch(dir);
+    }
+    settled.map_err(|e| e.to_string())
+}
+
+/// Evicts the user's entries to make room for what an install wrote into `upper` over the
+/// installer cache `dir`, and merges it in if it then fits.
+fn merge_if_it_fits(
+    (cache_dir, registry): (&Path, &cache::Registry),
+    owner: &str,
+    max_size: u64,
+    upper: &Path,
+    dir: &Path,
+) -> std::io::Result<cache::Eviction> {
+    let pending = cache::usage(upper, u64::MAX)?.bytes;
+    let room = max_size.saturating_sub(pending);
+    let mut eviction = cache::evict(cache_dir, owner, room, registry)?;
+    eviction.bytes += pending;
+    if eviction.bytes <= max_size {
+        if let Err(e) = cache::merge(upper, dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot merge what an install downloaded into the installer cache");
+        }
+    }
+    Ok(eviction)
+}
+
+/// Builds the job's `/venv`: the dependency layer (from the cache, or installed and stored
+/// there), then the project's own layer over it. Returns it with the job's hold on the
+/// dependency layer, which the tests mount too.
+///
+/// Afterwards the user's cache entries are brought back under `--cache-max-size` (least
+/// recently used first), counting what the installs wrote into the installer cache, which
+/// is merged into it only then; what a failed install wrote there goes with the job
+/// directory. When the entries cannot be brought under the cap, because running jobs use
+/// the rest, the job fails and nothing of its install is kept.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the pieces execute() has decided by then; a struct would only rename them"
+)]
+async fn install_venv(
+    common: &Common<'_>,
+    step: &Step<'_>,
+    job: &Job,
+    paths: &JobPaths,
+    plan: &InstallPlan,
+    tool: &Tool,
+    uv_dir: Option<&Path>,
+    image_digest: &str,
+) -> Result<(Venv, cache::Hold), Ending> {
+    let ctx = common.ctx;
+    // Third-party dependencies: built once per user and key, then shared read-only.
+    let key = install::deps_key(image_digest, tool, plan);
+    let deps = ctx.cache_dir.join("deps").join(&job.owner).join(&key);
+    // Taken before the lookup: a layer held is never evicted, one evicted before it is
+    // simply missing and built again.
+    let layer = ctx.cache.hold(&deps);
+    let cached = deps.is_dir();
+    let project_command = install::project_command(plan, tool);
+    let installs = !cached || project_command.is_some();
+    let setup = {
+        let (paths, plan, tool) = (paths.clone(), plan.clone(), tool.clone());
+        let shared = installer_cache(ctx, tool.kind, &job.owner);
+        let registry = ctx.cache.clone();
+        let userns = ctx.sandbox.user_namespace;
+        blocking(move || {
+            let build_size = prepare_job_dirs(&paths, &plan, &tool, !cached, &userns)?;
+            let cache = installs
+                .then(|| ready_cache(&registry, shared, &paths, &userns))
+                .flatten();
+            Ok::<_, String>((build_size, cache))
+        })
+        .await
+    };
+    let (build_size, installer_cache) = match setup {
+        Ok(setup) => setup,
+        Err(e) => return Err(Ending::error(format!("cannot prepare the install: {e}"))),
+    };
+    if let Some(InstallerCache::Private(_)) = &installer_cache {
+        let _ = step.log.note(
+            "another job of yours is installing with your installer cache: this one downloads into a cache of its own",
+        );
+    }
+    let (result, stored) = Install {
+        common,
+        paths,
+        plan,
+        tool,
+        uv_dir,
+        installer_cache: installer_cache.as_ref(),
+        build_size,
+    }
+    .layers(&deps, cached, project_command, step, job)
+    .await;
+
+    let settled = {
+        let (registry, cache_dir, owner) =
+            (ctx.cache.clone(), ctx.cache_dir.clone(), job.owner.clone());
+        let max_size = ctx.cache_max_size;
+        let kept = result.is_ok() && installs;
+        // A layer stored before the project's install failed is kept, and counts too.
+        let grew = kept || stored;
+        blocking(move || {
+            let cache = (cache_dir.as_path(), &registry);
+            settle_caches(cache, &owner, max_size, installer_cache, kept, grew)
+        })
+        .await
+    };
+    let eviction = match settled {
+        Ok(eviction) => eviction,
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "cannot bring the caches under --cache-max-size");
+            None
+        }
+    };
+    let Some(eviction) = eviction else {
+        return result.map(|venv| (venv, layer));
+    };
+    if !eviction.removed.is_empty() {
+        let _ = step.log.note(&format!(
+            "removed your {} least recently used cache entries to stay under {} (--cache-max-size)",
+            eviction.removed.len(),
+            format_size(ctx.cache_max_size)
+        ));
+    }
+    if eviction.bytes <= ctx.cache_max_size {
+        return result.map(|venv| (venv, layer));
+    }
+    // Every entry left is in use, this job's among them: its own new layer goes.
+    drop(layer);
+    if stored {
+        let (registry, cache_dir) = (ctx.cache.clone(), ctx.cache_dir.clone());
+        let _ = blocking(move || registry.remove_unless_used(&cache_dir, &deps)).await;
+    }
+    let over = format!(
+        "your caches would hold {} with this install, more than {} (--cache-max-size), with every entry no running job uses already removed; nothing of this install is kept",
+        cache::approx_size(eviction.bytes),
+        format_size(ctx.cache_max_size)
+    );
+    // An install that failed anyway keeps its own reason.
+    Err(result.err().unwrap_or_else(|| Ending::error(over)))
 }
 
 /// A build writes into the source tree: any install that builds the project or reads it as
@@ -630,6 +804,7 @@ impl Common<'_> {
             cgroup_parent: ctx.cgroup_parent.clone(),
             user_namespace: Some(ctx.sandbox.user_namespace),
             cgroups: ctx.sandbox.cgroups,
+            max_file_size: None,
         }
     }
 
@@ -697,8 +872,10 @@ struct Install<'a> {
     plan: &'a InstallPlan,
     tool: &'a Tool,
     uv_dir: Option<&'a Path>,
-    /// The user's installer cache, when it could be made ready.
-    installer_cache: Option<&'a PathBuf>,
+    /// The installer cache, when one could be made ready.
+    installer_cache: Option<&'a InstallerCache>,
+    /// Disk use of the writable copy of the project before any install.
+    build_size: u64,
 }
 
 /// What a container run of the job needs besides its spec.
@@ -709,38 +886,146 @@ struct Step<'a> {
 }
 
 impl Install<'_> {
+    /// Reuses the dependency layer at `deps` or builds and stores it, then installs the
+    /// project over it. Returns the job's `/venv`, or how the job ends, and whether this
+    /// job stored the layer.
+    async fn layers(
+        &self,
+        deps: &Path,
+        cached: bool,
+        project_command: Option<String>,
+        step: &Step<'_>,
+        job: &Job,
+    ) -> (Result<Venv, Ending>, bool) {
+        let mut stored = false;
+        if cached {
+            cache::touch(deps);
+            let _ = step
+                .log
+                .note("dependencies unchanged since an earlier job: reusing them");
+        } else {
+            let staging = self.paths.deps_staging();
+            if let Some(ending) = self.deps(&staging, step, job).await {
+                return (Err(ending), false);
+            }
+            match self.store(staging, deps).await {
+                Ok(new) => stored = new,
+                Err(ending) => return (Err(ending), false),
+            }
+        }
+
+        // The project itself, per job, from this job's source, into an overlay over the layer.
+        let venv = match project_command {
+            None => Venv::Layer(deps.to_path_buf()),
+            Some(command) => {
+                let _ = step.log.note(&format!("installing the project: {command}"));
+                if let Some(ending) = self.project(deps, step, job).await {
+                    return (Err(ending), stored);
+                }
+                Venv::Overlay {
+                    lower: vec![self.paths.venv_upper(), deps.to_path_buf()],
+                    upper: None,
+                }
+            }
+        };
+        (Ok(venv), stored)
+    }
+
     /// Builds the dependency layer into `staging` (empty), mounted as `/venv`.
     async fn deps(&self, staging: &Path, step: &Step<'_>, job: &Job) -> Option<Ending> {
         let venv = Venv::Layer(staging.to_path_buf());
         let spec = self.spec("install", "deps.sh", venv);
-        self.run(&spec, "installing the dependencies", step, job)
+        let output = vec![staging.to_path_buf()];
+        self.run(&spec, "installing the dependencies", step, job, output)
             .await
+    }
+
+    /// Moves a built layer into the cache at `deps`, marked as used now (the job may have
+    /// set its mtime) and with its size noted; `false` when another job with the same key
+    /// stored one first (then that one is used).
+    async fn store(&self, staging: PathBuf, deps: &Path) -> Result<bool, Ending> {
+        let (deps, registry) = (deps.to_path_buf(), self.common.ctx.cache.clone());
+        let stored = blocking(move || {
+            let size = cache::usage(&staging, u64::MAX)?.bytes;
+            if let Some(parent) = deps.parent() {
+                fs_err::create_dir_all(parent)?;
+            }
+            if let Err(e) = std::fs::rename(&staging, &deps) {
+                return if deps.is_dir() { Ok(false) } else { Err(e) };
+            }
+            cache::touch(&deps);
+            registry.set_layer_size(&deps, size);
+            Ok::<_, std::io::Error>(true)
+        })
+        .await;
+        stored.map_err(|e| Ending::error(format!("cannot store the installed dependencies: {e}")))
     }
 
     /// Installs the project on top of the layer at `deps`, into the job's upper directory.
     async fn project(&self, deps: &Path, step: &Step<'_>, job: &Job) -> Option<Ending> {
+        let (upper, work) = (self.paths.venv_upper(), self.paths.venv_work());
         let venv = Venv::Overlay {
             lower: vec![deps.to_path_buf()],
-            upper: Some((self.paths.venv_upper(), self.paths.venv_work())),
+            upper: Some((upper.clone(), work.clone())),
         };
         let spec = self.spec("install-project", "project.sh", venv);
-        self.run(&spec, "installing the project", step, job).await
+        self.run(
+            &spec,
+            "installing the project",
+            step,
+            job,
+            vec![upper, work],
+        )
+        .await
     }
 
-    /// Runs one install container; `Some` is how the job ends when it cannot go on
-    /// (stopped, or the install failed: `what` names the step in the reason).
+    /// What an install container writing into `layer` may write, and where.
+    fn budget(&self, layer: Vec<PathBuf>) -> Budget {
+        Budget {
+            cap: self.common.ctx.max_deps_size,
+            layer,
+            build: needs_build_copy(self.plan).then(|| (self.paths.build(), self.build_size)),
+            cache: self.installer_cache.map(|c| c.writes().to_path_buf()),
+        }
+    }
+
+    /// Runs one install container that writes into `layer`, watching what it writes;
+    /// `Some` is how the job ends when it cannot go on (stopped, past a cap, or the install
+    /// failed: `what` names the step in the reason).
     async fn run(
         &self,
         spec: &ContainerSpec,
         what: &str,
         step: &Step<'_>,
         job: &Job,
+        layer: Vec<PathBuf>,
     ) -> Option<Ending> {
         let ctx = self.common.ctx;
         let dir = self.paths.container(&spec.id);
-        let run = run_container(ctx, spec, &dir, step.log, step.control, step.deadline).await;
-        run.interrupted(ctx, job)
+        let budget = Arc::new(self.budget(layer));
+        let watch = watch_writes(budget.clone());
+        let run = supervise(
+            ctx,
+            spec,
+            &dir,
+            step.log,
+            step.control,
+            step.deadline,
+            watch,
+        )
+        .await;
+        if let Some(ending) = run
+            .interrupted(ctx, job)
             .or_else(|| run.install_failure(ctx, what))
+        {
+            return Some(ending);
+        }
+        // The watcher looks only now and then: the last writes are measured now.
+        match tokio::task::spawn_blocking(move || budget.check()).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(over)) => Some(Ending::error(over.reason(ctx.max_deps_size))),
+            Err(e) => Some(Ending::error(format!("internal error: {e}"))),
+        }
     }
 
     fn spec(&self, phase: &str, script: &str, venv: Venv) -> ContainerSpec {
@@ -767,6 +1052,8 @@ impl Install<'_> {
         let args = ["/bin/sh", script_path.as_str()];
         let network = ctx.sandbox.install_network;
         let mut spec = self.common.base(phase, &args, env, network, workspace);
+        // No one file may pass the cap, whatever the watcher sees between two looks.
+        spec.max_file_size = Some(ctx.max_deps_size);
         match venv {
             // The staging directory of a new layer, which this container fills.
             Venv::Layer(dir) => spec.mounts.push(BindMount {
@@ -789,16 +1076,27 @@ impl Install<'_> {
             });
         }
         // The installer's download cache, per user: warm installs skip the network.
-        if let Some(cache) = self.installer_cache {
-            let destination = match self.tool.kind {
-                Installer::Uv => install::UV_CACHE,
-                Installer::Pip => install::PIP_CACHE,
-            };
-            spec.mounts.push(BindMount {
-                source: cache.clone(),
+        let destination = match self.tool.kind {
+            Installer::Uv => install::UV_CACHE,
+            Installer::Pip => install::PIP_CACHE,
+        };
+        match self.installer_cache {
+            Some(InstallerCache::Shared {
+                dir, upper, work, ..
+            }) => spec.overlays.push(OverlayMount {
+                destination: destination.into(),
+                lower: vec![dir.clone()],
+                upper: Some(OverlayUpper {
+                    upper: upper.clone(),
+                    work: work.clone(),
+                }),
+            }),
+            Some(InstallerCache::Private(dir)) => spec.mounts.push(BindMount {
+                source: dir.clone(),
                 destination: destination.into(),
                 readonly: false,
-            });
+            }),
+            None => {}
         }
         if let Some(ca) = &ctx.ca_bundle {
             spec.mounts.push(BindMount {
@@ -817,6 +1115,8 @@ enum Interruption {
     Stop(StopReason),
     TimedOut,
     LogLimit,
+    /// An install wrote more than its cap.
+    OverCap(Overrun),
 }
 
 struct ContainerRun {
@@ -854,6 +1154,7 @@ impl ContainerRun {
                     format_size(ctx.log_cap)
                 ),
             ),
+            Interruption::OverCap(over) => (Status::Error, over.reason(ctx.max_deps_size)),
         };
         Some(Ending {
             status,
@@ -870,7 +1171,11 @@ impl ContainerRun {
                 exit_code: Some(0), ..
             }) => None,
             Some(o) => {
-                let said = install::diagnose(&String::from_utf8_lossy(&self.tail));
+                let tail = String::from_utf8_lossy(&self.tail);
+                if install::hit_file_size_limit(o.signal, &tail) {
+                    return Some(Ending::error(Overrun::File.reason(ctx.max_deps_size)));
+                }
+                let said = install::diagnose(&tail);
                 Some(Ending::error(match said {
                     Some(reason) => reason,
                     None => format!("{what} failed ({})", describe(ctx, o)),
@@ -904,6 +1209,58 @@ async fn run_container(
     log: &LiveLog,
     control: &Control,
     deadline: Instant,
+) -> ContainerRun {
+    let never = std::future::pending();
+    supervise(ctx, spec, dir, log, control, deadline, never).await
+}
+
+/// How often, at the least, [`watch_writes`] measures what an install wrote.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// How often [`watch_writes`] glances at the filesystem's used bytes, which grow as soon
+/// as anything is written (ext4 counts delayed allocations): once they grew by more than
+/// the install has left of its cap since the last measurement, it measures at once. On a
+/// disk that writes 2 GB/s an install gets no more than some 40 MB past its cap that way,
+/// unless other writers' deletions hide its growth (then the 0.5 s rhythm still holds).
+const GLANCE_EVERY: Duration = Duration::from_millis(20);
+
+/// Measures what an install writes while it runs (off the async threads); resolves when a
+/// part of it passes its cap. A walk of a large tree takes a while: walks are at least
+/// three times their own length apart, so at most a quarter of a core goes to walking.
+async fn watch_writes(budget: Arc<Budget>) -> Overrun {
+    let mut last_walk = Instant::now();
+    let mut gap = Duration::ZERO;
+    let mut used_then = 0;
+    let mut room = 0;
+    loop {
+        tokio::time::sleep(GLANCE_EVERY).await;
+        let used_now = budget.filesystem_used().unwrap_or(u64::MAX);
+        let grew = used_now.saturating_sub(used_then) >= room;
+        let since = last_walk.elapsed();
+        if since < gap || (!grew && since < WATCH_EVERY) {
+            continue;
+        }
+        last_walk = Instant::now();
+        let measuring = budget.clone();
+        match tokio::task::spawn_blocking(move || measuring.check()).await {
+            Ok(Err(over)) => return over,
+            Ok(Ok(spent)) => room = budget.cap.saturating_sub(spent),
+            Err(_) => room = 0,
+        }
+        used_then = used_now;
+        gap = last_walk.elapsed() * 3;
+    }
+}
+
+/// [`run_container`] that also stops the container when `over_cap` resolves.
+async fn supervise(
+    ctx: &RunContext,
+    spec: &ContainerSpec,
+    dir: &Path,
+    log: &LiveLog,
+    control: &Control,
+    deadline: Instant,
+    over_cap: impl Future<Output = Overrun>,
 ) -> ContainerRun {
     let failed = |msg: String| ContainerRun {
         outcome: None,
@@ -960,6 +1317,7 @@ async fn run_container(
     tokio::pin!(stop_requested);
     let timeout = tokio::time::sleep_until(deadline);
     tokio::pin!(timeout);
+    tokio::pin!(over_cap);
 
     // Copy output until the helper has exited and the pipe is closed; the helper removes the
     // container before it exits, which closes every writer of the pipe.
@@ -1006,6 +1364,10 @@ async fn run_container(
             },
             reason = &mut stop_requested, if interruption.is_none() => interruption = Some(Interruption::Stop(reason)),
             () = &mut timeout, if interruption.is_none() => interruption = Some(Interruption::TimedOut),
+            over = &mut over_cap, if interruption.is_none() && exit.is_none() => {
+                let _ = log.note(&format!("{}: stopping it", over.what(ctx.max_deps_size)));
+                interruption = Some(Interruption::OverCap(over));
+            },
             () = async { tokio::time::sleep_until(kill_deadline.unwrap_or_else(Instant::now)).await }, if kill_deadline.is_some() && exit.is_none() => {
                 tracing::warn!(container = %spec.id, "helper did not stop in time: killing it");
                 let _ = child.start_kill();

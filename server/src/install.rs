@@ -76,6 +76,22 @@ impl JobPaths {
         self.root.join("report")
     }
 
+    /// The installer cache of a job whose user's own is in use by another job.
+    pub fn installer_cache(&self) -> PathBuf {
+        self.root.join("installer-cache")
+    }
+
+    /// The upper directory of the overlay over the user's installer cache: what the
+    /// installs write there, merged into the cache only when they succeed.
+    pub fn cache_upper(&self) -> PathBuf {
+        self.root.join("cache-upper")
+    }
+
+    /// overlayfs's work directory for [`JobPaths::cache_upper`].
+    pub fn cache_work(&self) -> PathBuf {
+        self.root.join("cache-work")
+    }
+
     /// The bundle and outcome of the job's container `id`.
     pub fn container(&self, id: &str) -> PathBuf {
         self.root.join(id)
@@ -442,6 +458,111 @@ fn failed_build(output: &str) -> Option<String> {
     None
 }
 
+/// What one install container may write to disk, and where it would show: the layer it
+/// builds, what it adds to the writable copy of the project, and what it writes into the
+/// installer's cache. The layer (with the copy's growth) and the cache each get `cap`.
+#[derive(Clone, Debug)]
+pub struct Budget {
+    pub cap: u64,
+    /// The staging directory of a new dependency layer, or the overlay's upper and work
+    /// directories of the project layer.
+    pub layer: Vec<PathBuf>,
+    /// The writable copy of the project, with its disk use before any install.
+    pub build: Option<(PathBuf, u64)>,
+    /// Where what the install writes into the installer cache lands: the upper directory
+    /// of the overlay over the user's cache, or a cache of the job's own.
+    pub cache: Option<PathBuf>,
+}
+
+/// Which part of an install passed its cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overrun {
+    /// The layer (and the copy of the project).
+    Output,
+    InstallerCache,
+    /// One file reached the cap (`RLIMIT_FSIZE`: `EFBIG`, or death by `SIGXFSZ`).
+    File,
+    /// What it wrote could not be measured (a tree nested deeper than a path may be
+    /// long): taken as over, or such a tree would hide any amount.
+    Unmeasurable,
+}
+
+impl Overrun {
+    /// Why the job ended, in words.
+    pub fn reason(self, cap: u64) -> String {
+        format!("{}; nothing of it is kept", self.what(cap))
+    }
+
+    /// What the install did, in words.
+    pub fn what(self, cap: u64) -> String {
+        let cap = crate::config::format_size(cap);
+        match self {
+            Overrun::Output => format!("the install wrote more than {cap} (--max-deps-size)"),
+            Overrun::InstallerCache => {
+                format!("the install wrote more than {cap} into the installer's cache (--max-deps-size)")
+            }
+            Overrun::File => {
+                format!("the install wrote a file larger than {cap} (--max-deps-size)")
+            }
+            Overrun::Unmeasurable => {
+                "what the install wrote could not be measured (nested too deep)".to_string()
+            }
+        }
+    }
+}
+
+impl Budget {
+    /// Measures what the install wrote so far: the larger of its two parts, or `Err`
+    /// naming the part past the cap. Stops walking as soon as a part is past it. Blocking.
+    pub fn check(&self) -> Result<u64, Overrun> {
+        use crate::cache::usage;
+        let measured = |e: std::io::Error| {
+            tracing::warn!(error = %e, "cannot measure what an install wrote");
+            Overrun::Unmeasurable
+        };
+        let mut output = 0u64;
+        for dir in &self.layer {
+            let left = self.cap.saturating_sub(output);
+            output += usage(dir, left).map_err(measured)?.bytes;
+            if output > self.cap {
+                return Err(Overrun::Output);
+            }
+        }
+        if let Some((build, before)) = &self.build {
+            let left = self.cap.saturating_sub(output);
+            let now = usage(build, before.saturating_add(left)).map_err(measured)?;
+            output = output.saturating_add(now.bytes.saturating_sub(*before));
+            if output > self.cap {
+                return Err(Overrun::Output);
+            }
+        }
+        let mut cache = 0;
+        if let Some(dir) = &self.cache {
+            cache = usage(dir, self.cap).map_err(measured)?.bytes;
+            if cache > self.cap {
+                return Err(Overrun::InstallerCache);
+            }
+        }
+        Ok(output.max(cache))
+    }
+
+    /// Bytes in use on the filesystem the install writes to (`statvfs`, which counts
+    /// data not yet written back): a cheap sign that it may have written a lot.
+    pub fn filesystem_used(&self) -> Option<u64> {
+        let dir = self.layer.first()?;
+        let fs = nix::sys::statvfs::statvfs(dir.as_path()).ok()?;
+        let blocks = fs.blocks().saturating_sub(fs.blocks_free());
+        Some(blocks.saturating_mul(fs.fragment_size()))
+    }
+}
+
+/// Whether a failed install's end shows one file reaching `RLIMIT_FSIZE`: Python ignores
+/// `SIGXFSZ` and reports `EFBIG`, other programs are killed by it.
+pub fn hit_file_size_limit(signal: Option<i32>, output: &str) -> bool {
+    signal == Some(nix::sys::signal::Signal::SIGXFSZ as i32)
+        || output.contains("[Errno 27] File too large")
+}
+
 /// Copies the uploaded project into a fresh directory: files, directories and symlinks as
 /// they are (the upload has no other kinds, and its links stay inside it).
 pub fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
@@ -625,6 +746,52 @@ mod tests {
         // Words that merely contain a compiler's name are not a missing compiler.
         check("No such file or directory: 'data.cc.json'\n", None);
         check("Installed 3 packages", None);
+    }
+
+    #[test]
+    fn budget_names_the_part_past_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in ["layer", "build", "cache"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("build/setup.py"), vec![1u8; 100_000]).unwrap();
+        let before = crate::cache::usage(&root.join("build"), u64::MAX)
+            .unwrap()
+            .bytes;
+        let budget = Budget {
+            cap: 64 << 10,
+            layer: vec![root.join("layer"), root.join("missing-work-dir")],
+            build: Some((root.join("build"), before)),
+            cache: Some(root.join("cache")),
+        };
+        // The copy of the project as uploaded counts for nothing.
+        let empty = budget.check().unwrap();
+        assert!(empty <= 4 * crate::cache::MIN_ENTRY_BYTES, "{empty}");
+        assert!(budget.filesystem_used().unwrap() > 0);
+        std::fs::write(root.join("cache/wheel"), vec![1u8; 80 << 10]).unwrap();
+        assert_eq!(budget.check(), Err(Overrun::InstallerCache));
+        std::fs::write(root.join("build/generated"), vec![1u8; 40 << 10]).unwrap();
+        std::fs::write(root.join("layer/lib"), vec![1u8; 40 << 10]).unwrap();
+        assert_eq!(
+            budget.check(),
+            Err(Overrun::Output),
+            "layer and build add up"
+        );
+        assert_eq!(
+            Overrun::Output.reason(2 << 30),
+            "the install wrote more than 2 GiB (--max-deps-size); nothing of it is kept"
+        );
+    }
+
+    #[test]
+    fn a_file_past_the_size_limit_is_recognised() {
+        assert!(hit_file_size_limit(Some(25), ""));
+        assert!(hit_file_size_limit(
+            None,
+            "OSError: [Errno 27] File too large"
+        ));
+        assert!(!hit_file_size_limit(Some(9), "Killed"));
     }
 
     #[test]

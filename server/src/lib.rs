@@ -121,6 +121,9 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         cache_dir: data.join("cache"),
         // Never shorter than a job can run: an entry in use is touched when its job starts.
         cache_max_age: args.cache_max_age.max(args.job_timeout * 2),
+        cache_max_size: args.cache_max_size,
+        max_deps_size: args.max_deps_size,
+        cache: cache::Registry::default(),
         image: image::ImageProvider::new(store, reference, options),
         installer,
         uv,
@@ -136,6 +139,9 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
     // Containers of a previous server process (it crashed or was killed) go first, so their
     // jobs can be marked lost with nothing of theirs left on the host.
     reconcile_containers(&run).await;
+    // Then what its installs wrote into the installer caches without being seen to the end.
+    let cache_dir = run.cache_dir.clone();
+    tokio::task::spawn_blocking(move || cache::recover(&cache_dir)).await?;
     let jobs = jobs::Jobs::new(
         db.clone(),
         logs.clone(),
@@ -245,20 +251,23 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let dispatcher = tokio::spawn(state.jobs.clone().dispatch());
-    // Expire unused dependency and pip caches now and every hour.
+    // Expire unused dependency and installer caches, and hold each user's to
+    // --cache-max-size, now and every hour.
     let run = state.run.clone();
     let collector = tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
         loop {
             every.tick().await;
-            let (dir, age) = (run.cache_dir.clone(), run.cache_max_age);
-            if let Ok(removed) =
-                tokio::task::spawn_blocking(move || cache::collect(&dir, age)).await
-            {
-                if removed > 0 {
-                    tracing::info!(removed, "expired unused dependency caches");
-                }
-            }
+            let run = run.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                cache::maintain(
+                    &run.cache_dir,
+                    run.cache_max_age,
+                    run.cache_max_size,
+                    &run.cache,
+                )
+            })
+            .await;
         }
     });
     // Remove the logs of jobs finished longer ago than --job-retention, now and regularly.

@@ -95,6 +95,33 @@ print("tmp ok")
 }
 
 #[test]
+fn max_file_size_stops_writes_past_it() {
+    let ctx = TestContext::new("fsize");
+    // Python ignores SIGXFSZ and sees EFBIG; a shell's child is killed by the signal.
+    let script = r#"
+import errno, subprocess
+fd = open("/tmp/big", "wb", buffering=0)
+written = 0
+try:
+    while True:
+        written += fd.write(b"x" * 65536)
+except OSError as e:
+    print("python", errno.errorcode[e.errno], written)
+print("head", subprocess.run(["sh", "-c", "head -c 2000000 /dev/zero > /tmp/other"]).returncode)
+"#;
+    let mut spec = ctx.spec(Network::None, &[PY, "-c", script]);
+    spec.max_file_size = Some(1 << 20);
+    let done = ctx.run(&spec);
+    assert_eq!(done.outcome().exit_code, Some(0), "{done:?}");
+    assert!(
+        done.stdout.contains(&format!("python EFBIG {}\n", 1 << 20)),
+        "{done:?}"
+    );
+    // sh reports a child killed by signal N as 128 + N; SIGXFSZ is 25.
+    assert!(done.stdout.contains("head 153\n"), "{done:?}");
+}
+
+#[test]
 fn writable_bind_mount_is_writable() {
     let ctx = TestContext::new("rw");
     let deps = tempfile::tempdir().unwrap();

@@ -140,6 +140,7 @@ fn base_spec(id: &str, rootfs: &Path, workspace: &Path, network: Network) -> Con
         cgroup_parent: CGROUP_PARENT.into(),
         user_namespace: Some(USERNS),
         cgroups: ci_runner::CgroupMode::Runtime,
+        max_file_size: None,
     }
 }
 
