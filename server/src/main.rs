@@ -52,6 +52,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => {
+            let limits = ci_server::listener::ConnLimits::at_start(&args);
             let helper = std::env::current_exe()?;
             let state = ci_server::open(&args, helper).await?;
             let listener = tokio::net::TcpListener::bind(args.listen)
@@ -61,6 +62,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ci_server::serve(
                 listener,
                 state,
+                limits,
                 args.shutdown_grace,
                 ci_server::shutdown_signal(),
             )
