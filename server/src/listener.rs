@@ -66,6 +66,9 @@ const MAX_HEADER_SIZE: usize = 16 * 1024;
 /// the request the client was still sending with a reset that could lose the 429.
 const LINGER: Duration = Duration::from_millis(500);
 
+/// Most refused connections lingering at once (a flood of them is closed straight away).
+const MAX_LINGERING: usize = 1024;
+
 /// After this many connections closed since the most open at once, the memory they used is
 /// handed back to the system ([`return_freed_memory`]).
 const TRIM_AFTER_CLOSED: usize = 512;
@@ -204,12 +207,31 @@ fn nr_open() -> Option<u64> {
         .ok()
 }
 
+/// The kernel's queue of connections not yet accepted: what waits there while the server is at
+/// its connection cap (std's and mio's 128 overflow in a moment; Linux caps it at
+/// net.core.somaxconn, 4096 by default).
+const BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` with a backlog of [`BACKLOG`].
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std and mio do: a restarted server can bind while old connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// What every connection task shares.
 struct Shared {
     app: Router,
     limits: ConnLimits,
     http: http1::Builder,
     unauthenticated: Arc<Unauthenticated>,
+    /// Places for refused connections to linger ([`refuse`]).
+    lingering: Arc<Semaphore>,
     /// Cancelled when the server stops: connections finish their request and close.
     stop: CancellationToken,
 }
@@ -230,6 +252,7 @@ pub async fn serve(
         limits,
         http,
         unauthenticated: Arc::new(Unauthenticated::new(limits.max_unauthenticated_per_ip)),
+        lingering: Arc::new(Semaphore::new(MAX_LINGERING)),
         stop: CancellationToken::new(),
     });
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -253,7 +276,9 @@ pub async fn serve(
             Ok((stream, peer)) => {
                 backoff.succeeded();
                 let admission = Admission::new(permit, &census);
-                connections.spawn(connection(stream, peer, shared.clone(), admission));
+                // Counted here, in the order of accepting, not in that of the tasks.
+                let slot = shared.unauthenticated.admit(peer.ip());
+                connections.spawn(connection(stream, peer, slot, shared.clone(), admission));
             }
             Err(e) => {
                 if let Some(pause) = backoff.failed(&e) {
@@ -316,15 +341,16 @@ impl AcceptBackoff {
     }
 }
 
-/// One connection, from accept to close.
+/// One connection, from accept to close: refused when its address had no `slot` left.
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
+    slot: Option<IpSlot>,
     shared: Arc<Shared>,
-    _admission: Admission,
+    admission: Admission,
 ) {
-    let Some(slot) = shared.unauthenticated.admit(peer.ip()) else {
-        Box::pin(refuse(stream, peer.ip(), &shared.limits)).await;
+    let Some(slot) = slot else {
+        Box::pin(refuse(stream, peer.ip(), &shared, admission)).await;
         return;
     };
     let activity = Arc::new(Activity::new(&shared.limits));
@@ -332,12 +358,15 @@ async fn connection(
         .deadline()
         .expect("a new connection has a deadline");
     // hyper allocates its buffers when it first reads: wait until there is something to read.
-    let readable = tokio::select! {
-        readable = tokio::time::timeout_at(first_request, stream.readable()) => readable,
+    // (Peeked, not `readable()`: tokio reports a new socket readable before anything came.)
+    let mut first_byte = [0u8; 1];
+    let arrived = tokio::select! {
+        peeked = tokio::time::timeout_at(first_request, stream.peek(&mut first_byte)) => peeked,
         () = shared.stop.cancelled() => return,
     };
-    match readable {
-        Ok(Ok(())) => {}
+    match arrived {
+        Ok(Ok(1..)) => {}
+        Ok(Ok(0)) => return,
         Ok(Err(e)) => {
             tracing::debug!(%peer, "connection failed: {e}");
             return;
@@ -350,6 +379,8 @@ async fn connection(
     // Boxed: the state of an HTTP connection is large, and most connections that wait above
     // are idle ones that never get here.
     Box::pin(serve_http(stream, peer, slot, activity, &shared)).await;
+    // Its place under the cap is held until here.
+    drop(admission);
 }
 
 /// Serves HTTP/1.1 on a connection that has sent something.
@@ -490,8 +521,9 @@ fn trim_heap() {
 fn trim_heap() {}
 
 /// Answers a connection over its address's cap with a 429 and closes it, at once.
-async fn refuse(mut stream: TcpStream, ip: IpAddr, limits: &ConnLimits) {
+async fn refuse(mut stream: TcpStream, ip: IpAddr, shared: &Shared, admission: Admission) {
     tracing::debug!(%ip, "refused a connection: too many without an API key");
+    let limits = &shared.limits;
     let body = serde_json::json!({
         "error": format!(
             "too many connections from {ip} without an API key (at most {}): close some or send a key",
@@ -510,8 +542,14 @@ async fn refuse(mut stream: TcpStream, ip: IpAddr, limits: &ConnLimits) {
         return;
     }
     let _ = stream.shutdown().await;
+    // Answered: it no longer takes a place under the cap, which is for connections served.
+    drop(admission);
     // Closing a socket with unread bytes sends a reset, after which the client's kernel may
-    // drop the answer before the client read it: take what it sends until it closes.
+    // drop the answer before the client read it: take what it sends until it closes, for a
+    // while, as long as not too many refused connections are doing so already.
+    let Ok(_lingering) = shared.lingering.clone().try_acquire_owned() else {
+        return;
+    };
     let mut sink = [0u8; 1024];
     let _ = tokio::time::timeout(LINGER, async {
         while let Ok(1..) = stream.read(&mut sink).await {}
@@ -1077,11 +1115,13 @@ mod tests {
             limits: limits(),
             http: http1::Builder::new(),
             unauthenticated: Arc::new(Unauthenticated::new(1)),
+            lingering: Arc::new(Semaphore::new(1)),
             stop: CancellationToken::new(),
         });
         let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
         let admission = Admission::new(permit, &Arc::new(Census::default()));
-        let task = connection(stream, peer, shared, admission);
+        let slot = shared.unauthenticated.admit(peer.ip());
+        let task = connection(stream, peer, slot, shared, admission);
         // hyper's connection state and the refusal are boxed, entered only when needed.
         assert!(
             std::mem::size_of_val(&task) < 1024,
