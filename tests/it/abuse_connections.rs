@@ -513,3 +513,74 @@ fn slow_and_silent_clients_are_cut_but_slow_jobs_are_not() {
     let log = String::from_utf8_lossy(&log);
     assert!(log.contains("==> result: passed"), "{log}");
 }
+
+/// Sets the soft open-file limit of process `pid`, keeping its hard limit.
+fn set_fd_limit(pid: i32, soft: u64) {
+    use nix::libc;
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads `new` and writes `old`, both valid for the call.
+    let got = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(got, 0, "prlimit: {}", Errno::last());
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above.
+    let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, &mut old) };
+    assert_eq!(set, 0, "prlimit: {}", Errno::last());
+}
+
+/// CPU time the process has used (user and system), from /proc/PID/stat.
+fn cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+#[test]
+fn out_of_descriptors_the_server_backs_off_then_recovers() {
+    let server = server(&["--header-timeout", "60s"]);
+    let pid = server.pid();
+    let limit = fd_limit(pid);
+    // Room for a few connections only.
+    set_fd_limit(pid, (fd_count(pid) + 8) as u64);
+    let flooder = Ipv4Addr::new(127, 0, 5, 1);
+    let idle: Vec<TcpStream> = (0..40)
+        .map(|_| connect_from(flooder, &server.addr))
+        .collect();
+    let (cpu_before, start) = (cpu_time(pid), Instant::now());
+    poll(Duration::from_secs(10), "accept to fail", || {
+        server
+            .log()
+            .contains("cannot accept connections")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let (cpu, wall) = (cpu_time(pid) - cpu_before, start.elapsed());
+    // It pauses between attempts rather than spinning, and says so once, not every time.
+    assert!(cpu < wall / 3, "{cpu:?} of CPU in {wall:?}");
+    let log = server.log();
+    let said = log.matches("cannot accept connections").count();
+    assert_eq!(said, 1, "{log}");
+    assert!(log.contains("Too many open files"), "{log}");
+
+    // With descriptors again, it serves again.
+    set_fd_limit(pid, limit as u64);
+    drop(idle);
+    poll(Duration::from_secs(10), "/healthz to answer again", || {
+        (healthz(&server).0 == 200).then_some(())
+    });
+}
