@@ -19,9 +19,12 @@
 //!   of the router.)
 //!
 //! A connection is handed to hyper only once its first byte has come, so one that sends nothing
-//! holds a socket and a small task, but none of hyper's buffers (16 KiB).
+//! holds a socket and a small task, but none of hyper's buffers (16 KiB). At the connection cap
+//! the oldest of those is closed to make room for a new connection, whose request, from a real
+//! client, is already on its way: idle connections from many addresses cannot keep `/healthz`
+//! or `ci` waiting in the backlog.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::io;
@@ -40,7 +43,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -66,6 +69,9 @@ const MAX_HEADER_SIZE: usize = 16 * 1024;
 /// the request the client was still sending with a reset that could lose the 429.
 const LINGER: Duration = Duration::from_millis(500);
 
+/// How long the accept loop waits for a connection closed to make room to hand its place back.
+const EVICTED_WITHIN: Duration = Duration::from_millis(100);
+
 /// Most refused connections lingering at once (a flood of them is closed straight away).
 const MAX_LINGERING: usize = 1024;
 
@@ -79,7 +85,8 @@ const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// How many connections are served and for how long they may wait.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnLimits {
-    /// Most connections open at once; past it the rest wait in the kernel's backlog.
+    /// Most connections open at once; past it the oldest that has sent nothing is closed to
+    /// make room, and when none has, the rest wait in the kernel's backlog.
     pub max_connections: usize,
     /// Most connections of one client address (an IPv6 /64) before one of their requests
     /// shows a valid API key.
@@ -232,6 +239,8 @@ struct Shared {
     unauthenticated: Arc<Unauthenticated>,
     /// Places for refused connections to linger ([`refuse`]).
     lingering: Arc<Semaphore>,
+    /// Connections that have sent nothing yet, which make room at the cap.
+    silent: Arc<Silent>,
     /// Cancelled when the server stops: connections finish their request and close.
     stop: CancellationToken,
 }
@@ -253,6 +262,7 @@ pub async fn serve(
         http,
         unauthenticated: Arc::new(Unauthenticated::new(limits.max_unauthenticated_per_ip)),
         lingering: Arc::new(Semaphore::new(MAX_LINGERING)),
+        silent: Arc::new(Silent::default()),
         stop: CancellationToken::new(),
     });
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -261,25 +271,13 @@ pub async fn serve(
     let connections = TaskTracker::new();
     let mut backoff = AcceptBackoff::default();
     let mut shutdown = pin!(shutdown);
-    loop {
-        // At the cap, accept nothing: new connections wait in the kernel's backlog until one
-        // closes, rather than being accepted only to be dropped.
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
+    'accepting: loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff.succeeded();
-                let admission = Admission::new(permit, &census);
-                // Counted here, in the order of accepting, not in that of the tasks.
-                let slot = shared.unauthenticated.admit(peer.ip());
-                connections.spawn(connection(stream, peer, slot, shared.clone(), admission));
-            }
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 if let Some(pause) = backoff.failed(&e) {
                     tokio::select! {
@@ -287,8 +285,36 @@ pub async fn serve(
                         () = &mut shutdown => break,
                     }
                 }
+                continue;
             }
-        }
+        };
+        backoff.succeeded();
+        // At the cap, the connection that has waited longest without sending a byte makes
+        // room (a real client sends its request as soon as it is connected); when none has,
+        // this one waits for a place, and the next ones in the kernel's backlog.
+        let permit = loop {
+            if let Ok(permit) = permits.clone().try_acquire_owned() {
+                break permit;
+            }
+            let patience = if shared.silent.evict_oldest() {
+                // It hands its place back as soon as its task runs, unless its first byte
+                // came meanwhile: then another makes room.
+                EVICTED_WITHIN
+            } else {
+                Duration::MAX
+            };
+            tokio::select! {
+                permit = permits.clone().acquire_owned() => {
+                    break permit.expect("the semaphore is never closed");
+                }
+                () = tokio::time::sleep(patience) => {}
+                () = &mut shutdown => break 'accepting,
+            }
+        };
+        let admission = Admission::new(permit, &census);
+        // Counted here, in the order of accepting, not in that of the tasks.
+        let slot = shared.unauthenticated.admit(peer.ip());
+        connections.spawn(connection(stream, peer, slot, shared.clone(), admission));
     }
     // Closing the listening socket refuses what waits in the backlog.
     drop(listener);
@@ -360,10 +386,16 @@ async fn connection(
     // hyper allocates its buffers when it first reads: wait until there is something to read.
     // (Peeked, not `readable()`: tokio reports a new socket readable before anything came.)
     let mut first_byte = [0u8; 1];
+    let (waiting, evicted) = shared.silent.enter();
     let arrived = tokio::select! {
         peeked = tokio::time::timeout_at(first_request, stream.peek(&mut first_byte)) => peeked,
+        _ = evicted => {
+            tracing::debug!(%peer, "closed a connection that sent nothing, to make room");
+            return;
+        }
         () = shared.stop.cancelled() => return,
     };
+    drop(waiting);
     match arrived {
         Ok(Ok(1..)) => {}
         Ok(Ok(0)) => return,
@@ -555,6 +587,49 @@ async fn refuse(mut stream: TcpStream, ip: IpAddr, shared: &Shared, admission: A
         while let Ok(1..) = stream.read(&mut sink).await {}
     })
     .await;
+}
+
+/// Connections that have not sent a byte yet, oldest first.
+#[derive(Default)]
+struct Silent {
+    queue: Mutex<(u64, BTreeMap<u64, oneshot::Sender<()>>)>,
+}
+
+impl Silent {
+    /// Registers a connection that waits for its first byte; the receiver resolves when it
+    /// is to close to make room, and the guard takes it off the list.
+    fn enter(self: &Arc<Self>) -> (SilentGuard, oneshot::Receiver<()>) {
+        let (evict, evicted) = oneshot::channel();
+        let mut queue = self.queue.lock().expect("silent connections lock");
+        let (next, waiting) = &mut *queue;
+        let id = *next;
+        *next += 1;
+        waiting.insert(id, evict);
+        let guard = SilentGuard {
+            table: self.clone(),
+            id,
+        };
+        (guard, evicted)
+    }
+
+    /// Tells the oldest silent connection to close; false when there is none.
+    fn evict_oldest(&self) -> bool {
+        let mut queue = self.queue.lock().expect("silent connections lock");
+        // Dropping its sender wakes it.
+        queue.1.pop_first().is_some()
+    }
+}
+
+struct SilentGuard {
+    table: Arc<Silent>,
+    id: u64,
+}
+
+impl Drop for SilentGuard {
+    fn drop(&mut self) {
+        let mut queue = self.table.queue.lock().expect("silent connections lock");
+        queue.1.remove(&self.id);
+    }
 }
 
 /// Connections per client address that have not yet shown a valid API key.
@@ -1043,9 +1118,21 @@ mod tests {
             ..limits()
         })
         .await;
-        let first = connect_from("127.0.0.1", server.addr).await;
-        let _second = connect_from("127.0.0.1", server.addr).await;
-        // The kernel completes the handshake (the backlog); the server does not accept it.
+        // Both have begun a request, so neither makes room.
+        let mut first = connect_from("127.0.0.1", server.addr).await;
+        first
+            .get_mut()
+            .write_all(b"GET /ok HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let mut second = connect_from("127.0.0.1", server.addr).await;
+        second
+            .get_mut()
+            .write_all(b"GET /ok HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(ms(100)).await;
+        // The kernel completes the handshake (the backlog); the server does not serve it.
         let mut waiting = connect_from("127.0.0.1", server.addr).await;
         send(&mut waiting, "/ok").await;
         assert!(
@@ -1063,6 +1150,24 @@ mod tests {
                 .0,
             200
         );
+    }
+
+    #[tokio::test]
+    async fn at_the_connection_cap_the_oldest_silent_connection_makes_room() {
+        let server = start(ConnLimits {
+            max_connections: 2,
+            header_timeout: ms(30_000),
+            ..limits()
+        })
+        .await;
+        let mut oldest = connect_from("127.0.0.1", server.addr).await;
+        let mut younger = connect_from("127.0.0.1", server.addr).await;
+        tokio::time::sleep(ms(100)).await;
+        let mut new = connect_from("127.0.0.1", server.addr).await;
+        let answered = tokio::time::timeout(ms(2000), request(&mut new, "/ok")).await;
+        assert_eq!(answered.expect("served at once"), Some((200, "ok".into())));
+        assert!(closed_within(&mut oldest, ms(1000)).await.is_some());
+        assert!(closed_within(&mut younger, ms(300)).await.is_none());
     }
 
     #[tokio::test]
@@ -1116,6 +1221,7 @@ mod tests {
             http: http1::Builder::new(),
             unauthenticated: Arc::new(Unauthenticated::new(1)),
             lingering: Arc::new(Semaphore::new(1)),
+            silent: Arc::new(Silent::default()),
             stop: CancellationToken::new(),
         });
         let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
