@@ -530,9 +530,9 @@ impl Census {
 }
 
 /// Hands back to the system the memory that many closed connections left free. glibc keeps
-/// freed memory in its per-thread arenas: without this, a flood of 20,000 connections left the
-/// server 40 MiB larger for good, ready for the next one; `malloc_trim` releases the free pages
-/// inside the arenas too.
+/// freed memory in its per-thread arenas for good: without this the server stayed 11-13 MB
+/// larger after the flood test (25,000 connections), 2 MB with it; `malloc_trim` also releases
+/// the free pages inside the arenas, not only at their tops.
 async fn return_freed_memory(census: Arc<Census>) {
     loop {
         census.trim.notified().await;
