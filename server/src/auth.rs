@@ -1,5 +1,6 @@
 //! API keys and who is calling: key generation, hashing, and the extractor every endpoint but
-//! `/healthz` goes through.
+//! `/healthz` goes through. A valid key also lifts the request's connection out of its
+//! address's cap on unauthenticated connections (`listener::ConnectionAuth`).
 //!
 //! A key is `ci_` followed by 64 hex digits (256 random bits). Its first 8 hex digits are the
 //! key's public id, so a lookup needs no scan and no secret-dependent index; the SHA-256 of the
@@ -119,7 +120,12 @@ impl FromRequestParts<AppState> for Caller {
         let presented = header.to_str().ok().and_then(bearer_token).ok_or_else(|| {
             ApiError::Unauthorized("malformed Authorization header: expected 'Bearer <key>'".into())
         })?;
-        authenticate(state, presented).map(Caller)
+        let user = authenticate(state, presented)?;
+        // The connection stops counting against its address's cap on unauthenticated ones.
+        if let Some(connection) = parts.extensions.get::<crate::listener::ConnectionAuth>() {
+            connection.authenticated();
+        }
+        Ok(Caller(user))
     }
 }
 

@@ -53,6 +53,7 @@ fn report(args: &ServeArgs, caps: &Capabilities) -> (String, bool) {
             caps.user.as_deref().unwrap_or("no name")
         ),
     }];
+    rows.push(connections_row(args));
     rows.push(row("user namespaces", &caps.user_namespaces));
     let userns = if caps.is_root() {
         UserNamespace::Range(
@@ -170,6 +171,26 @@ fn report(args: &ServeArgs, caps: &Capabilities) -> (String, bool) {
         }
     };
     (out, ok)
+}
+
+/// The open-file limit `serve` raises itself to and the connection caps that follow from it.
+fn connections_row(args: &ServeArgs) -> Row {
+    let (soft, hard) = crate::listener::current_fd_limit();
+    let target = crate::listener::fd_target(soft, hard);
+    let limits = crate::listener::ConnLimits::new(args, target);
+    let raised = if target > soft {
+        format!("{soft}, raised to {target} by serve")
+    } else {
+        target.to_string()
+    };
+    Row {
+        check: "connections".into(),
+        status: "info",
+        detail: format!(
+            "open files {raised}: at most {} connections, {} per address without an API key",
+            limits.max_connections, limits.max_unauthenticated_per_ip
+        ),
+    }
 }
 
 /// Free space, and whether the jobs' user can reach the directory.

@@ -13,6 +13,7 @@ pub mod execute;
 pub mod image;
 pub mod install;
 pub mod jobs;
+pub mod listener;
 pub mod logs;
 pub mod model;
 pub mod output;
@@ -49,7 +50,8 @@ pub struct AppState {
     pub uploads: upload::Intake,
 }
 
-pub fn router(state: AppState) -> Router {
+/// The API. `body_timeout` is the longest pause allowed between the chunks of a request body.
+pub fn router(state: AppState, body_timeout: std::time::Duration) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/v1/jobs", post(api::submit).get(api::list_jobs))
@@ -72,6 +74,9 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(api::wrong_method)
         // JSON bodies only: uploads are streamed and capped by `api::submit` itself.
         .layer(DefaultBodyLimit::max(api::JSON_BODY_LIMIT))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_timeout,
+        ))
         .with_state(state)
 }
 
@@ -247,6 +252,7 @@ async fn reconcile_containers(run: &execute::RunContext) {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    limits: listener::ConnLimits,
     grace: std::time::Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -299,15 +305,15 @@ pub async fn serve(
         tracing::info!("shutting down: no new jobs");
         let _ = stopped_tx.send(());
     };
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(graceful);
-    let server = tokio::spawn(async move { server.await });
+    let app = router(state, limits.body_timeout);
+    let server = tokio::spawn(listener::serve(listener, app, limits, graceful));
     let _ = stopped_rx.await;
     // Running jobs get the grace period; log followers see their end, then the server stops.
     jobs.shutdown(grace).await;
     dispatcher.abort();
     collector.abort();
     retention.abort();
-    server.await??;
+    server.await?;
     Ok(())
 }
 

@@ -52,15 +52,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => {
+            let limits = ci_server::listener::ConnLimits::at_start(&args);
             let helper = std::env::current_exe()?;
             let state = ci_server::open(&args, helper).await?;
-            let listener = tokio::net::TcpListener::bind(args.listen)
-                .await
+            let listener = ci_server::listener::bind(args.listen)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
             tracing::info!(address = %listener.local_addr()?, data_dir = %args.data_dir().display(), "listening");
             ci_server::serve(
                 listener,
                 state,
+                limits,
                 args.shutdown_grace,
                 ci_server::shutdown_signal(),
             )
