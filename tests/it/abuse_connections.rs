@@ -526,7 +526,8 @@ fn slow_and_silent_clients_are_cut_but_slow_jobs_are_not() {
     .unwrap();
     assert_eq!(status, 200);
     let log = String::from_utf8_lossy(&log);
-    assert!(log.contains("==> result: passed"), "{log}");
+    assert!(log.contains(" 1 passed in "), "{log}");
+    assert_eq!(server.job(&id)["status"], "passed");
 }
 
 /// Sets the soft open-file limit of process `pid`, keeping its hard limit.
