@@ -540,3 +540,33 @@ fn a_disk_filling_up_during_the_unpack_answers_507_and_keeps_nothing() {
     );
     assert!(jobs_left(&server).is_empty(), "{:?}", jobs_left(&server));
 }
+
+#[test]
+fn ci_submit_waits_for_a_free_upload_slot() {
+    let server = Server::start(ServerOptions {
+        extra_args: ["--max-concurrent-uploads", "1", "--upload-timeout", "3s"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    // A stalled upload holds the only slot until its deadline.
+    let mut slow = TcpStream::connect(&server.addr).unwrap();
+    write!(
+        slow,
+        "POST /v1/jobs HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Length: 1000000\r\n\r\n",
+        server.addr, server.admin_key
+    )
+    .unwrap();
+    slow.write_all(&[0x1f, 0x8b, 8, 0]).unwrap();
+    ci_e2e::poll(Duration::from_secs(10), "the slow upload to start", || {
+        (!jobs_left(&server).is_empty()).then_some(())
+    });
+    let dir = ci_e2e::project(&[("tests/test_x.py", "def test_x():\n    pass\n")]);
+    let run = server
+        .ci(dir.path())
+        .args(["submit", "test", "--async"])
+        .run();
+    run.expect_code(0)
+        .expect_stderr("receiving 1 uploads already; try again shortly; trying again in");
+    drop(slow);
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::client::Client;
+use crate::client::{Client, RequestError};
 use crate::{exit, pack};
 
 #[derive(clap::Args, Debug)]
@@ -36,6 +36,32 @@ pub enum What {
     Test,
 }
 
+/// How long a submission waits for a busy server (503: too many uploads at once, or a
+/// restart) before it gives up.
+const BUSY_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Submits, trying again while the server answers 503 (busy for a moment); any other answer,
+/// a 429 over one of the user's own caps included, is final.
+async fn submit_when_free(
+    client: &Client,
+    archive: &[u8],
+    timeout: Option<u64>,
+    pytest_args: &[String],
+) -> Result<crate::client::JobView, RequestError> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match client.submit(archive.to_vec(), timeout, pytest_args).await {
+            Err(RequestError::Http(503, message)) if started.elapsed() < BUSY_PATIENCE => {
+                eprintln!("ci: {message}; trying again in {}s", pause.as_secs());
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 pub async fn run(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
     let dir = args
         .dir
@@ -43,9 +69,7 @@ pub async fn run(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot open project directory {}", args.dir.display()))?;
     let packed = pack::pack(&dir)?;
     let timeout = args.timeout.map(|t| t.as_secs().max(1));
-    let job = client
-        .submit(packed.archive, timeout, &args.pytest_args)
-        .await?;
+    let job = submit_when_free(client, &packed.archive, timeout, &args.pytest_args).await?;
     if args.detach {
         println!("{}", job.id);
         eprintln!(
