@@ -64,8 +64,17 @@ impl Db {
 
     /// Makes every write so far durable. Called after each status change, so a crash of the
     /// server (even SIGKILL) loses no job transition that a client was told about.
+    ///
+    /// The wait runs on tokio's blocking pool, never through `flush_async`: that one waits on
+    /// sled's own I/O pool, whose threads then wait for log writes queued behind them on that
+    /// same pool, and about ten flushes at once (ten concurrent submissions) deadlocked every
+    /// one of them.
     pub async fn flush(&self) -> Result<(), DbError> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| std::io::Error::other(format!("database flush task failed: {e}")))
+            .map_err(sled::Error::Io)??;
         Ok(())
     }
 
@@ -182,6 +191,41 @@ mod tests {
     use super::*;
     use crate::model::Status;
     use std::os::unix::fs::PermissionsExt;
+
+    /// Many flushes at once, each after its own write, all finish: sled's `flush_async`
+    /// deadlocked here once its I/O pool was full of waiting flushes (and then blocked the
+    /// runtime's workers too, so the watch is kept on a thread of its own).
+    #[test]
+    fn concurrent_flushes_all_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db")).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let writer = db.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(4)
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let flushes = (0..64).map(|i| {
+                    let db = writer.clone();
+                    tokio::spawn(async move {
+                        for round in 0..10 {
+                            db.put_job(&job(&format!("j{i}-{round}"), Status::Queued))
+                                .unwrap();
+                            db.flush().await.unwrap();
+                        }
+                    })
+                });
+                futures_util::future::join_all(flushes).await;
+            });
+            let _ = done_tx.send(());
+        });
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("concurrent flushes deadlocked");
+        assert_eq!(db.jobs().unwrap().len(), 640);
+    }
 
     fn job(id: &str, status: Status) -> Job {
         Job {
