@@ -190,20 +190,13 @@ impl Jobs {
     /// Whether `owner` may submit a job now: checked before the upload is read, so a user
     /// over a cap is told at once (429) and sends nothing.
     pub fn admits(&self, owner: &str) -> Result<(), ApiError> {
-        let inner = self.inner.lock().expect("jobs lock");
-        if !inner.accepting {
-            return Err(shutting_down());
-        }
-        inner
-            .queue
-            .admits(owner, 0, self.limits.per_user)
-            .map_err(|r| self.refusal(r))
+        self.admits_bytes(owner, 0)
     }
 
     /// Records a new job whose project is already unpacked, and queues it. Refused (429) when
     /// its owner is over a per-user cap.
     pub async fn submit(&self, job: Job) -> Result<usize, ApiError> {
-        self.admits_job(&job)?;
+        self.admits_bytes(&job.owner, job.upload_bytes)?;
         self.db.put_job(&job)?;
         self.db.flush().await?;
         // The log is live from now on, so a client that follows a queued job waits for its
@@ -237,14 +230,15 @@ impl Jobs {
         Ok(position)
     }
 
-    fn admits_job(&self, job: &Job) -> Result<(), ApiError> {
+    /// Whether `owner` may queue one more job whose upload holds `bytes`.
+    fn admits_bytes(&self, owner: &str, bytes: u64) -> Result<(), ApiError> {
         let inner = self.inner.lock().expect("jobs lock");
         if !inner.accepting {
             return Err(shutting_down());
         }
         inner
             .queue
-            .admits(&job.owner, job.upload_bytes, self.limits.per_user)
+            .admits(owner, bytes, self.limits.per_user)
             .map_err(|r| self.refusal(r))
     }
 

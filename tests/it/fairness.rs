@@ -3,57 +3,15 @@
 //! upload is read, and the next free slot goes to the user who has waited, not to the backlog.
 
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ci_e2e::{http, poll, project, Server, ServerOptions};
-
-fn unique_email(who: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{who}.{}.{}@example.com",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// A new normal user and their key, made through `ci admin` as a real admin would.
-fn new_user(server: &Server, who: &str) -> String {
-    let scratch = tempfile::tempdir().unwrap();
-    let email = unique_email(who);
-    server
-        .ci(scratch.path())
-        .args(["admin", "user", "create", "--name", who, "--email", &email])
-        .run()
-        .expect_code(0);
-    let run = server
-        .ci(scratch.path())
-        .args([
-            "admin", "key", "create", "--email", &email, "--name", "laptop",
-        ])
-        .run();
-    run.expect_code(0);
-    run.stdout().trim().to_string()
-}
-
-fn submit_async(server: &Server, key: &str, dir: &std::path::Path) -> String {
-    server
-        .ci(dir)
-        .env("CI_API_KEY", key)
-        .args(["submit", "test", "--async"])
-        .run()
-        .expect_code(0)
-        .stdout()
-        .trim()
-        .to_string()
-}
+use ci_e2e::{poll, project, Server, ServerOptions};
 
 /// The job as the holder of `key` sees it.
 fn job_as(server: &Server, key: &str, id: &str) -> serde_json::Value {
-    let path = format!("/v1/jobs/{id}");
-    let (status, body) = http("GET", &server.addr, &path, Some(key), b"").unwrap();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    serde_json::from_slice(&body).unwrap()
+    server
+        .job_as(key, id)
+        .unwrap_or_else(|(status, body)| panic!("{status}: {body}"))
 }
 
 /// Status line and headers of a raw submission, for what `ci` does not show (Retry-After).
@@ -82,7 +40,7 @@ fn a_full_queue_answers_429_and_another_users_job_goes_next() {
         ..Default::default()
     });
     let busy = server.admin_key.clone();
-    let other = new_user(&server, "other");
+    let (_, other) = server.new_user("other", false);
     let slow = project(&[
         ("requirements.txt", "pytest==7.4.3\n"),
         (
@@ -96,12 +54,12 @@ fn a_full_queue_answers_429_and_another_users_job_goes_next() {
     ]);
 
     // The busy user fills the only slot and their queue.
-    let running = submit_async(&server, &busy, slow.path());
+    let running = server.submit_async_as(&busy, slow.path());
     poll(Duration::from_secs(120), "the first job to run", || {
         (server.job(&running)["status"] == "running").then_some(())
     });
     let backlog: Vec<String> = (0..2)
-        .map(|_| submit_async(&server, &busy, quick.path()))
+        .map(|_| server.submit_async_as(&busy, quick.path()))
         .collect();
 
     // One more is refused at once, before the upload is read, and says how to go on.
@@ -118,7 +76,7 @@ fn a_full_queue_answers_429_and_another_users_job_goes_next() {
     assert!(raw.contains("{\"error\":"), "{raw}");
 
     // Another user's job, submitted last, is next in line and starts before the backlog.
-    let theirs = submit_async(&server, &other, quick.path());
+    let theirs = server.submit_async_as(&other, quick.path());
     let view = {
         let scratch = tempfile::tempdir().unwrap();
         let run = server

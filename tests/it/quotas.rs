@@ -9,7 +9,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -51,25 +51,7 @@ struct User {
 }
 
 fn new_user(server: &Server, who: &str) -> User {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let email = format!(
-        "{who}.{}.{}@example.com",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    );
-    let admin = |args: &[&str]| {
-        let dir = tempfile::tempdir().unwrap();
-        let run = server.ci(dir.path()).args(args).run();
-        run.expect_code(0);
-        run
-    };
-    admin(&["admin", "user", "create", "--name", who, "--email", &email]);
-    let key = admin(&[
-        "admin", "key", "create", "--email", &email, "--name", "test",
-    ])
-    .stdout()
-    .trim()
-    .to_string();
+    let (_, key) = server.new_user(who, false);
     let (status, body) = http("GET", &server.addr, "/v1/whoami", Some(&key), b"").unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let me: serde_json::Value = serde_json::from_slice(&body).unwrap();

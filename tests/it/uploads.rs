@@ -404,6 +404,25 @@ fn eight_concurrent_99_mib_uploads_stay_under_100_mb() {
     assert!(peak < 100_000, "peak RSS {peak} kB (at start {before} kB)");
 }
 
+/// Starts an upload that promises 1 MB and sends only a gzip header, and returns once it
+/// holds an upload slot (its job directory appears).
+fn hold_upload_slot(server: &Server) -> TcpStream {
+    let mut slow = TcpStream::connect(&server.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        slow,
+        "POST /v1/jobs HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Length: 1000000\r\n\r\n",
+        server.addr, server.admin_key
+    )
+    .unwrap();
+    slow.write_all(&[0x1f, 0x8b, 8, 0]).unwrap();
+    ci_e2e::poll(Duration::from_secs(10), "the slow upload to start", || {
+        (!jobs_left(server).is_empty()).then_some(())
+    });
+    slow
+}
+
 #[test]
 fn concurrent_uploads_past_the_cap_get_503_and_a_slow_one_408() {
     let server = Server::start(ServerOptions {
@@ -412,23 +431,9 @@ fn concurrent_uploads_past_the_cap_get_503_and_a_slow_one_408() {
             .to_vec(),
         ..Default::default()
     });
-    // A slow upload takes the only slot: it promises 1 MB and sends a gzip header.
-    let mut slow = TcpStream::connect(&server.addr).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
     let started = Instant::now();
-    write!(
-        slow,
-        "POST /v1/jobs HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Length: 1000000\r\n\r\n",
-        server.addr, server.admin_key
-    )
-    .unwrap();
-    slow.write_all(&[0x1f, 0x8b, 8, 0]).unwrap();
-    // Once it holds the slot (its job directory appears), another upload is answered 503
-    // with Retry-After.
-    ci_e2e::poll(Duration::from_secs(10), "the slow upload to start", || {
-        (!jobs_left(&server).is_empty()).then_some(())
-    });
+    let mut slow = hold_upload_slot(&server);
+    // While it holds the slot, another upload is answered 503 with Retry-After.
     let busy = post(&server, "", b"not a tarball".to_vec());
     assert_eq!(busy.status, 503, "{}", busy.body);
     assert!(
@@ -550,17 +555,7 @@ fn ci_submit_waits_for_a_free_upload_slot() {
         ..Default::default()
     });
     // A stalled upload holds the only slot until its deadline.
-    let mut slow = TcpStream::connect(&server.addr).unwrap();
-    write!(
-        slow,
-        "POST /v1/jobs HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Length: 1000000\r\n\r\n",
-        server.addr, server.admin_key
-    )
-    .unwrap();
-    slow.write_all(&[0x1f, 0x8b, 8, 0]).unwrap();
-    ci_e2e::poll(Duration::from_secs(10), "the slow upload to start", || {
-        (!jobs_left(&server).is_empty()).then_some(())
-    });
+    let slow = hold_upload_slot(&server);
     let dir = ci_e2e::project(&[("tests/test_x.py", "def test_x():\n    pass\n")]);
     let run = server
         .ci(dir.path())

@@ -2,61 +2,9 @@
 //! admin commands (through the running server) refuse normal users, and keys never reach the
 //! server's log.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ci_e2e::{http, poll, project, shared_server, Run, Server};
-
-/// An email no other test (or earlier run against the same server) uses.
-fn unique_email(who: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{who}.{}.{}@example.com",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// `ci` as the holder of `key`, from a scratch directory.
-fn ci_as(server: &Server, key: &str, args: &[&str]) -> Run {
-    let dir = tempfile::tempdir().unwrap();
-    server
-        .ci(dir.path())
-        .env("CI_API_KEY", key)
-        .args(args)
-        .run()
-}
-
-fn admin(server: &Server, args: &[&str]) -> Run {
-    ci_as(server, &server.admin_key, args)
-}
-
-/// Creates a user through `ci admin` and a key for them; returns (email, key).
-fn new_user(server: &Server, who: &str, is_admin: bool) -> (String, String) {
-    let email = unique_email(who);
-    let mut args = vec!["admin", "user", "create", "--name", who, "--email", &email];
-    if is_admin {
-        args.push("--admin");
-    }
-    admin(server, &args).expect_code(0).expect_stdout(&email);
-    (email.clone(), new_key(server, &email, "laptop"))
-}
-
-fn new_key(server: &Server, email: &str, name: &str) -> String {
-    let run = admin(
-        server,
-        &["admin", "key", "create", "--email", email, "--name", name],
-    );
-    run.expect_code(0)
-        .expect_stderr("shown only now")
-        .expect_stderr(email);
-    let key = run.stdout().trim().to_string();
-    assert!(
-        key.starts_with("ci_") && key.len() == 67,
-        "not a key: {key:?}\n{run}"
-    );
-    key
-}
 
 fn key_id(key: &str) -> &str {
     &key[3..11]
@@ -69,37 +17,6 @@ fn sleeping_project(secs: u32) -> tempfile::TempDir {
         ("requirements.txt", "pytest==7.4.3\n"),
         ("tests/test_sleep.py", &test),
     ])
-}
-
-/// Submits a project as `key` without following it; returns the job id.
-fn submit_async(server: &Server, key: &str, dir: &std::path::Path) -> String {
-    server
-        .ci(dir)
-        .env("CI_API_KEY", key)
-        .args(["submit", "test", "--async"])
-        .run()
-        .expect_code(0)
-        .stdout()
-        .trim()
-        .to_string()
-}
-
-/// The job as `key` sees it (`GET /v1/jobs/{id}`), or the status code.
-fn job(server: &Server, key: &str, id: &str) -> Result<serde_json::Value, (u16, String)> {
-    let (status, body) = http(
-        "GET",
-        &server.addr,
-        &format!("/v1/jobs/{id}"),
-        Some(key),
-        b"",
-    )
-    .unwrap();
-    let text = String::from_utf8_lossy(&body).into_owned();
-    if status == 200 {
-        Ok(serde_json::from_str(&text).unwrap())
-    } else {
-        Err((status, text))
-    }
 }
 
 fn assert_not_logged(server: &Server, keys: &[&str]) {
@@ -137,8 +54,8 @@ fn request(
 #[test]
 fn users_see_only_their_own_jobs() {
     let server = shared_server();
-    let (_, alice) = new_user(server, "alice", false);
-    let (_, bob) = new_user(server, "bob", false);
+    let (_, alice) = server.new_user("alice", false);
+    let (_, bob) = server.new_user("bob", false);
     let dir = sleeping_project(0);
     let run = server
         .ci(dir.path())
@@ -148,24 +65,24 @@ fn users_see_only_their_own_jobs() {
     run.expect_code(0).expect_stdout("test_sleeps PASSED");
     let id = run.job_id();
 
-    let alice_list = ci_as(server, &alice, &["list", "--json"]);
+    let alice_list = server.ci_as(&alice, &["list", "--json"]);
     alice_list.expect_code(0).expect_stdout(&id);
-    let bob_list = ci_as(server, &bob, &["list", "--json"]);
+    let bob_list = server.ci_as(&bob, &["list", "--json"]);
     bob_list.expect_code(0);
     let jobs: serde_json::Value = serde_json::from_str(&bob_list.stdout()).unwrap();
     assert_eq!(jobs, serde_json::json!([]), "{bob_list}");
-    assert!(!ci_as(server, &bob, &["list"]).stdout().contains(&id));
+    assert!(!server.ci_as(&bob, &["list"]).stdout().contains(&id));
 
     // Another user's job is answered exactly like one that does not exist.
     let missing = "000000000000";
     for (theirs, none) in [
         (
-            ci_as(server, &bob, &["wait", &id]),
-            ci_as(server, &bob, &["wait", missing]),
+            server.ci_as(&bob, &["wait", &id]),
+            server.ci_as(&bob, &["wait", missing]),
         ),
         (
-            ci_as(server, &bob, &["cancel", &id]),
-            ci_as(server, &bob, &["cancel", missing]),
+            server.ci_as(&bob, &["cancel", &id]),
+            server.ci_as(&bob, &["cancel", missing]),
         ),
     ] {
         theirs
@@ -195,24 +112,30 @@ fn users_see_only_their_own_jobs() {
         (404, format!("job {id} not found"))
     );
     // Alice still has it, untouched by Bob's cancel.
-    assert_eq!(job(server, &alice, &id).unwrap()["status"], "passed");
+    assert_eq!(server.job_as(&alice, &id).unwrap()["status"], "passed");
     assert_not_logged(server, &[&alice, &bob]);
 }
 
 #[test]
 fn revoked_key_stops_working_at_once() {
     let server = shared_server();
-    let (email, first) = new_user(server, "carol", false);
-    let second = new_key(server, &email, "desktop");
-    ci_as(server, &first, &["whoami"])
+    let (email, first) = server.new_user("carol", false);
+    let second = server.new_key(&email, "desktop");
+    server
+        .ci_as(&first, &["whoami"])
         .expect_code(0)
         .expect_stdout(&email);
 
-    admin(server, &["admin", "key", "revoke", key_id(&first)])
+    server
+        .ci_as(
+            &server.admin_key,
+            &["admin", "key", "revoke", key_id(&first)],
+        )
         .expect_code(0)
         .expect_stdout(&format!("Revoked key {}", key_id(&first)));
     // The very next request is refused, by the CLI and over HTTP.
-    ci_as(server, &first, &["whoami"])
+    server
+        .ci_as(&first, &["whoami"])
         .expect_code(2)
         .expect_stderr("authentication failed: unknown or revoked API key");
     assert_eq!(
@@ -223,12 +146,13 @@ fn revoked_key_stops_working_at_once() {
         )
     );
     // Other keys of the same user go on working.
-    ci_as(server, &second, &["whoami"])
+    server
+        .ci_as(&second, &["whoami"])
         .expect_code(0)
         .expect_stdout(&email);
 
-    let run = admin(
-        server,
+    let run = server.ci_as(
+        &server.admin_key,
         &["admin", "key", "list", "--email", &email, "--json"],
     );
     run.expect_code(0);
@@ -242,7 +166,10 @@ fn revoked_key_stops_working_at_once() {
         assert!(k.get("key").is_none() && k.get("hash").is_none(), "{run}");
     }
     // The table shows it too, and never a key.
-    let table = admin(server, &["admin", "key", "list", "--email", &email]);
+    let table = server.ci_as(
+        &server.admin_key,
+        &["admin", "key", "list", "--email", &email],
+    );
     table
         .expect_code(0)
         .expect_stdout("LAST USED")
@@ -250,8 +177,14 @@ fn revoked_key_stops_working_at_once() {
         .expect_stdout("desktop");
     assert!(!table.stdout().contains(&second[3..]), "{table}");
     // Revoking again is harmless; an unknown id is a 404.
-    admin(server, &["admin", "key", "revoke", key_id(&first)]).expect_code(0);
-    admin(server, &["admin", "key", "revoke", "00000000"])
+    server
+        .ci_as(
+            &server.admin_key,
+            &["admin", "key", "revoke", key_id(&first)],
+        )
+        .expect_code(0);
+    server
+        .ci_as(&server.admin_key, &["admin", "key", "revoke", "00000000"])
         .expect_code(2)
         .expect_stderr("API key 00000000 not found");
     assert_not_logged(server, &[&first, &second]);
@@ -260,18 +193,20 @@ fn revoked_key_stops_working_at_once() {
 #[test]
 fn disabled_user_is_refused_until_enabled() {
     let server = shared_server();
-    let (email, key) = new_user(server, "dave", false);
-    ci_as(server, &key, &["whoami"]).expect_code(0);
+    let (email, key) = server.new_user("dave", false);
+    server.ci_as(&key, &["whoami"]).expect_code(0);
 
-    admin(server, &["admin", "user", "disable", &email])
+    server
+        .ci_as(&server.admin_key, &["admin", "user", "disable", &email])
         .expect_code(0)
         .expect_stdout("Disabled");
-    ci_as(server, &key, &["list"])
+    server
+        .ci_as(&key, &["list"])
         .expect_code(2)
         .expect_stderr(&format!("access denied: user {email} is disabled"));
     let (status, message) = request(server, "GET", "/v1/whoami", Some(&key), "");
     assert_eq!(status, 403, "{message}");
-    let users = admin(server, &["admin", "user", "list"]);
+    let users = server.ci_as(&server.admin_key, &["admin", "user", "list"]);
     let line = users
         .stdout()
         .lines()
@@ -280,10 +215,12 @@ fn disabled_user_is_refused_until_enabled() {
         .unwrap_or_else(|| panic!("{email} not listed\n{users}"));
     assert!(line.contains("disabled"), "{users}");
 
-    admin(server, &["admin", "user", "enable", &email])
+    server
+        .ci_as(&server.admin_key, &["admin", "user", "enable", &email])
         .expect_code(0)
         .expect_stdout("Enabled");
-    ci_as(server, &key, &["whoami"])
+    server
+        .ci_as(&key, &["whoami"])
         .expect_code(0)
         .expect_stdout(&format!("dave <{email}> (user)"));
     assert_not_logged(server, &[&key]);
@@ -292,7 +229,7 @@ fn disabled_user_is_refused_until_enabled() {
 #[test]
 fn admin_commands_refuse_normal_users() {
     let server = shared_server();
-    let (email, key) = new_user(server, "erin", false);
+    let (email, key) = server.new_user("erin", false);
     let denied = "access denied: this needs an admin API key";
     for args in [
         vec!["admin", "user", "list"],
@@ -313,7 +250,8 @@ fn admin_commands_refuse_normal_users() {
         vec!["admin", "key", "list"],
         vec!["admin", "key", "revoke", key_id(&key)],
     ] {
-        ci_as(server, &key, &args)
+        server
+            .ci_as(&key, &args)
             .expect_code(2)
             .expect_stderr(denied);
     }
@@ -341,7 +279,7 @@ fn admin_commands_refuse_normal_users() {
         );
     }
     // Nothing happened: the key works and the user is still active.
-    ci_as(server, &key, &["whoami"]).expect_code(0);
+    server.ci_as(&key, &["whoami"]).expect_code(0);
     // Without a key at all, 401 everywhere but /healthz.
     for path in ["/v1/admin/users", "/v1/whoami", "/v1/jobs"] {
         let (status, message) = request(server, "GET", path, None, "");
@@ -353,80 +291,88 @@ fn admin_commands_refuse_normal_users() {
     }
     assert_eq!(request(server, "GET", "/healthz", None, "").0, 200);
     // A promoted colleague can administer.
-    let (admin_email, admin_key) = new_user(server, "frank", true);
-    ci_as(server, &admin_key, &["whoami"]).expect_stdout(&format!("frank <{admin_email}> (admin)"));
-    ci_as(
-        server,
-        &admin_key,
-        &["admin", "key", "list", "--email", &email],
-    )
-    .expect_code(0)
-    .expect_stdout(key_id(&key));
+    let (admin_email, admin_key) = server.new_user("frank", true);
+    server
+        .ci_as(&admin_key, &["whoami"])
+        .expect_stdout(&format!("frank <{admin_email}> (admin)"));
+    server
+        .ci_as(&admin_key, &["admin", "key", "list", "--email", &email])
+        .expect_code(0)
+        .expect_stdout(key_id(&key));
     assert_not_logged(server, &[&key, &admin_key]);
 }
 
 #[test]
 fn admin_input_is_checked() {
     let server = shared_server();
-    let (email, key) = new_user(server, "gina", false);
+    let (email, key) = server.new_user("gina", false);
     let upper = email.to_uppercase();
-    admin(
-        server,
-        &["admin", "user", "create", "--name", "G", "--email", &upper],
-    )
-    .expect_code(2)
-    .expect_stderr(&format!("a user with email {email} already exists"));
-    admin(
-        server,
-        &[
-            "admin",
-            "user",
-            "create",
-            "--name",
-            "G",
-            "--email",
-            "not-an-email",
-        ],
-    )
-    .expect_code(2)
-    .expect_stderr("invalid email \"not-an-email\"");
-    admin(
-        server,
-        &[
-            "admin",
-            "user",
-            "create",
-            "--name",
-            " ",
-            "--email",
-            "g@example.com",
-        ],
-    )
-    .expect_code(2)
-    .expect_stderr("name must not be empty");
-    admin(
-        server,
-        &[
-            "admin",
-            "key",
-            "create",
-            "--email",
-            "nobody@example.com",
-            "--name",
-            "x",
-        ],
-    )
-    .expect_code(2)
-    .expect_stderr("user nobody@example.com not found");
-    admin(server, &["admin", "user", "disable", "nobody@example.com"])
+    server
+        .ci_as(
+            &server.admin_key,
+            &["admin", "user", "create", "--name", "G", "--email", &upper],
+        )
+        .expect_code(2)
+        .expect_stderr(&format!("a user with email {email} already exists"));
+    server
+        .ci_as(
+            &server.admin_key,
+            &[
+                "admin",
+                "user",
+                "create",
+                "--name",
+                "G",
+                "--email",
+                "not-an-email",
+            ],
+        )
+        .expect_code(2)
+        .expect_stderr("invalid email \"not-an-email\"");
+    server
+        .ci_as(
+            &server.admin_key,
+            &[
+                "admin",
+                "user",
+                "create",
+                "--name",
+                " ",
+                "--email",
+                "g@example.com",
+            ],
+        )
+        .expect_code(2)
+        .expect_stderr("name must not be empty");
+    server
+        .ci_as(
+            &server.admin_key,
+            &[
+                "admin",
+                "key",
+                "create",
+                "--email",
+                "nobody@example.com",
+                "--name",
+                "x",
+            ],
+        )
         .expect_code(2)
         .expect_stderr("user nobody@example.com not found");
-    admin(
-        server,
-        &["admin", "key", "list", "--email", "nobody@example.com"],
-    )
-    .expect_code(2)
-    .expect_stderr("user nobody@example.com not found");
+    server
+        .ci_as(
+            &server.admin_key,
+            &["admin", "user", "disable", "nobody@example.com"],
+        )
+        .expect_code(2)
+        .expect_stderr("user nobody@example.com not found");
+    server
+        .ci_as(
+            &server.admin_key,
+            &["admin", "key", "list", "--email", "nobody@example.com"],
+        )
+        .expect_code(2)
+        .expect_stderr("user nobody@example.com not found");
 
     let admin_key = server.admin_key.as_str();
     let cases = [
@@ -453,20 +399,24 @@ fn admin_input_is_checked() {
         assert_eq!(status, expected, "{method} {path} {body}: {message}");
     }
     // Emails are compared without case everywhere.
-    admin(server, &["admin", "user", "disable", &upper]).expect_code(0);
-    ci_as(server, &key, &["whoami"]).expect_code(2);
-    admin(server, &["admin", "user", "enable", &upper]).expect_code(0);
-    ci_as(server, &key, &["whoami"]).expect_code(0);
+    server
+        .ci_as(&server.admin_key, &["admin", "user", "disable", &upper])
+        .expect_code(0);
+    server.ci_as(&key, &["whoami"]).expect_code(2);
+    server
+        .ci_as(&server.admin_key, &["admin", "user", "enable", &upper])
+        .expect_code(0);
+    server.ci_as(&key, &["whoami"]).expect_code(0);
 }
 
 #[test]
 fn admin_flow_runs_while_jobs_run() {
     let server = shared_server();
-    let (_, runner) = new_user(server, "hank", false);
+    let (_, runner) = server.new_user("hank", false);
     let dir = sleeping_project(15);
-    let id = submit_async(server, &runner, dir.path());
+    let id = server.submit_async_as(&runner, dir.path());
     poll(Duration::from_secs(120), "the job to run its tests", || {
-        let job = job(server, &runner, &id).unwrap();
+        let job = server.job_as(&runner, &id).unwrap();
         assert!(
             matches!(job["status"].as_str(), Some("queued" | "running")),
             "job ended early: {job}"
@@ -476,25 +426,34 @@ fn admin_flow_runs_while_jobs_run() {
 
     // The whole admin flow, through the server that is running the job.
     let started = Instant::now();
-    let (email, key) = new_user(server, "ivy", false);
-    ci_as(server, &key, &["whoami"])
+    let (email, key) = server.new_user("ivy", false);
+    server
+        .ci_as(&key, &["whoami"])
         .expect_code(0)
         .expect_stdout(&email);
-    admin(server, &["admin", "user", "list", "--json"])
+    server
+        .ci_as(&server.admin_key, &["admin", "user", "list", "--json"])
         .expect_code(0)
         .expect_stdout(&email);
-    admin(server, &["admin", "user", "disable", &email]).expect_code(0);
-    ci_as(server, &key, &["whoami"]).expect_code(2);
-    admin(server, &["admin", "user", "enable", &email]).expect_code(0);
-    admin(server, &["admin", "key", "list"])
+    server
+        .ci_as(&server.admin_key, &["admin", "user", "disable", &email])
+        .expect_code(0);
+    server.ci_as(&key, &["whoami"]).expect_code(2);
+    server
+        .ci_as(&server.admin_key, &["admin", "user", "enable", &email])
+        .expect_code(0);
+    server
+        .ci_as(&server.admin_key, &["admin", "key", "list"])
         .expect_code(0)
         .expect_stdout(key_id(&key));
-    admin(server, &["admin", "key", "revoke", key_id(&key)]).expect_code(0);
-    ci_as(server, &key, &["whoami"]).expect_code(2);
+    server
+        .ci_as(&server.admin_key, &["admin", "key", "revoke", key_id(&key)])
+        .expect_code(0);
+    server.ci_as(&key, &["whoami"]).expect_code(2);
     let took = started.elapsed();
 
     // The job was running all along, and goes on to pass.
-    let job_now = job(server, &runner, &id).unwrap();
+    let job_now = server.job_as(&runner, &id).unwrap();
     assert_eq!(
         job_now["status"], "running",
         "admin flow took {took:?}: {job_now}"
@@ -512,7 +471,7 @@ fn admin_flow_runs_while_jobs_run() {
 fn key_from_config_file_and_its_permissions() {
     use std::os::unix::fs::PermissionsExt;
     let server = shared_server();
-    let (email, key) = new_user(server, "jill", false);
+    let (email, key) = server.new_user("jill", false);
     let dir = tempfile::tempdir().unwrap();
     let run_with = |mode: u32, env_key: Option<&str>| {
         let (mut cmd, home) = server
@@ -546,7 +505,7 @@ fn key_from_config_file_and_its_permissions() {
     run_with(0o600, Some(&server.admin_key))
         .expect_code(0)
         .expect_stdout("(admin)");
-    let flag = ci_as(server, &server.admin_key, &["--api-key", &key, "whoami"]);
+    let flag = server.ci_as(&server.admin_key, &["--api-key", &key, "whoami"]);
     flag.expect_code(0).expect_stdout(&email);
     assert_not_logged(server, &[&key]);
 }
@@ -554,18 +513,25 @@ fn key_from_config_file_and_its_permissions() {
 #[test]
 fn no_key_reaches_the_server_log() {
     let server = shared_server();
-    let (email, key) = new_user(server, "kim", false);
-    let revoked = new_key(server, &email, "old");
-    admin(server, &["admin", "key", "revoke", key_id(&revoked)]).expect_code(0);
+    let (email, key) = server.new_user("kim", false);
+    let revoked = server.new_key(&email, "old");
+    server
+        .ci_as(
+            &server.admin_key,
+            &["admin", "key", "revoke", key_id(&revoked)],
+        )
+        .expect_code(0);
     let unknown = format!("ci_{}", "ab".repeat(32));
     for presented in [key.as_str(), revoked.as_str(), unknown.as_str(), &key[..20]] {
         for path in ["/v1/whoami", "/v1/jobs", "/v1/admin/users"] {
             let _ = request(server, "GET", path, Some(presented), "");
         }
     }
-    ci_as(server, &revoked, &["whoami"]).expect_code(2);
-    admin(server, &["admin", "user", "disable", &email]).expect_code(0);
-    ci_as(server, &key, &["whoami"]).expect_code(2);
+    server.ci_as(&revoked, &["whoami"]).expect_code(2);
+    server
+        .ci_as(&server.admin_key, &["admin", "user", "disable", &email])
+        .expect_code(0);
+    server.ci_as(&key, &["whoami"]).expect_code(2);
     // The admin's actions are in the log, by key id only.
     poll(Duration::from_secs(10), "the revocation in the log", || {
         server.log().contains(key_id(&revoked)).then_some(())
@@ -576,13 +542,15 @@ fn no_key_reaches_the_server_log() {
 #[test]
 fn disabling_a_user_stops_their_jobs() {
     let server = shared_server();
-    let (email, key) = new_user(server, "ivan", false);
+    let (email, key) = server.new_user("ivan", false);
     let dir = sleeping_project(300);
-    let id = submit_async(server, &key, dir.path());
+    let id = server.submit_async_as(&key, dir.path());
     poll(Duration::from_secs(120), "the job to run its tests", || {
-        (job(server, &key, &id).unwrap()["phase"] == "testing").then_some(())
+        (server.job_as(&key, &id).unwrap()["phase"] == "testing").then_some(())
     });
-    admin(server, &["admin", "user", "disable", &email]).expect_code(0);
+    server
+        .ci_as(&server.admin_key, &["admin", "user", "disable", &email])
+        .expect_code(0);
     // The user cannot look now; the host can: the job's container goes away.
     let cgroup = format!("/sys/fs/cgroup/pids/ci/ci-{id}-test");
     poll(
@@ -590,11 +558,13 @@ fn disabling_a_user_stops_their_jobs() {
         "the job's container to be removed",
         || (!std::path::Path::new(&cgroup).exists()).then_some(()),
     );
-    admin(server, &["admin", "user", "enable", &email]).expect_code(0);
+    server
+        .ci_as(&server.admin_key, &["admin", "user", "enable", &email])
+        .expect_code(0);
     let ended = poll(
         Duration::from_secs(60),
         "the job to be recorded as stopped",
-        || Some(job(server, &key, &id).unwrap()).filter(|j| j["status"] != "running"),
+        || Some(server.job_as(&key, &id).unwrap()).filter(|j| j["status"] != "running"),
     );
     assert_eq!(ended["status"], "cancelled", "{ended}");
     assert_eq!(

@@ -364,6 +364,66 @@ impl Server {
         })
     }
 
+    /// Creates a user through `ci admin`, as an admin would, and a key for them; returns
+    /// (email, key).
+    pub fn new_user(&self, who: &str, is_admin: bool) -> (String, String) {
+        let email = unique_email(who);
+        let mut args = vec!["admin", "user", "create", "--name", who, "--email", &email];
+        if is_admin {
+            args.push("--admin");
+        }
+        self.ci_as(&self.admin_key, &args)
+            .expect_code(0)
+            .expect_stdout(&email);
+        let key = self.new_key(&email, "laptop");
+        (email, key)
+    }
+
+    /// A new key for the user with `email`, through `ci admin key create`.
+    pub fn new_key(&self, email: &str, name: &str) -> String {
+        let args = ["admin", "key", "create", "--email", email, "--name", name];
+        let run = self.ci_as(&self.admin_key, &args);
+        run.expect_code(0)
+            .expect_stderr("shown only now")
+            .expect_stderr(email);
+        let key = run.stdout().trim().to_string();
+        assert!(
+            key.starts_with("ci_") && key.len() == 67,
+            "not a key: {key:?}\n{run}"
+        );
+        key
+    }
+
+    /// `ci` as the holder of `key`, from a scratch directory.
+    pub fn ci_as(&self, key: &str, args: &[&str]) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        self.ci(dir.path()).env("CI_API_KEY", key).args(args).run()
+    }
+
+    /// Submits a project as `key` without following it; returns the job id.
+    pub fn submit_async_as(&self, key: &str, dir: &Path) -> String {
+        self.ci(dir)
+            .env("CI_API_KEY", key)
+            .args(["submit", "test", "--async"])
+            .run()
+            .expect_code(0)
+            .stdout()
+            .trim()
+            .to_string()
+    }
+
+    /// The job as `key` sees it (`GET /v1/jobs/{id}`), or the status and body.
+    pub fn job_as(&self, key: &str, id: &str) -> Result<serde_json::Value, (u16, String)> {
+        let path = format!("/v1/jobs/{id}");
+        let (status, body) = http("GET", &self.addr, &path, Some(key), b"").unwrap();
+        let text = String::from_utf8_lossy(&body).into_owned();
+        if status == 200 {
+            Ok(serde_json::from_str(&text).unwrap())
+        } else {
+            Err((status, text))
+        }
+    }
+
     /// The whole stored log of a finished job, straight from the server.
     pub fn stored_log(&self, id: &str) -> Vec<u8> {
         let (status, body) = http(
@@ -720,6 +780,17 @@ pub fn delegate_cgroups(name: &str) {
         "delegate-cgroups {name}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// An email no other test (or earlier run against the same server) uses.
+pub fn unique_email(who: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{who}.{}.{}@example.com",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// What `ci` printed of the job's log: its output without the result line it prints last,
