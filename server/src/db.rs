@@ -86,6 +86,12 @@ impl Db {
         put(&self.jobs, &job.id, job)
     }
 
+    /// Removes a job's record (one that was refused before it was ever queued).
+    pub fn remove_job(&self, id: &str) -> Result<(), DbError> {
+        self.jobs.remove(id.as_bytes())?;
+        Ok(())
+    }
+
     pub fn job(&self, id: &str) -> Result<Option<Job>, DbError> {
         get(&self.jobs, "jobs", id)
     }

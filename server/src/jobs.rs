@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::db::Db;
 use crate::error::ApiError;
 use crate::execute::{self, RunContext};
-use crate::logs::LogStore;
+use crate::logs::{LiveLog, LogStore};
 use crate::model::{now_ms, Job, Status};
 use crate::queue::{FairQueue, Refusal, UserCaps};
 
@@ -202,32 +202,56 @@ impl Jobs {
         // The log is live from now on, so a client that follows a queued job waits for its
         // output instead of polling. A waiting client is told where it stands.
         let log = self.logs.open_live(&job.id, self.run.log_cap)?;
+        match self.enqueue(&job, &log)? {
+            Ok(position) => {
+                self.wake.notify_one();
+                Ok(position)
+            }
+            Err(refusal) => {
+                self.withdraw(&job.id).await;
+                Err(self.refusal(refusal))
+            }
+        }
+    }
+
+    /// Puts a recorded job in the queue, or refuses it, under one lock with the check: uploads
+    /// of one user that finish at once cannot pass a cap together. A waiting job's log says
+    /// where it stands, written under the lock so that it comes before anything the job
+    /// itself writes. Returns its place.
+    fn enqueue(&self, job: &Job, log: &LiveLog) -> std::io::Result<Result<usize, Refusal>> {
         let mut inner = self.inner.lock().expect("jobs lock");
-        // Checked again by the caller's admission only: two uploads of one user finishing at
-        // once may both get in, which overshoots a cap by at most the concurrent uploads.
+        let caps = self.limits.per_user;
+        if let Err(refusal) = inner.queue.admits(&job.owner, job.upload_bytes, caps) {
+            return Ok(Err(refusal));
+        }
         inner
             .queue
             .push(&job.owner, &job.id, job.seq, job.upload_bytes);
         let position = inner.queue.position(&job.id).unwrap_or(1);
         let mine_running = inner.queue.running_of(&job.owner);
-        let why = if inner.running.len() + position > self.limits.max_jobs {
-            Some(format!(
+        if inner.running.len() + position > self.limits.max_jobs {
+            log.note(&format!(
                 "waiting for a free slot: position {position} in the queue"
-            ))
-        } else if mine_running >= self.limits.per_user.running {
-            Some(format!(
+            ))?;
+        } else if mine_running >= caps.running {
+            log.note(&format!(
                 "waiting: {mine_running} of your jobs are running, the most this server runs per user"
-            ))
-        } else {
-            None
-        };
-        // Written under the lock, so that it comes before anything the job itself writes.
-        if let Some(why) = why {
-            log.note(&why)?;
+            ))?;
         }
-        drop(inner);
-        self.wake.notify_one();
-        Ok(position)
+        Ok(Ok(position))
+    }
+
+    /// Forgets a job that was recorded but refused before it was queued: its record and its
+    /// log (the caller removes its directory).
+    async fn withdraw(&self, id: &str) {
+        self.logs.close(id);
+        if let Err(e) = self.logs.remove(id) {
+            tracing::warn!(job = %id, error = %e, "cannot remove the log of a refused job");
+        }
+        if let Err(e) = self.db.remove_job(id) {
+            tracing::error!(job = %id, error = %e, "cannot remove the record of a refused job");
+        }
+        let _ = self.db.flush().await;
     }
 
     /// Whether `owner` may queue one more job whose upload holds `bytes`.

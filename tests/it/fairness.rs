@@ -58,9 +58,23 @@ fn a_full_queue_answers_429_and_another_users_job_goes_next() {
     poll(Duration::from_secs(120), "the first job to run", || {
         (server.job(&running)["status"] == "running").then_some(())
     });
-    let backlog: Vec<String> = (0..2)
-        .map(|_| server.submit_async_as(&busy, quick.path()))
+    // Six at once: the cap holds however the uploads interleave.
+    let tries: Vec<_> = (0..6)
+        .map(|_| {
+            server
+                .ci(quick.path())
+                .env("CI_API_KEY", &busy)
+                .args(["submit", "test", "--async"])
+                .spawn()
+        })
         .collect();
+    let backlog: Vec<String> = tries
+        .into_iter()
+        .map(|t| t.finish(Duration::from_secs(60)))
+        .filter(|run| run.code() == 0)
+        .map(|run| run.stdout().trim().to_string())
+        .collect();
+    assert_eq!(backlog.len(), 2, "accepted past the cap: {backlog:?}");
 
     // One more is refused at once, before the upload is read, and says how to go on.
     let refused = server
