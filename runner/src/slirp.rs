@@ -57,10 +57,13 @@ pub struct Slirp {
 /// in an empty mount namespace without capabilities, `--enable-seccomp` limits its
 /// syscalls, since it parses packets a job controls.
 ///
-/// `place` gets slirp4netns's pid as soon as it runs, before it touches the network: the
-/// helper moves it into the container's cgroups there, so that its memory, CPU and
+/// `place` gets slirp4netns's pid once the interface is up, before the container starts:
+/// the helper moves it into the container's cgroups there, so that its memory, CPU and
 /// pids count against the job's limits (it works for the job: a job that floods it pays
-/// for it) and the container's kill takes it along. Its failure stops slirp4netns.
+/// for it) and the container's kill takes it along. Not sooner: the container's devices
+/// cgroup does not allow `/dev/net/tun`, which slirp4netns opens while it configures the
+/// interface (joining first failed at random with "Permission denied"). Its failure stops
+/// slirp4netns.
 pub fn start(
     pid: Pid,
     log: &Path,
@@ -125,13 +128,13 @@ pub fn start(
         child: Some(child),
         exit_w: Some(exit_w),
     };
-    if let Err(e) = place(slirp_pid) {
-        slirp.stop();
-        return Err(e);
-    }
     match wait_ready(&ready_r) {
         Ok(()) => {
             tracing::debug!(elapsed = ?started.elapsed(), "slirp4netns ready");
+            if let Err(e) = place(slirp_pid) {
+                slirp.stop();
+                return Err(e);
+            }
             Ok(slirp)
         }
         Err(why) => {
