@@ -75,11 +75,16 @@ const EVICTED_WITHIN: Duration = Duration::from_millis(100);
 /// Most refused connections lingering at once (a flood of them is closed straight away).
 const MAX_LINGERING: usize = 1024;
 
-/// After this many connections closed since the most open at once, the memory they used is
-/// handed back to the system ([`return_freed_memory`]).
+/// After this many connections closed since memory was last handed back, it is handed back
+/// ([`return_freed_memory`]).
 const TRIM_AFTER_CLOSED: usize = 512;
 
-/// At most one such hand-back in this time.
+/// The hand-back waits until connections have stopped closing for this long, so that a wave
+/// of closes is handed back whole rather than cut at its first [`TRIM_AFTER_CLOSED`].
+const TRIM_SETTLE: Duration = Duration::from_millis(500);
+
+/// A hand-back waits at most this long for the closes to settle, and follows the one before
+/// it by at least [`TRIM_SETTLE`].
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 
 /// How many connections are served and for how long they may wait.
@@ -503,29 +508,41 @@ impl Drop for Admission {
     }
 }
 
-/// How many connections are open, and how many were at most since memory was last handed back.
+/// How many connections are open, and how many closed since memory was last handed back.
 #[derive(Default)]
 struct Census {
-    counts: Mutex<(usize, usize)>,
+    counts: Mutex<Counts>,
     trim: Notify,
+}
+
+#[derive(Default)]
+struct Counts {
+    open: usize,
+    closed_since_trim: usize,
 }
 
 impl Census {
     fn opened(&self) {
-        let mut counts = self.counts.lock().expect("census lock");
-        let (open, peak) = &mut *counts;
-        *open += 1;
-        *peak = (*peak).max(*open);
+        self.counts.lock().expect("census lock").open += 1;
     }
 
     fn closed(&self) {
         let mut counts = self.counts.lock().expect("census lock");
-        let (open, peak) = &mut *counts;
-        *open -= 1;
-        if *peak - *open >= TRIM_AFTER_CLOSED {
-            *peak = *open;
+        counts.open -= 1;
+        counts.closed_since_trim += 1;
+        if counts.closed_since_trim == TRIM_AFTER_CLOSED {
             self.trim.notify_one();
         }
+    }
+
+    fn closed_since_trim(&self) -> usize {
+        self.counts.lock().expect("census lock").closed_since_trim
+    }
+
+    /// Starts counting the closes towards the next hand-back.
+    fn trimmed(&self) {
+        // The close that reaches the mark again notifies again.
+        self.counts.lock().expect("census lock").closed_since_trim = 0;
     }
 }
 
@@ -536,8 +553,19 @@ impl Census {
 async fn return_freed_memory(census: Arc<Census>) {
     loop {
         census.trim.notified().await;
+        // Waits for the wave of closes to end: what closes after the hand-back counts
+        // towards the next one, and a tail shorter than TRIM_AFTER_CLOSED would wait for
+        // good.
+        let start = tokio::time::Instant::now();
+        loop {
+            let before = census.closed_since_trim();
+            tokio::time::sleep(TRIM_SETTLE).await;
+            if census.closed_since_trim() == before || start.elapsed() >= TRIM_EVERY {
+                break;
+            }
+        }
+        census.trimmed();
         let _ = tokio::task::spawn_blocking(trim_heap).await;
-        tokio::time::sleep(TRIM_EVERY).await;
     }
 }
 
