@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::layout::JobDir;
 use crate::model::{now_ms, Job, JobView, Role, Status, User};
 use crate::upload::{self, BodyReader, Chunk, Fault, UploadError};
 use crate::AppState;
@@ -131,10 +132,10 @@ async fn accept(
         retry_after_secs: BUSY_RETRY_AFTER_SECS,
     })?;
     enough_disk(state).await?;
-    let id = new_job_id(state)?;
+    let id = new_job_id(state).await?;
     let deadline = tokio::time::Instant::now() + state.uploads.timeout;
     let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_CHANNEL_CHUNKS);
-    let dir = JobDir::new(state, &id);
+    let dir = state.jobs.layout().new_job_dir(&id);
     let project = dir.path().join("project");
     // The blocking side owns the slot and the directory until it is done, so that a client
     // that goes away (which drops this future) frees neither before the unpacker stops.
@@ -158,7 +159,7 @@ async fn accept(
     // back at once instead of a job that fails later; it also sets pytest arguments and
     // the timeout.
     let checked = {
-        let (project, installer) = (dir.path().join("project"), state.run.installer);
+        let (project, installer) = (dir.path().join("project"), state.installer);
         tokio::task::spawn_blocking(move || {
             let config = ci_project::read_config(&project)?;
             ci_project::plan(&project, &config, installer)?;
@@ -183,7 +184,7 @@ async fn accept(
     let job = Job {
         id: id.clone(),
         owner: caller.0.id.clone(),
-        seq: state.db.next_seq()?,
+        seq: state.store.next_seq().await?,
         status: Status::Queued,
         phase: None,
         created_ms: now_ms(),
@@ -196,16 +197,8 @@ async fn accept(
         upload_bytes,
         expired_ms: None,
     };
-    // From here the directory belongs to the job (or is removed below if it is refused).
-    dir.keep();
-    let position = match state.jobs.submit(job.clone()).await {
-        Ok(p) => p,
-        Err(e) => {
-            let run = state.run.clone();
-            let _ = tokio::task::spawn_blocking(move || run.remove_job_dir(&id)).await;
-            return Err(e);
-        }
-    };
+    // From here the job manager owns the directory (and removes it if it refuses the job).
+    let position = state.jobs.submit(job.clone(), dir).await?;
     tracing::info!(job = %job.id, user = %caller.0.email, upload_bytes, "job submitted");
     Ok((
         StatusCode::CREATED,
@@ -240,7 +233,7 @@ fn too_large(limits: upload::Limits) -> ApiError {
 
 /// Refuses a submission while the jobs' file system has less free space than the server keeps.
 async fn enough_disk(state: &AppState) -> Result<(), ApiError> {
-    let (dir, min) = (state.run.jobs_dir.clone(), state.uploads.min_free_disk);
+    let (dir, min) = (state.jobs.layout().jobs(), state.uploads.min_free_disk);
     if min == 0 {
         return Ok(());
     }
@@ -388,58 +381,6 @@ fn upload_error(id: &str, e: UploadError) -> ApiError {
     }
 }
 
-/// A new job's directory while its submission is under way: removed when dropped, unless
-/// kept, so that nothing half-written stays whichever way the submission ends (even when the
-/// client goes away and the request's future is dropped).
-struct JobDir {
-    run: std::sync::Arc<crate::execute::RunContext>,
-    id: String,
-    armed: bool,
-}
-
-impl JobDir {
-    fn new(state: &AppState, id: &str) -> JobDir {
-        JobDir {
-            run: state.run.clone(),
-            id: id.to_string(),
-            armed: true,
-        }
-    }
-
-    fn path(&self) -> std::path::PathBuf {
-        self.run.job_dir(&self.id)
-    }
-
-    /// Removes it now; blocking.
-    fn remove_now(mut self) {
-        self.armed = false;
-        self.run.remove_job_dir(&self.id);
-    }
-
-    async fn remove(self) {
-        let _ = tokio::task::spawn_blocking(move || self.remove_now()).await;
-    }
-
-    fn keep(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for JobDir {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let (run, id) = (self.run.clone(), std::mem::take(&mut self.id));
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn_blocking(move || run.remove_job_dir(&id));
-            }
-            Err(_) => run.remove_job_dir(&id),
-        }
-    }
-}
-
 /// `Query`, with a bad query string answered like every other error: 400 and one line of JSON.
 pub struct ApiQuery<T>(pub T);
 
@@ -471,18 +412,18 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
-fn new_job_id(state: &AppState) -> Result<String, ApiError> {
+async fn new_job_id(state: &AppState) -> Result<String, ApiError> {
     loop {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        if state.db.job(&id)?.is_none() && !state.run.job_dir(&id).exists() {
+        if state.store.get(&id).await?.is_none() && !state.jobs.dir_exists(&id) {
             return Ok(id);
         }
     }
 }
 
 /// A job of the caller's, or 404 exactly as for a job that does not exist.
-fn own_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job, ApiError> {
-    match state.db.job(id)? {
+async fn own_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+    match state.store.get(id).await? {
         Some(job) if job.owner == caller.0.id => Ok(job),
         _ => Err(ApiError::NotFound(format!("job {id}"))),
     }
@@ -506,7 +447,7 @@ pub async fn get_job(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = own_job(&state, &caller, &id)?;
+    let job = own_job(&state, &caller, &id).await?;
     Ok(Json(view(&state, &job)))
 }
 
@@ -532,7 +473,7 @@ pub async fn list_jobs(
             ))
         })?),
     };
-    let jobs = state.db.jobs()?;
+    let jobs = state.store.list().await?;
     let views = jobs
         .iter()
         .rev()
@@ -559,7 +500,7 @@ pub async fn log(
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
-    let job = own_job(&state, &caller, &id)?;
+    let job = own_job(&state, &caller, &id).await?;
     if job.expired_ms.is_some() {
         return Err(ApiError::Gone(format!(
             "the log of job {id} was removed after the server's retention period ({})",
@@ -594,7 +535,7 @@ pub async fn cancel(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = own_job(&state, &caller, &id)?;
+    let job = own_job(&state, &caller, &id).await?;
     let job = state.jobs.cancel(job).await?;
     tracing::info!(job = %id, user = %caller.0.email, "cancel requested");
     Ok(Json(view(&state, &job)))

@@ -47,8 +47,24 @@ pub enum ApiError {
     /// 416 with `Content-Range: bytes */LENGTH`: a log offset past the end.
     #[error("{message}")]
     RangeNotSatisfiable { message: String, length: u64 },
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// 500: the client is told only that; the whole chain of causes goes to the server's log.
+    #[error("internal error: {}", chain(&**.0))]
+    Internal(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// An error with its causes, "outer: inner: innermost", for the server's log.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        // thiserror's `#[error(transparent)]` and "{0}" messages repeat their source.
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl ApiError {
@@ -71,8 +87,8 @@ impl ApiError {
         }
     }
 
-    pub fn internal(e: impl std::fmt::Display) -> ApiError {
-        ApiError::Internal(e.to_string())
+    pub fn internal(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ApiError {
+        ApiError::Internal(e.into())
     }
 }
 
@@ -88,12 +104,42 @@ impl From<std::io::Error> for ApiError {
     }
 }
 
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::NotFound(id) => ApiError::NotFound(format!("job {id}")),
+            crate::store::StoreError::Illegal(illegal) => ApiError::Conflict(illegal.to_string()),
+            e => ApiError::internal(e),
+        }
+    }
+}
+
+/// The job manager's refusals, as HTTP answers.
+impl From<crate::jobs::JobsError> for ApiError {
+    fn from(e: crate::jobs::JobsError) -> Self {
+        use crate::jobs::JobsError;
+        match e {
+            JobsError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+            JobsError::OverCap {
+                message,
+                retry_after_secs,
+            } => ApiError::TooManyRequests {
+                message,
+                retry_after_secs,
+            },
+            JobsError::Ended { .. } => ApiError::Conflict(e.to_string()),
+            JobsError::Store(e) => e.into(),
+            JobsError::Log(e) => ApiError::internal(e),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let message = match &self {
-            ApiError::Internal(detail) => {
-                tracing::error!(%detail, "request failed");
+            ApiError::Internal(e) => {
+                tracing::error!(error = %chain(&**e), "request failed");
                 "internal server error (see the server's log)".to_string()
             }
             other => other.to_string(),
