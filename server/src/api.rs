@@ -6,14 +6,14 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use ci_protocol::{JobView, ListQuery, LogQuery, SubmitQuery, UserView};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::layout::JobDir;
-use crate::model::{now_ms, Job, JobView, Role, Status, User};
+use crate::model::{job_view, now_ms, Job, Role, Status, User};
 use crate::upload::{self, BodyReader, Chunk, Fault, UploadError};
 use crate::AppState;
 
@@ -31,23 +31,13 @@ pub async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> A
     ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
 }
 
-#[derive(Deserialize)]
-pub struct SubmitQuery {
-    /// Wall-clock limit in seconds; capped by the server's own.
-    timeout_secs: Option<u64>,
-    /// Extra pytest arguments, as a JSON array of strings.
-    pytest_args: Option<String>,
-}
-
 /// Most extra pytest arguments a job may have, and the longest one.
 const MAX_PYTEST_ARGS: usize = 64;
 const MAX_PYTEST_ARG_LEN: usize = 4096;
 
-fn parse_pytest_args(raw: Option<&str>) -> Result<Vec<String>, ApiError> {
-    let Some(raw) = raw else {
-        return Ok(Vec::new());
-    };
-    let args: Vec<String> = serde_json::from_str(raw)
+fn parse_pytest_args(q: &SubmitQuery) -> Result<Vec<String>, ApiError> {
+    let args = q
+        .pytest_args()
         .map_err(|_| ApiError::BadRequest("pytest_args must be a JSON array of strings".into()))?;
     if args.len() > MAX_PYTEST_ARGS {
         return Err(ApiError::BadRequest(format!(
@@ -117,7 +107,7 @@ async fn accept(
 ) -> Result<Response, ApiError> {
     // A user over a per-user cap is told before sending the upload.
     state.jobs.admits(&caller.0.id)?;
-    let pytest_args = parse_pytest_args(q.pytest_args.as_deref())?;
+    let pytest_args = parse_pytest_args(&q)?;
     let limits = state.upload_limits;
     match declared_length(headers) {
         Some(0) => return Err(ApiError::BadRequest(UploadError::Empty.to_string())),
@@ -200,11 +190,7 @@ async fn accept(
     // From here the job manager owns the directory (and removes it if it refuses the job).
     let position = state.jobs.submit(job.clone(), dir).await?;
     tracing::info!(job = %job.id, user = %caller.0.email, upload_bytes, "job submitted");
-    Ok((
-        StatusCode::CREATED,
-        Json(JobView::new(&job, Some(position), 0)),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, Json(job_view(&job, Some(position), 0))).into_response())
 }
 
 /// Body chunks the receiving side may hold for the unpacker before it waits for it: with
@@ -435,7 +421,7 @@ fn view(state: &AppState, job: &Job) -> JobView {
     } else {
         None
     };
-    JobView::new(
+    job_view(
         job,
         position,
         crate::logs::stored_len(&state.logs.path(&job.id)),
@@ -451,28 +437,15 @@ pub async fn get_job(
     Ok(Json(view(&state, &job)))
 }
 
-#[derive(Deserialize)]
-pub struct ListQuery {
-    limit: Option<usize>,
-    status: Option<String>,
-}
-
 /// `GET /v1/jobs`: the caller's jobs, newest first.
 pub async fn list_jobs(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<JobView>>, ApiError> {
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            let all: Vec<_> = Status::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::BadRequest(format!(
-                "unknown status {s:?}: use one of {}",
-                all.join(", ")
-            ))
-        })?),
-    };
+    let status = q
+        .status()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let jobs = state.store.list().await?;
     let views = jobs
         .iter()
@@ -483,12 +456,6 @@ pub async fn list_jobs(
         .map(|j| view(&state, j))
         .collect();
     Ok(Json(views))
-}
-
-#[derive(Deserialize)]
-pub struct LogQuery {
-    #[serde(default)]
-    offset: u64,
 }
 
 /// `GET /v1/jobs/{id}/log?offset=N`: the log from byte N, live until the job ends. The
@@ -541,7 +508,7 @@ pub async fn cancel(
     Ok(Json(view(&state, &job)))
 }
 
-pub async fn whoami(caller: Caller) -> Json<crate::model::UserView> {
+pub async fn whoami(caller: Caller) -> Json<UserView> {
     Json((&caller.0).into())
 }
 

@@ -144,8 +144,11 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut response =
-            (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
+        let mut response = (
+            status,
+            axum::Json(ci_protocol::ErrorBody { error: message }),
+        )
+            .into_response();
         let headers = response.headers_mut();
         match &self {
             ApiError::Busy {
