@@ -244,7 +244,11 @@ fn start_up_check(args: &ServeArgs) -> anyhow::Result<sandbox::Sandbox> {
         }
         Err(problems) => anyhow::bail!(
             "cannot isolate jobs on this machine (`ci-server doctor` shows what is available):\n  - {}",
-            problems.join("\n  - ")
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n  - ")
         ),
     }
 }
