@@ -172,3 +172,30 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("failed to record the job")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn internal_errors_keep_their_causes_for_the_log_only() {
+        let e = ApiError::internal(Outer(std::io::Error::other("disk full")));
+        assert_eq!(
+            e.to_string(),
+            "internal error: failed to record the job: disk full"
+        );
+        let response = e.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn a_transparent_wrapper_is_not_repeated() {
+        let store = crate::store::StoreError::backend(std::io::Error::other("io"));
+        let jobs = crate::jobs::JobsError::Store(store);
+        assert_eq!(chain(&jobs), "job store: io");
+    }
+}
