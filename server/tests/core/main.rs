@@ -1,0 +1,10 @@
+//! In-process tests of the router and the job manager against a fake executor: no root, no
+//! registry, no containers, no sockets. `support` has the app and the fake.
+
+mod auth;
+mod cancel;
+mod caps;
+mod queue;
+mod shutdown;
+mod submit;
+mod support;
