@@ -5,6 +5,7 @@ mod auth;
 mod cancel;
 mod caps;
 mod queue;
+mod race;
 mod shutdown;
 mod submit;
 mod support;

@@ -92,10 +92,11 @@ struct FakeState {
 /// An [`Executor`] the test scripts: it records the order jobs start in, writes phases and
 /// output through [`JobEvents`], and holds each job until the test releases it with the
 /// verdict it chose, or until the job manager asks it to stop (then it returns
-/// `reason.verdict()`).
+/// `reason.verdict()`). In `auto` mode it ends every job at once with a verdict instead.
 pub struct FakeExecutor {
     state: Mutex<FakeState>,
     changed: watch::Sender<u64>,
+    auto: Option<Verdict>,
 }
 
 impl FakeExecutor {
@@ -104,6 +105,16 @@ impl FakeExecutor {
         Arc::new(FakeExecutor {
             state: Mutex::default(),
             changed: watch::channel(0).0,
+            auto: None,
+        })
+    }
+
+    /// A fake that ends every job with `verdict` after a few yields (unless stopped first).
+    pub fn auto(verdict: Verdict) -> Arc<FakeExecutor> {
+        Arc::new(FakeExecutor {
+            state: Mutex::default(),
+            changed: watch::channel(0).0,
+            auto: Some(verdict),
         })
     }
 
@@ -152,6 +163,10 @@ impl FakeExecutor {
         self.lock().stops.get(id).copied()
     }
 
+    pub fn verdict_of(&self, id: &str) -> Option<Verdict> {
+        self.lock().verdicts.get(id).cloned()
+    }
+
     pub fn violations(&self) -> Vec<String> {
         self.lock().violations.clone()
     }
@@ -197,6 +212,19 @@ impl Executor for FakeExecutor {
         self.bump();
         let verdict = if forbidden {
             Verdict::error("the fake ran a job that was already cancelled")
+        } else if let Some(auto) = &self.auto {
+            let work = async {
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
+            };
+            tokio::select! {
+                reason = stop.stopped() => {
+                    self.lock().stops.insert(id.clone(), reason);
+                    reason.verdict()
+                }
+                () = work => auto.clone(),
+            }
         } else {
             events.phase(Phase::Installing, "installing (fake)").await;
             events.log().append(FAKE_OUTPUT).expect("append");
