@@ -4,6 +4,7 @@
 mod auth;
 mod cancel;
 mod caps;
+mod claim;
 mod queue;
 mod race;
 mod shutdown;

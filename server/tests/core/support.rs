@@ -14,8 +14,11 @@ use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use ci_protocol::{CreatedKey, ErrorBody, JobView, NewKey, NewUser};
 use ci_server::executor::{Control, Executor, JobEvents, StopReason};
+use ci_server::jobs::{Jobs, Limits};
 use ci_server::lifecycle::Verdict;
 use ci_server::model::{Job, Phase};
+use ci_server::queue::UserCaps;
+use ci_server::store::JobStore;
 use ci_server::{AppState, ServeArgs};
 use clap::Parser;
 use serde::de::DeserializeOwned;
@@ -251,6 +254,8 @@ impl Executor for FakeExecutor {
 // ---------------------------------------------------------------------------------------
 // The application
 
+type WrapStore<'a> = Box<dyn FnOnce(ci_server::db::Db) -> Arc<dyn JobStore> + 'a>;
+
 #[derive(Parser)]
 struct Cli {
     #[command(flatten)]
@@ -316,6 +321,26 @@ impl TestApp {
     /// is none, what a previous server left is settled (`Jobs::recover`), and the dispatcher
     /// runs.
     pub async fn open(dir: tempfile::TempDir, fake: Arc<FakeExecutor>, flags: &[&str]) -> TestApp {
+        TestApp::build(dir, fake, flags, None).await
+    }
+
+    /// [`TestApp::open`] with the job records in the store `wrap` makes of the database,
+    /// the rest built as `AppState::new` does.
+    pub async fn open_with_store(
+        dir: tempfile::TempDir,
+        fake: Arc<FakeExecutor>,
+        flags: &[&str],
+        wrap: impl FnOnce(ci_server::db::Db) -> Arc<dyn JobStore>,
+    ) -> TestApp {
+        TestApp::build(dir, fake, flags, Some(Box::new(wrap))).await
+    }
+
+    async fn build(
+        dir: tempfile::TempDir,
+        fake: Arc<FakeExecutor>,
+        flags: &[&str],
+        wrap: Option<WrapStore<'_>>,
+    ) -> TestApp {
         let root = dir.path().to_str().expect("utf-8 tempdir").to_string();
         let mut argv = vec!["ci-server", "--data-dir", &root, "--min-free-disk", "0"];
         argv.extend_from_slice(flags);
@@ -333,14 +358,48 @@ impl TestApp {
             .expect("open task")
         };
         let executor: Arc<dyn Executor> = fake.clone();
-        let state = AppState::new(
-            db,
-            logs,
-            layout.clone(),
-            executor,
-            ci_project::Installer::Pip,
-            &args,
-        );
+        let installer = ci_project::Installer::Pip;
+        let state = match wrap {
+            None => AppState::new(db, logs, layout.clone(), executor, installer, &args),
+            Some(wrap) => {
+                let store = wrap(db.clone());
+                let limits = Limits {
+                    max_jobs: args.max_jobs(),
+                    max_timeout: args.job_timeout,
+                    per_user: UserCaps {
+                        queued: args.max_queued_per_user.max(1),
+                        queued_bytes: args.max_queued_size_per_user,
+                        running: args.max_running_per_user(),
+                    },
+                    log_cap: args.max_log_size,
+                };
+                let jobs = Jobs::new(
+                    store.clone(),
+                    logs.clone(),
+                    executor,
+                    layout.clone(),
+                    limits,
+                );
+                AppState {
+                    db,
+                    store,
+                    logs,
+                    jobs,
+                    installer,
+                    upload_limits: ci_server::upload::Limits {
+                        max_compressed_bytes: args.max_upload_size,
+                        max_unpacked_bytes: args.max_unpacked_size,
+                        max_entries: args.max_upload_entries,
+                    },
+                    job_retention: args.job_retention,
+                    uploads: ci_server::upload::Intake::new(
+                        args.max_concurrent_uploads,
+                        args.upload_timeout,
+                        args.min_free_disk,
+                    ),
+                }
+            }
+        };
         ci_server::api::bootstrap_admin(&state, &layout.admin_key()).expect("bootstrap admin");
         let admin_key = std::fs::read_to_string(layout.admin_key())
             .expect("admin key")
