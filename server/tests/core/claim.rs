@@ -114,3 +114,61 @@ async fn a_cancel_while_the_dispatcher_claims_the_job_stops_it() {
     assert_eq!(app.fake.runs(&id), 1);
     assert!(app.job_dirs().is_empty());
 }
+
+/// BUG: `Jobs::stop` answers a job it found among the running ones with the record the
+/// handler read before (`api::cancel` -> `own_job`), which in this window still says
+/// `queued`: the client is told the job is queued (with no place in the queue) while it is
+/// being stopped. `Jobs::cancel` promises "the job as it is after the request". The race
+/// test sees this answer in about one cancel in ten.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "server bug: a cancel in the claim window is answered `queued`"]
+async fn a_cancel_in_the_claim_window_is_not_answered_queued() {
+    let (_app, _, _, answer, gated) = cancel_in_the_claim_window().await;
+    gated.open.send_replace(true);
+    assert_ne!(
+        answer.status,
+        Status::Queued,
+        "answered {answer:?} for a job no longer in the queue"
+    );
+}
+
+/// BUG: `Jobs::shutdown` waits for the tasks of running jobs, but the dispatcher spawns a
+/// job's task only after its claim is recorded. A job taken from the queue just before the
+/// shutdown has no task yet, so `shutdown` returns at once (its grace unused), and the job
+/// starts in the executor afterwards, never stopped: in `serve` the dispatcher is aborted
+/// next, so either the run starts a container that outlives the server, or the record says
+/// `running` for a job that never ran and the next start marks it `lost`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "server bug: a job claimed while the server shuts down escapes the shutdown"]
+async fn no_job_starts_after_shutdown_returns() {
+    let (app, _key, id, gated) = job_in_the_claim_window().await;
+    let shutdown = {
+        let jobs = app.state.jobs.clone();
+        tokio::spawn(async move { jobs.shutdown(std::time::Duration::from_millis(300)).await })
+    };
+    eventually("the shutdown to begin", || async {
+        app.state.jobs.admits("nobody").is_err().then_some(())
+    })
+    .await;
+    // The claim goes through while the shutdown is under way.
+    gated.open.send_replace(true);
+    within("the shutdown", shutdown).await.unwrap();
+    let returned_with = (app.fake.runs(&id), app.fake.verdict_of(&id).is_some());
+    // Then nothing may start: either the dispatcher ends, or the job's run had already
+    // ended inside the shutdown.
+    let outcome = eventually("the dispatcher to end or the job to start", || async {
+        if app.fake.runs(&id) > 0 && app.fake.verdict_of(&id).is_none() {
+            Some(Err("the job started after shutdown returned"))
+        } else if app.dispatcher_done() {
+            Some(Ok(()))
+        } else {
+            None
+        }
+    })
+    .await;
+    assert_eq!(
+        outcome,
+        Ok(()),
+        "when shutdown returned: (runs, ended) = {returned_with:?}"
+    );
+}

@@ -439,6 +439,11 @@ impl TestApp {
         self.dir.take().expect("data dir")
     }
 
+    /// Whether the dispatcher task has returned.
+    pub fn dispatcher_done(&self) -> bool {
+        self.dispatcher.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
     pub async fn send(&self, request: Request<Body>) -> Answer {
         let response = within("an answer", self.app.clone().oneshot(request))
             .await
