@@ -156,13 +156,24 @@ async fn accept(
             Ok::<_, ci_project::Error>(config)
         })
         .await
-        .map_err(ApiError::internal)?
     };
+    // Whatever fails from here on, the directory is gone before the answer.
     let config = match checked {
-        Ok(config) => config,
-        Err(e) => {
+        Ok(Ok(config)) => config,
+        Ok(Err(e)) => {
             dir.remove().await;
             return Err(ApiError::BadRequest(e.to_string()));
+        }
+        Err(e) => {
+            dir.remove().await;
+            return Err(ApiError::internal(e));
+        }
+    };
+    let seq = match state.store.next_seq().await {
+        Ok(seq) => seq,
+        Err(e) => {
+            dir.remove().await;
+            return Err(e.into());
         }
     };
     let mut all_args = config.pytest_args.clone();
@@ -174,7 +185,7 @@ async fn accept(
     let job = Job {
         id: id.clone(),
         owner: caller.0.id.clone(),
-        seq: state.store.next_seq().await?,
+        seq,
         status: Status::Queued,
         phase: None,
         created_ms: now_ms(),

@@ -69,13 +69,27 @@ impl StopReason {
 /// A handle on one running job: the manager asks it to stop, the executor waits for that.
 pub struct Control {
     stop: watch::Sender<Option<StopReason>>,
+    /// Whether the dispatcher has recorded the claim (or failed to).
+    claimed: watch::Sender<bool>,
 }
 
 impl Control {
     pub fn new() -> Arc<Control> {
         Arc::new(Control {
             stop: watch::channel(None).0,
+            claimed: watch::channel(false).0,
         })
+    }
+
+    /// The dispatcher is done recording the job's claim.
+    pub(crate) fn claimed(&self) {
+        self.claimed.send_replace(true);
+    }
+
+    /// Resolves once the claim is recorded (or failed).
+    pub(crate) async fn wait_claimed(&self) {
+        let mut rx = self.claimed.subscribe();
+        let _ = rx.wait_for(|claimed| *claimed).await;
     }
 
     /// Asks the job to stop; the first reason given stands.
@@ -88,6 +102,11 @@ impl Control {
                 false
             }
         });
+    }
+
+    /// The stop asked for so far, if any.
+    pub fn requested(&self) -> Option<StopReason> {
+        *self.stop.borrow()
     }
 
     /// Resolves once a stop was requested.

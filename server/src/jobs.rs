@@ -33,6 +33,9 @@ pub struct Limits {
     pub log_cap: u64,
 }
 
+/// How long a cancel waits for the dispatcher to record the claim of the job it stops.
+const CLAIM_WAIT: Duration = Duration::from_secs(5);
+
 /// What a client over a per-user cap is told to wait before it submits again.
 const RETRY_AFTER_SECS: u64 = 30;
 
@@ -175,8 +178,15 @@ impl Jobs {
     /// over a per-user cap: then nothing of the job stays. Returns its place in the queue.
     pub async fn submit(&self, job: Job, dir: JobDir) -> Result<usize, JobsError> {
         debug_assert_eq!(job.id, dir.id());
-        self.admits_bytes(&job.owner, job.upload_bytes)?;
-        self.store.submit(&job).await?;
+        // Whatever refuses the job, its directory is gone before the answer.
+        if let Err(e) = self.admits_bytes(&job.owner, job.upload_bytes) {
+            dir.remove().await;
+            return Err(e);
+        }
+        if let Err(e) = self.store.submit(&job).await {
+            dir.remove().await;
+            return Err(e.into());
+        }
         // The log is live from now on, so a client that follows a queued job waits for its
         // output instead of polling. A waiting client is told where it stands.
         let queued = self
@@ -280,6 +290,12 @@ impl Jobs {
         }
     }
 
+    /// The stop asked of a job the dispatcher has taken, if any.
+    pub fn stop_requested(&self, id: &str) -> Option<StopReason> {
+        let inner = self.inner.lock().expect("jobs lock");
+        inner.running.get(id).and_then(|(_, c)| c.requested())
+    }
+
     /// 1-based place of a queued job, in the order jobs will start if none ends meanwhile.
     pub fn queue_position(&self, id: &str) -> Option<usize> {
         self.inner.lock().expect("jobs lock").queue.position(id)
@@ -340,10 +356,24 @@ impl Jobs {
             Found::Queued => {}
             Found::Running(control) => {
                 control.request(reason);
-                return Ok(job);
+                // The dispatcher may be recording the claim right now (a matter of
+                // milliseconds): the answer is the record after it, running and being
+                // stopped or already ended, not the queued one read before.
+                let _ = tokio::time::timeout(CLAIM_WAIT, control.wait_claimed()).await;
+                let now = self.store.get(&job.id).await?.unwrap_or(job);
+                return Ok(now);
             }
             Found::Gone => {
-                let now = self.store.get(&job.id).await?.unwrap_or(job);
+                // Another cancel took it from the queue a moment ago and is recording it:
+                // this one is answered with where that one ends.
+                let mut now = job;
+                for _ in 0..250 {
+                    now = self.store.get(&now.id).await?.unwrap_or(now);
+                    if now.status.is_terminal() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 return Err(ended(&now));
             }
         }
@@ -366,7 +396,7 @@ impl Jobs {
             let Ok(permit) = self.slots.clone().acquire_owned().await else {
                 return;
             };
-            let (id, owner, control) = loop {
+            let (id, owner, control, token) = loop {
                 let notified = self.wake.notified();
                 {
                     let mut inner = self.inner.lock().expect("jobs lock");
@@ -378,13 +408,19 @@ impl Jobs {
                         inner
                             .running
                             .insert(id.clone(), (owner.clone(), control.clone()));
-                        break (id, owner, control);
+                        // Counted by the tracker from here, under the lock that shutdown
+                        // takes too: a shutdown that begins while the claim is recorded
+                        // waits for this job like for any running one.
+                        break (id, owner, control, self.tasks.token());
                     }
                 }
                 notified.await;
             };
+            // Claims are recorded one at a time, in the queue's order, so jobs start in it.
             let claim = Transition::Claim { at_ms: now_ms() };
-            let job = match self.store.apply(&id, &claim).await {
+            let claimed = self.store.apply(&id, &claim).await;
+            control.claimed();
+            let job = match claimed {
                 Ok(job) => job,
                 Err(e) => {
                     tracing::error!(job = %id, error = %chain(&e), "cannot start a queued job");
@@ -393,10 +429,11 @@ impl Jobs {
                 }
             };
             let this = self.clone();
-            self.tasks.spawn(async move {
+            tokio::spawn(async move {
                 this.run(job, &control).await;
                 this.ended(&id, &owner);
                 drop(permit);
+                drop(token);
             });
         }
     }

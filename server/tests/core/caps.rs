@@ -124,12 +124,11 @@ async fn over_the_queued_bytes_cap_after_the_upload_is_429_and_leaves_nothing_be
     .await;
 }
 
-/// BUG: `Jobs::submit` returns the cap refusal with `?` before it takes care of the job's
+/// Was a bug: `Jobs::submit` returns the cap refusal with `?` before it takes care of the job's
 /// `JobDir`, whose `Drop` only schedules the removal on the blocking pool: the 429 goes out
 /// while the directory is still there, against "whatever fails, the job's directory is gone
 /// before the answer" (`api::submit`). Fails every run.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "server bug: the directory of a job refused by Jobs::submit outlives the 429"]
 async fn the_refused_jobs_directory_is_gone_before_the_429() {
     let Refused { app, dirs, .. } = refused_after_the_upload().await;
     assert_eq!(

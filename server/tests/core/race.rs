@@ -20,8 +20,7 @@ enum Answered {
     /// 200, cancelled in the queue.
     Cancelled,
     /// 200, the job had left the queue: asked to stop. `answered` is the status the answer
-    /// gave: `running`, or `queued` when the dispatcher had taken the job but not yet recorded
-    /// it running (see `claim.rs`).
+    /// gave once the claim was recorded (see `claim.rs`): `running`, or how it already ended.
     Stopping { answered: Status },
     /// 409: it had already ended.
     Ended,
@@ -37,16 +36,21 @@ async fn submit_then_cancel_races_the_dispatcher_and_every_job_ends_once() {
             let id = app.submit(&key).await.id;
             let answer = app.cancel(&key, &id).await;
             let answered = match answer.status {
-                StatusCode::OK => match answer.json::<JobView>().status {
-                    Status::Cancelled => {
-                        app.fake.forbid(&id);
-                        Answered::Cancelled
+                StatusCode::OK => {
+                    let view = answer.json::<JobView>();
+                    match (view.status, view.reason.as_deref()) {
+                        (Status::Cancelled, Some("stopped before it started")) => {
+                            app.fake.forbid(&id);
+                            Answered::Cancelled
+                        }
+                        // Taken by the dispatcher: the answer is the record once the claim
+                        // is recorded, running or already ended.
+                        (answered, _) if answered != Status::Queued => {
+                            Answered::Stopping { answered }
+                        }
+                        (other, _) => panic!("cancel of {id} answered 200 with {other}"),
                     }
-                    answered @ (Status::Running | Status::Queued) => {
-                        Answered::Stopping { answered }
-                    }
-                    other => panic!("cancel of {id} answered 200 with {other}"),
-                },
+                }
                 StatusCode::CONFLICT => Answered::Ended,
                 other => panic!("cancel of {id}: {other} {}", answer.text()),
             };
