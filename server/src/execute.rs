@@ -298,22 +298,14 @@ async fn execute(
         return Ending::error(format!("cannot prepare the test report directory: {e}"));
     }
     let spec = common.test_spec(&venv, &job.pytest_args, &config.env, &report_dir);
-    let run = run_container(
-        ctx,
-        &spec,
-        &paths.container(&spec.id),
-        log,
-        control,
-        deadline,
-    )
-    .await;
+    let run = run_container(ctx, &spec, &paths, log, control, deadline).await;
     if let Some(ending) = run.interrupted(ctx, job) {
         return ending;
     }
     let Some(outcome) = run.outcome else {
         return Ending::error(run.helper_failure());
     };
-    let report_file = report_dir.join("junit.xml");
+    let report_file = paths.junit();
     let report = blocking(move || crate::report::read(&report_file)).await;
     if let Some(reason) = dishonest_pass(outcome.exit_code, &report, &job.pytest_args) {
         return Ending {
@@ -445,15 +437,6 @@ fn prepare_job_dirs(
     give(&paths.build())?;
     let copy = cache::usage(&paths.build(), u64::MAX).map_err(|e| e.to_string())?;
     Ok(copy.bytes)
-}
-
-/// The installer's download cache of `owner` (`<cache>/uv|pip/<owner>`).
-fn installer_cache(ctx: &RunContext, kind: Installer, owner: &str) -> PathBuf {
-    let name = match kind {
-        Installer::Uv => "uv",
-        Installer::Pip => "pip",
-    };
-    ctx.cache_dir.join(name).join(owner)
 }
 
 /// The installer cache a job's installs see.
@@ -600,7 +583,7 @@ async fn install_venv(
     let ctx = common.ctx;
     // Third-party dependencies: built once per user and key, then shared read-only.
     let key = install::deps_key(image_digest, tool, plan);
-    let deps = ctx.cache_dir.join("deps").join(&job.owner).join(&key);
+    let deps = cache::layer_dir(&ctx.cache_dir, &job.owner, &key);
     // Taken before the lookup: a layer held is never evicted, one evicted before it is
     // simply missing and built again.
     let layer = ctx.cache.hold(&deps);
@@ -609,7 +592,7 @@ async fn install_venv(
     let installs = !cached || project_command.is_some();
     let setup = {
         let (paths, plan, tool) = (paths.clone(), plan.clone(), tool.clone());
-        let shared = installer_cache(ctx, tool.kind, &job.owner);
+        let shared = cache::installer_dir(&ctx.cache_dir, tool.kind, &job.owner);
         let registry = ctx.cache.clone();
         let userns = ctx.sandbox.user_namespace;
         blocking(move || {
@@ -1001,13 +984,12 @@ impl Install<'_> {
         layer: Vec<PathBuf>,
     ) -> Option<Ending> {
         let ctx = self.common.ctx;
-        let dir = self.paths.container(&spec.id);
         let budget = Arc::new(self.budget(layer));
         let watch = watch_writes(budget.clone());
         let run = supervise(
             ctx,
             spec,
-            &dir,
+            self.paths,
             step.log,
             step.control,
             step.deadline,
@@ -1205,13 +1187,13 @@ impl ContainerRun {
 async fn run_container(
     ctx: &RunContext,
     spec: &ContainerSpec,
-    dir: &Path,
+    paths: &JobPaths,
     log: &LiveLog,
     control: &Control,
     deadline: Instant,
 ) -> ContainerRun {
     let never = std::future::pending();
-    supervise(ctx, spec, dir, log, control, deadline, never).await
+    supervise(ctx, spec, paths, log, control, deadline, never).await
 }
 
 /// How often, at the least, [`watch_writes`] measures what an install wrote.
@@ -1256,7 +1238,7 @@ async fn watch_writes(budget: Arc<Budget>) -> Overrun {
 async fn supervise(
     ctx: &RunContext,
     spec: &ContainerSpec,
-    dir: &Path,
+    paths: &JobPaths,
     log: &LiveLog,
     control: &Control,
     deadline: Instant,
@@ -1269,8 +1251,8 @@ async fn supervise(
         helper_stderr: msg,
         helper_exit: None,
     };
-    let bundle = dir.join("bundle");
-    let result = dir.join("outcome.json");
+    let bundle = paths.bundle(&spec.id);
+    let result = paths.outcome(&spec.id);
     if let Err(e) = ci_runner::ensure_mountpoints(&spec.rootfs, spec) {
         return failed(format!("cannot prepare the image: {e}"));
     }
