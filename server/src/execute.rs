@@ -50,12 +50,11 @@ pub struct RunContext {
     /// Where uv comes from; `None` when jobs install with pip.
     pub uv: Option<crate::tools::UvProvider>,
     pub ca_bundle: Option<PathBuf>,
-    pub memory_limit: u64,
-    pub pids_limit: i64,
     pub tmp_size: u64,
     pub log_cap: u64,
     pub cgroup_parent: String,
-    /// User namespace, cgroups and install network of every job (`sandbox::plan`).
+    /// User namespace, cgroups, install network and the limits of every job as applied
+    /// (`sandbox::plan`): a limit that cannot be enforced is `None` there.
     pub sandbox: crate::sandbox::Sandbox,
 }
 
@@ -679,15 +678,20 @@ fn needs_build_copy(plan: &InstallPlan) -> bool {
     plan.project.is_some() || matches!(plan.deps, ci_project::Deps::UvLock { .. })
 }
 
-/// What a container's end means in words.
+/// What a container's end means in words. The limits named are those the sandbox applied:
+/// under `--allow-unlimited` one that could not be enforced was not, and naming the flag's
+/// value would blame a limit that did not exist.
 fn describe(ctx: &RunContext, o: &Outcome) -> String {
     if o.oom_killed {
-        format!(
-            "killed: out of memory (limit {})",
-            format_size(ctx.memory_limit)
-        )
+        match ctx.sandbox.memory_limit {
+            Some(limit) => format!("killed: out of memory (limit {})", format_size(limit)),
+            None => "killed: out of memory (no memory limit applied)".to_string(),
+        }
     } else if o.pids_limit_hit {
-        format!("pids limit ({}) reached", ctx.pids_limit)
+        match ctx.sandbox.pids_limit {
+            Some(limit) => format!("pids limit ({limit}) reached"),
+            None => "could not create a process (no pids limit applied)".to_string(),
+        }
     } else if let Some(sig) = o.signal {
         format!("killed by signal {sig}")
     } else {

@@ -133,8 +133,6 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         installer,
         uv,
         ca_bundle,
-        memory_limit: args.memory_limit,
-        pids_limit: args.pids_limit,
         tmp_size: args.tmp_size,
         log_cap: args.max_log_size,
         cgroup_parent: sandbox.cgroup_parent.clone(),
