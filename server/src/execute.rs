@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ci_project::{InstallPlan, Installer};
-use ci_runner::{
-    BindMount, ContainerSpec, Limits, Network, Outcome, OverlayMount, OverlayUpper, Tmpfs,
-};
+use ci_runner::{ContainerSpec, Outcome};
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
@@ -26,6 +24,7 @@ use crate::install::{self, Budget, JobPaths, Overrun, Tool};
 use crate::jobs::{Control, StopReason};
 use crate::logs::{Appended, LiveLog, LogStore};
 use crate::model::{now_ms, Job, Phase, Status};
+use crate::spec::{self, CacheMount, InstallInput, SpecConfig, Venv};
 
 /// What every job run needs from the server's configuration.
 pub struct RunContext {
@@ -250,10 +249,7 @@ async fn execute(
     let job_id = job.id.clone();
     let common = Common {
         ctx,
-        image: &image.rootfs,
-        image_env: &image.config.env,
-        job: &job_id,
-        project: &paths.project(),
+        spec: spec_config(ctx, &image, &job_id, &paths),
     };
     let step = Step {
         log,
@@ -296,7 +292,7 @@ async fn execute(
     if let Err(e) = ready {
         return Ending::error(format!("cannot prepare the test report directory: {e}"));
     }
-    let spec = common.test_spec(&venv, &job.pytest_args, &config.env, &report_dir);
+    let spec = spec::test(&common.spec, &venv, &job.pytest_args, &config.env);
     let run = run_container(ctx, &spec, &paths, log, control, deadline).await;
     if let Some(ending) = run.interrupted(ctx, job) {
         return ending;
@@ -429,7 +425,7 @@ fn prepare_job_dirs(
         fs_err::create_dir_all(&dir).map_err(|e| e.to_string())?;
         give(&dir)?;
     }
-    if !needs_build_copy(plan) {
+    if !spec::needs_build_copy(plan) {
         return Ok(0);
     }
     install::copy_tree(&paths.project(), &paths.build()).map_err(|e| e.to_string())?;
@@ -446,8 +442,8 @@ enum InstallerCache {
     Shared {
         dir: PathBuf,
         _claim: cache::Hold,
+        /// [`JobPaths::cache_upper`], which the spec mounts as the overlay's upper layer.
         upper: PathBuf,
-        work: PathBuf,
     },
     /// Another job of the user has the user's own: a cache of the job's own, which goes
     /// with the job directory.
@@ -492,7 +488,6 @@ fn ready_cache(
                 dir: shared.clone(),
                 _claim: claim,
                 upper,
-                work,
             })
         }
         None => {
@@ -672,12 +667,6 @@ async fn install_venv(
     Err(result.err().unwrap_or_else(|| Ending::error(over)))
 }
 
-/// A build writes into the source tree: any install that builds the project or reads it as
-/// a uv project gets a writable copy, never the upload itself.
-fn needs_build_copy(plan: &InstallPlan) -> bool {
-    plan.project.is_some() || matches!(plan.deps, ci_project::Deps::UvLock { .. })
-}
-
 /// What a container's end means in words. The limits named are those the sandbox applied:
 /// under `--allow-unlimited` one that could not be enforced was not, and naming the flag's
 /// value would blame a limit that did not exist.
@@ -703,152 +692,34 @@ fn short_digest(digest: &str) -> &str {
     &digest[..digest.len().min(19)]
 }
 
-/// The parts of a container spec every phase shares.
+/// What every container of the job is made from, with the server's configuration.
 struct Common<'a> {
     ctx: &'a RunContext,
-    image: &'a Path,
-    image_env: &'a [String],
+    spec: SpecConfig<'a>,
+}
+
+/// The spec builder's view of the job: the server's configuration and the sandbox as plain
+/// values.
+fn spec_config<'a>(
+    ctx: &'a RunContext,
+    image: &'a ci_rootfs::Image,
     job: &'a str,
-    /// The upload, read-only.
-    project: &'a Path,
-}
-
-const CA_IN_CONTAINER: &str = "/etc/ci/ca-certificates.crt";
-
-/// What the job's virtual environment at `/venv` is made of.
-enum Venv {
-    /// The dependency layer alone (nothing per job), read-only.
-    Layer(PathBuf),
-    /// Layers, topmost first, read-only unless `upper` (upper, work) receives writes.
-    Overlay {
-        lower: Vec<PathBuf>,
-        upper: Option<(PathBuf, PathBuf)>,
-    },
-}
-
-impl Common<'_> {
-    fn env(&self, extra: &[(String, String)]) -> Vec<String> {
-        let mut env: Vec<String> = self.image_env.to_vec();
-        let mut set = |k: &str, v: &str| {
-            env.retain(|e| !e.starts_with(&format!("{k}=")));
-            env.push(format!("{k}={v}"));
-        };
-        let path = self
-            .image_env
-            .iter()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-        // The job's virtual environment comes first, as if it were activated.
-        set("PATH", &format!("{}/bin:{path}", install::VENV));
-        set("VIRTUAL_ENV", install::VENV);
-        set("HOME", "/root");
-        set("LANG", "C.UTF-8");
-        set("PYTHONUNBUFFERED", "1");
-        set("CI", "true");
-        for (k, v) in extra {
-            set(k, v);
-        }
-        env
-    }
-
-    fn base(
-        &self,
-        phase: &str,
-        args: &[&str],
-        env: Vec<String>,
-        network: Network,
-        workspace: BindMount,
-    ) -> ContainerSpec {
-        let ctx = self.ctx;
-        ContainerSpec {
-            id: format!("ci-{}-{phase}", self.job),
-            rootfs: self.image.to_path_buf(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            env,
-            cwd: "/workspace".into(),
-            mounts: vec![workspace],
-            overlays: vec![],
-            network,
-            limits: Limits {
-                memory_bytes: ctx.sandbox.memory_limit,
-                pids: ctx.sandbox.pids_limit,
-                cpu_quota_us: ctx.sandbox.cpu_quota_us,
-                cpu_period_us: ctx
-                    .sandbox
-                    .cpu_quota_us
-                    .map(|_| crate::sandbox::CPU_PERIOD_US),
-            },
-            tmpfs: vec![
-                Tmpfs {
-                    destination: "/tmp".into(),
-                    size_bytes: ctx.tmp_size,
-                },
-                Tmpfs {
-                    destination: "/root".into(),
-                    size_bytes: ctx.tmp_size,
-                },
-            ],
-            cgroup_parent: ctx.cgroup_parent.clone(),
-            user_namespace: Some(ctx.sandbox.user_namespace),
-            cgroups: ctx.sandbox.cgroups,
-            max_file_size: None,
-        }
-    }
-
-    fn mount_venv(spec: &mut ContainerSpec, venv: &Venv) {
-        match venv {
-            Venv::Layer(dir) => spec.mounts.push(BindMount {
-                source: dir.clone(),
-                destination: install::VENV.into(),
-                readonly: true,
-            }),
-            Venv::Overlay { lower, upper } => spec.overlays.push(OverlayMount {
-                destination: install::VENV.into(),
-                lower: lower.clone(),
-                upper: upper.as_ref().map(|(upper, work)| OverlayUpper {
-                    upper: upper.clone(),
-                    work: work.clone(),
-                }),
-            }),
-        }
-    }
-
-    fn test_spec(
-        &self,
-        venv: &Venv,
-        pytest_args: &[String],
-        config_env: &std::collections::BTreeMap<String, String>,
-        report_dir: &Path,
-    ) -> ContainerSpec {
-        let mut extra = vec![("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string())];
-        // The project's own variables ([tool.ci] env) come last: they are the user's to set.
-        extra.extend(config_env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let python = format!("{}/bin/python", install::VENV);
-        let mut args = vec![
-            python.as_str(),
-            "-m",
-            "pytest",
-            "-v",
-            "-p",
-            "no:cacheprovider",
-        ];
-        // Before the user's arguments, so that a --junitxml of theirs wins.
-        let junit = format!("--junitxml={}", crate::report::IN_CONTAINER);
-        args.push(&junit);
-        args.extend(pytest_args.iter().map(String::as_str));
-        let workspace = BindMount {
-            source: self.project.to_path_buf(),
-            destination: "/workspace".into(),
-            readonly: true,
-        };
-        let mut spec = self.base("test", &args, self.env(&extra), Network::None, workspace);
-        Self::mount_venv(&mut spec, venv);
-        spec.mounts.push(BindMount {
-            source: report_dir.to_path_buf(),
-            destination: crate::report::DIR_IN_CONTAINER.into(),
-            readonly: false,
-        });
-        spec
+    paths: &'a JobPaths,
+) -> SpecConfig<'a> {
+    SpecConfig {
+        job_id: job,
+        image_rootfs: &image.rootfs,
+        image_env: &image.config.env,
+        paths,
+        user_namespace: ctx.sandbox.user_namespace,
+        cgroups: ctx.sandbox.cgroups,
+        cgroup_parent: &ctx.cgroup_parent,
+        memory_limit: ctx.sandbox.memory_limit,
+        pids_limit: ctx.sandbox.pids_limit,
+        cpu_quota_us: ctx.sandbox.cpu_quota_us,
+        tmp_size: ctx.tmp_size,
+        install_network: ctx.sandbox.install_network,
+        ca_bundle: ctx.ca_bundle.as_deref(),
     }
 }
 
@@ -909,10 +780,7 @@ impl Install<'_> {
                 if let Some(ending) = self.project(deps, step, job).await {
                     return (Err(ending), stored);
                 }
-                Venv::Overlay {
-                    lower: vec![self.paths.venv_upper(), deps.to_path_buf()],
-                    upper: None,
-                }
+                Venv::WithProject(deps.to_path_buf())
             }
         };
         (Ok(venv), stored)
@@ -920,8 +788,7 @@ impl Install<'_> {
 
     /// Builds the dependency layer into `staging` (empty), mounted as `/venv`.
     async fn deps(&self, staging: &Path, step: &Step<'_>, job: &Job) -> Option<Ending> {
-        let venv = Venv::Layer(staging.to_path_buf());
-        let spec = self.spec("install", "deps.sh", venv);
+        let spec = spec::install_deps(&self.common.spec, &self.input());
         let output = vec![staging.to_path_buf()];
         self.run(&spec, "installing the dependencies", step, job, output)
             .await
@@ -951,11 +818,7 @@ impl Install<'_> {
     /// Installs the project on top of the layer at `deps`, into the job's upper directory.
     async fn project(&self, deps: &Path, step: &Step<'_>, job: &Job) -> Option<Ending> {
         let (upper, work) = (self.paths.venv_upper(), self.paths.venv_work());
-        let venv = Venv::Overlay {
-            lower: vec![deps.to_path_buf()],
-            upper: Some((upper.clone(), work.clone())),
-        };
-        let spec = self.spec("install-project", "project.sh", venv);
+        let spec = spec::install_project(&self.common.spec, &self.input(), deps);
         self.run(
             &spec,
             "installing the project",
@@ -971,7 +834,7 @@ impl Install<'_> {
         Budget {
             cap: self.common.ctx.max_deps_size,
             layer,
-            build: needs_build_copy(self.plan).then(|| (self.paths.build(), self.build_size)),
+            build: spec::needs_build_copy(self.plan).then(|| (self.paths.build(), self.build_size)),
             cache: self.installer_cache.map(|c| c.writes().to_path_buf()),
         }
     }
@@ -1014,84 +877,18 @@ impl Install<'_> {
         }
     }
 
-    fn spec(&self, phase: &str, script: &str, venv: Venv) -> ContainerSpec {
-        let ctx = self.common.ctx;
-        let ca = ctx.ca_bundle.as_ref().map(|_| CA_IN_CONTAINER);
-        let env = self
-            .common
-            .env(&install::install_env(self.tool, self.plan, ca));
-        // Builds write into the source tree: they get the job's copy, never the upload.
-        let workspace = if needs_build_copy(self.plan) {
-            BindMount {
-                source: self.paths.build(),
-                destination: "/workspace".into(),
-                readonly: false,
-            }
-        } else {
-            BindMount {
-                source: self.paths.project(),
-                destination: "/workspace".into(),
-                readonly: true,
-            }
-        };
-        let script_path = format!("{}/{script}", install::INPUTS);
-        let args = ["/bin/sh", script_path.as_str()];
-        let network = ctx.sandbox.install_network;
-        let mut spec = self.common.base(phase, &args, env, network, workspace);
-        // No one file may pass the cap, whatever the watcher sees between two looks.
-        spec.max_file_size = Some(ctx.max_deps_size);
-        match venv {
-            // The staging directory of a new layer, which this container fills.
-            Venv::Layer(dir) => spec.mounts.push(BindMount {
-                source: dir,
-                destination: install::VENV.into(),
-                readonly: false,
+    /// The spec builder's view of the installs.
+    fn input(&self) -> InstallInput<'_> {
+        InstallInput {
+            plan: self.plan,
+            tool: self.tool,
+            uv_dir: self.uv_dir,
+            cache: self.installer_cache.map(|cache| match cache {
+                InstallerCache::Shared { dir, .. } => CacheMount::Shared(dir),
+                InstallerCache::Private(_) => CacheMount::Private,
             }),
-            overlay => Common::mount_venv(&mut spec, &overlay),
+            max_file_size: self.common.ctx.max_deps_size,
         }
-        spec.mounts.push(BindMount {
-            source: self.paths.inputs(),
-            destination: install::INPUTS.into(),
-            readonly: true,
-        });
-        if let Some(dir) = self.uv_dir {
-            spec.mounts.push(BindMount {
-                source: dir.to_path_buf(),
-                destination: install::UV_DIR.into(),
-                readonly: true,
-            });
-        }
-        // The installer's download cache, per user: warm installs skip the network.
-        let destination = match self.tool.kind {
-            Installer::Uv => install::UV_CACHE,
-            Installer::Pip => install::PIP_CACHE,
-        };
-        match self.installer_cache {
-            Some(InstallerCache::Shared {
-                dir, upper, work, ..
-            }) => spec.overlays.push(OverlayMount {
-                destination: destination.into(),
-                lower: vec![dir.clone()],
-                upper: Some(OverlayUpper {
-                    upper: upper.clone(),
-                    work: work.clone(),
-                }),
-            }),
-            Some(InstallerCache::Private(dir)) => spec.mounts.push(BindMount {
-                source: dir.clone(),
-                destination: destination.into(),
-                readonly: false,
-            }),
-            None => {}
-        }
-        if let Some(ca) = &ctx.ca_bundle {
-            spec.mounts.push(BindMount {
-                source: ca.clone(),
-                destination: CA_IN_CONTAINER.into(),
-                readonly: true,
-            });
-        }
-        spec
     }
 }
 

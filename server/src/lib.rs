@@ -22,6 +22,7 @@ pub mod queue;
 pub mod report;
 pub mod retention;
 pub mod sandbox;
+pub mod spec;
 pub mod tools;
 pub mod upload;
 
