@@ -1,19 +1,15 @@
 //! Runs one job: the image, the install container, the test container, and the verdict.
 //!
-//! Containers are never started in this process: each one is a helper process
-//! (`ci-server __container ...`, see `ci_runner::helper_main`) whose stdout carries the
-//! container's merged output. libcontainer changes the caller's cwd and forks from whatever
-//! thread calls it, which a multi-threaded server cannot allow (shared/notes/libcontainer.md).
+//! This is the pipeline: the phases in order and what each one's end means for the job.
+//! The containers' specs come from [`crate::spec`], and each container is run and stopped
+//! by [`crate::supervisor`].
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ci_project::{InstallPlan, Installer};
 use ci_runner::{ContainerSpec, Outcome};
-use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::cache;
@@ -22,9 +18,10 @@ use crate::db::Db;
 use crate::image::ImageProvider;
 use crate::install::{self, Budget, JobPaths, Overrun, Tool};
 use crate::jobs::{Control, StopReason};
-use crate::logs::{Appended, LiveLog, LogStore};
+use crate::logs::{LiveLog, LogStore};
 use crate::model::{now_ms, Job, Phase, Status};
 use crate::spec::{self, CacheMount, InstallInput, SpecConfig, Venv};
+use crate::supervisor::{self, ContainerRun, Ended, Interruption, OverCap};
 
 /// What every job run needs from the server's configuration.
 pub struct RunContext {
@@ -83,19 +80,12 @@ impl RunContext {
         }
     }
 
-    /// Removes a container a helper left behind (the helper was killed).
-    pub async fn cleanup_container(&self, id: &str) {
-        let status = tokio::process::Command::new(&self.helper_exe)
-            .args(ci_runner::cleanup_args(&self.state_root, Some(id)))
-            .stdin(Stdio::null())
-            .status()
-            .await;
-        if !status.as_ref().is_ok_and(|s| s.success()) {
-            tracing::error!(
-                container = id,
-                ?status,
-                "cleanup of a leftover container failed"
-            );
+    /// The helper process that runs the containers, for [`supervisor`].
+    pub fn helper(&self) -> supervisor::Helper<'_> {
+        supervisor::Helper {
+            exe: &self.helper_exe,
+            state_root: &self.state_root,
+            log_cap: self.log_cap,
         }
     }
 }
@@ -293,12 +283,19 @@ async fn execute(
         return Ending::error(format!("cannot prepare the test report directory: {e}"));
     }
     let spec = spec::test(&common.spec, &venv, &job.pytest_args, &config.env);
-    let run = run_container(ctx, &spec, &paths, log, control, deadline).await;
-    if let Some(ending) = run.interrupted(ctx, job) {
-        return ending;
-    }
-    let Some(outcome) = run.outcome else {
-        return Ending::error(run.helper_failure());
+    let run = supervisor::run(
+        &ctx.helper(),
+        &spec,
+        &paths,
+        log,
+        control.stopped(),
+        deadline,
+    )
+    .await;
+    let outcome = match run.ended {
+        Ended::Finished(outcome) => outcome,
+        Ended::Interrupted(why) => return interrupted(ctx, job, why),
+        Ended::HelperFailed(failure) => return Ending::error(failure.reason()),
     };
     let report_file = paths.junit();
     let report = blocking(move || crate::report::read(&report_file)).await;
@@ -852,21 +849,18 @@ impl Install<'_> {
     ) -> Option<Ending> {
         let ctx = self.common.ctx;
         let budget = Arc::new(self.budget(layer));
-        let watch = watch_writes(budget.clone());
-        let run = supervise(
-            ctx,
+        let watch = supervisor::watch_writes(budget.clone());
+        let run = supervisor::supervise(
+            &ctx.helper(),
             spec,
             self.paths,
             step.log,
-            step.control,
+            step.control.stopped(),
             step.deadline,
             watch,
         )
         .await;
-        if let Some(ending) = run
-            .interrupted(ctx, job)
-            .or_else(|| run.install_failure(ctx, what))
-        {
+        if let Some(ending) = install_failure(ctx, job, &run, what) {
             return Some(ending);
         }
         // The watcher looks only now and then: the last writes are measured now.
@@ -892,312 +886,59 @@ impl Install<'_> {
     }
 }
 
-/// Why a container was stopped before it ended on its own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Interruption {
-    Stop(StopReason),
-    TimedOut,
-    LogLimit,
-    /// An install wrote more than its cap.
-    OverCap(Overrun),
-}
-
-struct ContainerRun {
-    outcome: Option<Outcome>,
-    /// The end of what the container printed ([`OUTPUT_TAIL`] bytes), to explain a failure.
-    tail: Vec<u8>,
-    interruption: Option<Interruption>,
-    /// The helper's own diagnostics, when it failed.
-    helper_stderr: String,
-    /// How the helper process ended, when it was started at all.
-    helper_exit: Option<std::process::ExitStatus>,
-}
-
-impl ContainerRun {
-    fn interrupted(&self, ctx: &RunContext, job: &Job) -> Option<Ending> {
-        let (status, reason) = match self.interruption? {
-            Interruption::Stop(reason @ (StopReason::Cancelled | StopReason::UserDisabled)) => {
-                (Status::Cancelled, reason.cancel_reason(true).to_string())
-            }
-            Interruption::Stop(StopReason::Shutdown) => (
-                Status::Lost,
-                "the server shut down while the job was running".into(),
+/// How a job ends when its container was stopped before it ended on its own.
+fn interrupted(ctx: &RunContext, job: &Job, why: Interruption) -> Ending {
+    let (status, reason) = match why {
+        Interruption::Stop(reason @ (StopReason::Cancelled | StopReason::UserDisabled)) => {
+            (Status::Cancelled, reason.cancel_reason(true).to_string())
+        }
+        Interruption::Stop(StopReason::Shutdown) => (
+            Status::Lost,
+            "the server shut down while the job was running".into(),
+        ),
+        Interruption::TimedOut => (
+            Status::TimedOut,
+            format!(
+                "timed out after {}",
+                humantime::format_duration(Duration::from_secs(job.timeout_secs))
             ),
-            Interruption::TimedOut => (
-                Status::TimedOut,
-                format!(
-                    "timed out after {}",
-                    humantime::format_duration(Duration::from_secs(job.timeout_secs))
-                ),
+        ),
+        Interruption::LogLimit => (
+            Status::Error,
+            format!(
+                "log limit reached: log truncated at {}",
+                format_size(ctx.log_cap)
             ),
-            Interruption::LogLimit => (
-                Status::Error,
-                format!(
-                    "log limit reached: log truncated at {}",
-                    format_size(ctx.log_cap)
-                ),
-            ),
-            Interruption::OverCap(over) => (Status::Error, over.reason(ctx.max_deps_size)),
-        };
-        Some(Ending {
-            status,
-            exit_code: None,
-            reason: Some(reason),
-        })
-    }
-
-    /// How a failed install ends the job: the reason in words when the output shows a
-    /// known cause, else the installer's exit code. `None` when the install succeeded.
-    fn install_failure(&self, ctx: &RunContext, what: &str) -> Option<Ending> {
-        match &self.outcome {
-            Some(Outcome {
-                exit_code: Some(0), ..
-            }) => None,
-            Some(o) => {
-                let tail = String::from_utf8_lossy(&self.tail);
-                if install::hit_file_size_limit(o.signal, &tail) {
-                    return Some(Ending::error(Overrun::File.reason(ctx.max_deps_size)));
-                }
-                let said = install::diagnose(&tail);
-                Some(Ending::error(match said {
-                    Some(reason) => reason,
-                    None => format!("{what} failed ({})", describe(ctx, o)),
-                }))
-            }
-            None => Some(Ending::error(self.helper_failure())),
-        }
-    }
-
-    fn helper_failure(&self) -> String {
-        use std::os::unix::process::ExitStatusExt;
-        let said = self
-            .helper_stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty());
-        match (said, self.helper_exit.and_then(|s| s.signal())) {
-            (Some(line), _) => format!("the container could not be run: {line}"),
-            (None, Some(sig)) => format!("the container's helper process was killed (signal {sig}); the container was removed"),
-            (None, None) => "the container could not be run (its helper gave no reason)".to_string(),
-        }
-    }
-}
-
-/// Starts one container through a helper process, copies its output into the log as it comes,
-/// and stops it on cancel, shutdown, timeout or a full log.
-async fn run_container(
-    ctx: &RunContext,
-    spec: &ContainerSpec,
-    paths: &JobPaths,
-    log: &LiveLog,
-    control: &Control,
-    deadline: Instant,
-) -> ContainerRun {
-    let never = std::future::pending();
-    supervise(ctx, spec, paths, log, control, deadline, never).await
-}
-
-/// How often, at the least, [`watch_writes`] measures what an install wrote.
-const WATCH_EVERY: Duration = Duration::from_millis(500);
-
-/// How often [`watch_writes`] glances at the filesystem's used bytes, which grow as soon
-/// as anything is written (ext4 counts delayed allocations): once they grew by more than
-/// the install has left of its cap since the last measurement, it measures at once. On a
-/// disk that writes 2 GB/s an install gets no more than some 40 MB past its cap that way,
-/// unless other writers' deletions hide its growth (then the 0.5 s rhythm still holds).
-const GLANCE_EVERY: Duration = Duration::from_millis(20);
-
-/// Measures what an install writes while it runs (off the async threads); resolves when a
-/// part of it passes its cap. A walk of a large tree takes a while: walks are at least
-/// three times their own length apart, so at most a quarter of a core goes to walking.
-async fn watch_writes(budget: Arc<Budget>) -> Overrun {
-    let mut last_walk = Instant::now();
-    let mut gap = Duration::ZERO;
-    let mut used_then = 0;
-    let mut room = 0;
-    loop {
-        tokio::time::sleep(GLANCE_EVERY).await;
-        let used_now = budget.filesystem_used().unwrap_or(u64::MAX);
-        let grew = used_now.saturating_sub(used_then) >= room;
-        let since = last_walk.elapsed();
-        if since < gap || (!grew && since < WATCH_EVERY) {
-            continue;
-        }
-        last_walk = Instant::now();
-        let measuring = budget.clone();
-        match tokio::task::spawn_blocking(move || measuring.check()).await {
-            Ok(Err(over)) => return over,
-            Ok(Ok(spent)) => room = budget.cap.saturating_sub(spent),
-            Err(_) => room = 0,
-        }
-        used_then = used_now;
-        gap = last_walk.elapsed() * 3;
-    }
-}
-
-/// [`run_container`] that also stops the container when `over_cap` resolves.
-async fn supervise(
-    ctx: &RunContext,
-    spec: &ContainerSpec,
-    paths: &JobPaths,
-    log: &LiveLog,
-    control: &Control,
-    deadline: Instant,
-    over_cap: impl Future<Output = Overrun>,
-) -> ContainerRun {
-    let failed = |msg: String| ContainerRun {
-        outcome: None,
-        tail: Vec::new(),
-        interruption: None,
-        helper_stderr: msg,
-        helper_exit: None,
+        ),
+        Interruption::OverCap(OverCap { over, cap }) => (Status::Error, over.reason(cap)),
     };
-    let bundle = paths.bundle(&spec.id);
-    let result = paths.outcome(&spec.id);
-    if let Err(e) = ci_runner::ensure_mountpoints(&spec.rootfs, spec) {
-        return failed(format!("cannot prepare the image: {e}"));
-    }
-    if let Err(e) = fs_err::create_dir_all(&bundle) {
-        return failed(format!("cannot create the container's bundle: {e}"));
-    }
-    if let Err(e) = ci_runner::prepare_bundle(&bundle, spec) {
-        return failed(format!("cannot write the container's bundle: {e}"));
-    }
-    // With die-with-parent a server that dies, even by SIGKILL, takes its containers along.
-    let args = ci_runner::container_args(&bundle, &ctx.state_root, &spec.id, &result, true);
-    let mut child = match tokio::process::Command::new(&ctx.helper_exe)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group: a Ctrl-C at the server's terminal reaches the server, which
-        // then stops jobs in order, not every helper at once.
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => return failed(format!("cannot start the container helper: {e}")),
-    };
-    let pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-
-    let stderr_task = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut buf).await;
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-
-    let mut interruption = None;
-    let mut relay = crate::output::Relay::default();
-    let mut tail = Vec::new();
-    let mut buf = vec![0u8; 32 * 1024];
-    let mut output_open = true;
-    let mut exit = None;
-    let mut stop_sent_at: Option<Instant> = None;
-    let stop_requested = control.stopped();
-    tokio::pin!(stop_requested);
-    let timeout = tokio::time::sleep_until(deadline);
-    tokio::pin!(timeout);
-    tokio::pin!(over_cap);
-
-    // Copy output until the helper has exited and the pipe is closed; the helper removes the
-    // container before it exits, which closes every writer of the pipe.
-    while exit.is_none() || output_open {
-        let kill_deadline = stop_sent_at.map(|t| t + Duration::from_secs(10));
-        tokio::select! {
-            read = stdout.read(&mut buf), if output_open => match read {
-                Ok(0) | Err(_) => output_open = false,
-                Ok(n) => {
-                    keep_tail(&mut tail, &buf[..n]);
-                    if interruption.is_none() && matches!(log.append(&relay.push(&buf[..n])), Ok(Appended::CapReached)) {
-                        interruption = Some(Interruption::LogLimit);
-                        let _ = log.note(&format!(
-                            "log truncated at {}: the job printed more than the server keeps (--max-log-size); stopping it",
-                            format_size(ctx.log_cap)
-                        ));
-                    }
-                }
-            },
-            status = child.wait(), if exit.is_none() => {
-                if !status.as_ref().is_ok_and(|s| s.success()) {
-                    // The helper died without removing its container, which still holds the
-                    // pipe: remove it now rather than wait for the pipe to close.
-                    ctx.cleanup_container(&spec.id).await;
-                }
-                exit = Some(status);
-                if output_open {
-                    // Give the pipe a moment to drain, then stop waiting for writers that
-                    // outlived the helper (they are killed by the cleanup below).
-                    let drain = tokio::time::timeout(Duration::from_secs(5), async {
-                        loop {
-                            match stdout.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => {
-                                    keep_tail(&mut tail, &buf[..n]);
-                                    let _ = log.append(&relay.push(&buf[..n]));
-                                }
-                            }
-                        }
-                    });
-                    let _ = drain.await;
-                    output_open = false;
-                }
-            },
-            reason = &mut stop_requested, if interruption.is_none() => interruption = Some(Interruption::Stop(reason)),
-            () = &mut timeout, if interruption.is_none() => interruption = Some(Interruption::TimedOut),
-            over = &mut over_cap, if interruption.is_none() && exit.is_none() => {
-                let _ = log.note(&format!("{}: stopping it", over.what(ctx.max_deps_size)));
-                interruption = Some(Interruption::OverCap(over));
-            },
-            () = async { tokio::time::sleep_until(kill_deadline.unwrap_or_else(Instant::now)).await }, if kill_deadline.is_some() && exit.is_none() => {
-                tracing::warn!(container = %spec.id, "helper did not stop in time: killing it");
-                let _ = child.start_kill();
-                stop_sent_at = None;
-            },
-        }
-        if interruption.is_some() && stop_sent_at.is_none() && exit.is_none() {
-            if let Some(pid) = pid {
-                // The helper kills the container (every process in its cgroup) on SIGTERM.
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            }
-            stop_sent_at = Some(Instant::now());
-        }
-    }
-    let held = relay.finish();
-    if !held.is_empty() && interruption != Some(Interruption::LogLimit) {
-        let _ = log.append(&held);
-    }
-    let helper_exit = exit.and_then(Result::ok);
-    let helper_ok = helper_exit.is_some_and(|status| status.success());
-    let helper_stderr = tokio::time::timeout(Duration::from_secs(5), stderr_task)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    if !helper_ok {
-        tracing::warn!(container = %spec.id, status = ?helper_exit, stderr = %helper_stderr.trim(), "container helper failed");
-    }
-    let outcome = std::fs::read(&result)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Outcome>(&b).ok());
-    ContainerRun {
-        outcome,
-        tail,
-        interruption,
-        helper_stderr,
-        helper_exit,
+    Ending {
+        status,
+        exit_code: None,
+        reason: Some(reason),
     }
 }
 
-/// How much of a container's output is kept to explain its failure.
-const OUTPUT_TAIL: usize = 64 * 1024;
-
-fn keep_tail(tail: &mut Vec<u8>, more: &[u8]) {
-    tail.extend_from_slice(more);
-    if tail.len() > OUTPUT_TAIL {
-        tail.drain(..tail.len() - OUTPUT_TAIL);
+/// How a failed install ends the job: the reason in words when the output shows a known
+/// cause, else the installer's exit code. `None` when the install succeeded.
+fn install_failure(ctx: &RunContext, job: &Job, run: &ContainerRun, what: &str) -> Option<Ending> {
+    match &run.ended {
+        Ended::Finished(Outcome {
+            exit_code: Some(0), ..
+        }) => None,
+        Ended::Finished(o) => {
+            let tail = String::from_utf8_lossy(&run.tail);
+            if install::hit_file_size_limit(o.signal, &tail) {
+                return Some(Ending::error(Overrun::File.reason(ctx.max_deps_size)));
+            }
+            let said = install::diagnose(&tail);
+            Some(Ending::error(match said {
+                Some(reason) => reason,
+                None => format!("{what} failed ({})", describe(ctx, o)),
+            }))
+        }
+        Ended::Interrupted(why) => Some(interrupted(ctx, job, *why)),
+        Ended::HelperFailed(failure) => Some(Ending::error(failure.reason())),
     }
 }
 

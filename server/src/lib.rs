@@ -23,6 +23,7 @@ pub mod report;
 pub mod retention;
 pub mod sandbox;
 pub mod spec;
+pub mod supervisor;
 pub mod tools;
 pub mod upload;
 
