@@ -1,40 +1,11 @@
 //! The HTTP client of the `/v1` API: one clear line for every way a request can fail.
 
 use anyhow::{anyhow, Context};
+use ci_protocol::{ErrorBody, JobView, LogQuery, SubmitQuery};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::Settings;
-
-/// A job as the server describes it.
-#[derive(Deserialize, Serialize, Debug, Clone)]
-pub struct JobView {
-    pub id: String,
-    pub status: String,
-    pub phase: Option<String>,
-    pub created: String,
-    pub started: Option<String>,
-    pub finished: Option<String>,
-    pub duration_secs: Option<f64>,
-    pub exit_code: Option<i32>,
-    pub reason: Option<String>,
-    pub queue_position: Option<usize>,
-    #[serde(default)]
-    pub log_bytes: u64,
-    /// The log was removed after the server's retention period; the record stays.
-    #[serde(default)]
-    pub expired: bool,
-}
-
-impl JobView {
-    pub fn is_terminal(&self) -> bool {
-        !matches!(self.status.as_str(), "queued" | "running")
-    }
-
-    pub fn passed(&self) -> bool {
-        self.status == "passed"
-    }
-}
 
 #[derive(Clone)]
 pub struct Client {
@@ -116,36 +87,47 @@ impl Client {
             return Ok(resp);
         }
         let body = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&body)
+        let message = serde_json::from_str::<ErrorBody>(&body)
             .ok()
-            .and_then(|v| v.get("error").and_then(|m| m.as_str()).map(str::to_string))
+            .map(|b| b.error)
             .unwrap_or_else(|| format!("the server answered {status}: {}", body.trim()));
         Err(RequestError::Http(status.as_u16(), message))
     }
 
-    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, RequestError> {
-        let resp = self.send(self.http.get(self.url(path))).await?;
+    /// Sends a request and reads the JSON answer.
+    async fn json<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, RequestError> {
+        let resp = self.send(req).await?;
         resp.json()
             .await
             .map_err(|e| RequestError::Other(format!("the server sent a bad answer: {e}")))
+    }
+
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, RequestError> {
+        self.json(self.http.get(self.url(path))).await
+    }
+
+    /// `GET path?query`, with the query one of `ci_protocol`'s query types.
+    pub async fn get_json_with<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &impl Serialize,
+    ) -> Result<T, RequestError> {
+        self.json(self.http.get(self.url(path)).query(query)).await
     }
 
     pub async fn post_json<T: DeserializeOwned>(
         &self,
         path: &str,
-        body: &serde_json::Value,
+        body: &impl Serialize,
     ) -> Result<T, RequestError> {
-        let resp = self.send(self.http.post(self.url(path)).json(body)).await?;
-        resp.json()
-            .await
-            .map_err(|e| RequestError::Other(format!("the server sent a bad answer: {e}")))
+        self.json(self.http.post(self.url(path)).json(body)).await
     }
 
     pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, RequestError> {
-        let resp = self.send(self.http.delete(self.url(path))).await?;
-        resp.json()
-            .await
-            .map_err(|e| RequestError::Other(format!("the server sent a bad answer: {e}")))
+        self.json(self.http.delete(self.url(path))).await
     }
 
     pub async fn submit(
@@ -154,22 +136,13 @@ impl Client {
         timeout_secs: Option<u64>,
         pytest_args: &[String],
     ) -> Result<JobView, RequestError> {
-        let mut req = self
+        let req = self
             .http
             .post(self.url("/v1/jobs"))
             .header("content-type", "application/gzip")
+            .query(&SubmitQuery::new(timeout_secs, pytest_args))
             .body(archive);
-        if let Some(t) = timeout_secs {
-            req = req.query(&[("timeout_secs", t)]);
-        }
-        if !pytest_args.is_empty() {
-            let json = serde_json::to_string(pytest_args).expect("strings serialize");
-            req = req.query(&[("pytest_args", json)]);
-        }
-        let resp = self.send(req).await?;
-        resp.json()
-            .await
-            .map_err(|e| RequestError::Other(format!("the server sent a bad answer: {e}")))
+        self.json(req).await
     }
 
     pub async fn job(&self, id: &str) -> Result<JobView, RequestError> {
@@ -181,7 +154,7 @@ impl Client {
         self.send(
             self.http
                 .get(self.url(&format!("/v1/jobs/{id}/log")))
-                .query(&[("offset", offset)]),
+                .query(&LogQuery { offset }),
         )
         .await
     }

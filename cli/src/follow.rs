@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::anyhow;
 use futures_util::StreamExt;
 
-use crate::client::{Client, JobView, RequestError};
+use ci_protocol::JobView;
+
+use crate::client::{Client, RequestError};
 
 /// How long to keep trying to reach the server while it is away.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
@@ -38,7 +40,9 @@ pub async fn follow(client: &Client, id: &str, mut offset: u64) -> anyhow::Resul
             Ok(()) => {
                 // The stream ended: either the job ended, or the server is going away.
                 match client.job(id).await {
-                    Ok(job) if job.is_terminal() && offset >= job.log_bytes => return Ok(job),
+                    Ok(job) if job.status.is_terminal() && offset >= job.log_bytes => {
+                        return Ok(job)
+                    }
                     // Not over: the server is going away; come back soon, without backing off.
                     Ok(_) => backoff = Duration::from_millis(100),
                     Err(e) if !e.is_transient() => return Err(anyhow!(e)),
@@ -55,7 +59,7 @@ pub async fn follow(client: &Client, id: &str, mut offset: u64) -> anyhow::Resul
             // result; anything else is an error, never a retry.
             Err(RequestError::Http(416, message)) => {
                 return match client.job(id).await {
-                    Ok(job) if job.is_terminal() => Ok(job),
+                    Ok(job) if job.status.is_terminal() => Ok(job),
                     Ok(_) => Err(anyhow!(message)),
                     Err(e) => Err(anyhow!(e)),
                 };
@@ -135,7 +139,7 @@ mod tests {
         // A finished job: its result, after one try.
         let (url, logs) = fake(FINISHED).await;
         let job = follow(&client(url), "j", 5).await.unwrap();
-        assert!(job.passed());
+        assert_eq!(job.status, ci_protocol::Status::Passed);
         assert_eq!(logs.load(std::sync::atomic::Ordering::SeqCst), 1);
         // A job still running: the server's message, never a loop.
         let (url, logs) = fake(RUNNING).await;

@@ -8,6 +8,7 @@ pub mod follow;
 pub mod pack;
 pub mod table;
 
+use ci_protocol::{JobView, Status};
 use clap::{Parser, Subcommand};
 
 use client::Client;
@@ -77,7 +78,7 @@ pub async fn run(cli: Cli) -> u8 {
 }
 
 /// `==> result: STATUS[: REASON] (SECS)`, as the job's record has it.
-pub fn result_line(job: &client::JobView) -> String {
+pub fn result_line(job: &JobView) -> String {
     let mut line = format!("==> result: {}", job.status);
     if let Some(reason) = &job.reason {
         line.push_str(&format!(": {reason}"));
@@ -97,12 +98,12 @@ pub async fn follow_to_end(client: &Client, id: &str, offset: u64) -> anyhow::Re
             // The result comes from the job's record, never from the log, which holds the
             // job's own output and so could imitate it.
             println!("{}", result_line(&job));
-            if !job.passed() && job.status != "failed" {
+            if !matches!(job.status, Status::Passed | Status::Failed) {
                 if let Some(reason) = &job.reason {
-                    eprintln!("ci: job {} {}: {reason}", job.id, job.status.replace('_', " "));
+                    eprintln!("ci: job {} {}: {reason}", job.id, job.status.as_str().replace('_', " "));
                 }
             }
-            Ok(if job.passed() { exit::SUCCESS } else { exit::JOB_FAILED })
+            Ok(exit::of(job.status))
         }
         _ = tokio::signal::ctrl_c() => {
             eprintln!("\nci: interrupted; job {id} keeps running on the server. Reconnect with: ci wait {id}");

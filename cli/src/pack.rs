@@ -5,9 +5,6 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 
-/// Largest archive the server takes.
-pub const MAX_ARCHIVE_BYTES: usize = 100 << 20;
-
 /// What went into an archive.
 pub struct Packed {
     pub archive: Vec<u8>,
@@ -63,11 +60,13 @@ pub fn pack(root: &Path) -> anyhow::Result<Packed> {
         .into_inner()
         .and_then(|gz| gz.finish())
         .context("cannot compress the project")?;
-    if archive.len() > MAX_ARCHIVE_BYTES {
+    // The server's default cap: a larger archive would be refused after its upload.
+    let max = ci_protocol::DEFAULT_MAX_UPLOAD_BYTES;
+    if archive.len() as u64 > max {
         bail!(
             "the project packs to {} MiB, over the server's {} MiB limit; add large files to .gitignore",
             archive.len() >> 20,
-            MAX_ARCHIVE_BYTES >> 20
+            max >> 20
         );
     }
     Ok(Packed { archive, files })

@@ -9,11 +9,11 @@ use axum::extract::State;
 use crate::api::{ApiPath, ApiQuery};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use ci_protocol::{CreatedKey, KeyQuery, KeyView, NewKey, NewUser, Role, UserView};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::model::{now_ms, ApiKey, KeyView, Role, User, UserView};
+use crate::model::{key_view, now_ms, ApiKey, User};
 use crate::AppState;
 
 /// Serializes the check-then-write of admin changes (duplicate emails, the last admin), so two
@@ -22,16 +22,6 @@ static WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const MAX_NAME: usize = 100;
 const MAX_EMAIL: usize = 254;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewUser {
-    name: String,
-    email: String,
-    /// `admin` or `user` (default).
-    #[serde(default)]
-    role: Option<Role>,
-}
 
 /// `POST /v1/admin/users`: 201 with the user; 409 if the email is taken.
 pub async fn create_user(
@@ -59,11 +49,7 @@ pub async fn create_user(
     };
     state.db.put_user(&user)?;
     state.db.flush().await?;
-    let role = match user.role {
-        Role::Admin => "admin",
-        Role::User => "user",
-    };
-    tracing::info!(by = %caller.0.email, user = %user.email, role, "user created");
+    tracing::info!(by = %caller.0.email, user = %user.email, role = user.role.as_str(), "user created");
     Ok((StatusCode::CREATED, Json((&user).into())))
 }
 
@@ -134,21 +120,6 @@ async fn set_active(
     Ok(Json((&user).into()))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewKey {
-    email: String,
-    name: String,
-}
-
-/// A key just created: the only answer that carries the key itself.
-#[derive(Serialize)]
-pub struct CreatedKey {
-    #[serde(flatten)]
-    view: KeyView,
-    key: String,
-}
-
 /// `POST /v1/admin/keys`: 201 with the new key for the user with that email.
 pub async fn create_key(
     State(state): State<AppState>,
@@ -174,11 +145,6 @@ pub async fn create_key(
             key,
         }),
     ))
-}
-
-#[derive(Deserialize)]
-pub struct KeyQuery {
-    email: Option<String>,
 }
 
 /// `GET /v1/admin/keys[?email=E]`: keys (never the keys themselves), oldest first.
@@ -263,17 +229,6 @@ fn refuse_admin_lockout(state: &AppState, owner: &User, key: &ApiKey) -> Result<
             "key {} is the last working key of an active admin ({}): create another admin key first",
             key.id, owner.email
         )))
-    }
-}
-
-fn key_view(key: &ApiKey, email: &str) -> KeyView {
-    KeyView {
-        id: key.id.clone(),
-        name: key.name.clone(),
-        user_email: email.to_string(),
-        created: crate::model::rfc3339(key.created_ms),
-        last_used: key.last_used_ms.map(crate::model::rfc3339),
-        revoked: key.revoked,
     }
 }
 

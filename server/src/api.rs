@@ -6,13 +6,14 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use ci_protocol::{JobView, ListQuery, LogQuery, SubmitQuery, UserView};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::model::{now_ms, Job, JobView, Role, Status, User};
+use crate::layout::JobDir;
+use crate::model::{job_view, now_ms, Job, Role, Status, User};
 use crate::upload::{self, BodyReader, Chunk, Fault, UploadError};
 use crate::AppState;
 
@@ -30,23 +31,13 @@ pub async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> A
     ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
 }
 
-#[derive(Deserialize)]
-pub struct SubmitQuery {
-    /// Wall-clock limit in seconds; capped by the server's own.
-    timeout_secs: Option<u64>,
-    /// Extra pytest arguments, as a JSON array of strings.
-    pytest_args: Option<String>,
-}
-
 /// Most extra pytest arguments a job may have, and the longest one.
 const MAX_PYTEST_ARGS: usize = 64;
 const MAX_PYTEST_ARG_LEN: usize = 4096;
 
-fn parse_pytest_args(raw: Option<&str>) -> Result<Vec<String>, ApiError> {
-    let Some(raw) = raw else {
-        return Ok(Vec::new());
-    };
-    let args: Vec<String> = serde_json::from_str(raw)
+fn parse_pytest_args(q: &SubmitQuery) -> Result<Vec<String>, ApiError> {
+    let args = q
+        .pytest_args()
         .map_err(|_| ApiError::BadRequest("pytest_args must be a JSON array of strings".into()))?;
     if args.len() > MAX_PYTEST_ARGS {
         return Err(ApiError::BadRequest(format!(
@@ -116,7 +107,7 @@ async fn accept(
 ) -> Result<Response, ApiError> {
     // A user over a per-user cap is told before sending the upload.
     state.jobs.admits(&caller.0.id)?;
-    let pytest_args = parse_pytest_args(q.pytest_args.as_deref())?;
+    let pytest_args = parse_pytest_args(&q)?;
     let limits = state.upload_limits;
     match declared_length(headers) {
         Some(0) => return Err(ApiError::BadRequest(UploadError::Empty.to_string())),
@@ -131,10 +122,10 @@ async fn accept(
         retry_after_secs: BUSY_RETRY_AFTER_SECS,
     })?;
     enough_disk(state).await?;
-    let id = new_job_id(state)?;
+    let id = new_job_id(state).await?;
     let deadline = tokio::time::Instant::now() + state.uploads.timeout;
     let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_CHANNEL_CHUNKS);
-    let dir = JobDir::new(state, &id);
+    let dir = state.jobs.layout().new_job_dir(&id);
     let project = dir.path().join("project");
     // The blocking side owns the slot and the directory until it is done, so that a client
     // that goes away (which drops this future) frees neither before the unpacker stops.
@@ -158,7 +149,7 @@ async fn accept(
     // back at once instead of a job that fails later; it also sets pytest arguments and
     // the timeout.
     let checked = {
-        let (project, installer) = (dir.path().join("project"), state.run.installer);
+        let (project, installer) = (dir.path().join("project"), state.installer);
         tokio::task::spawn_blocking(move || {
             let config = ci_project::read_config(&project)?;
             ci_project::plan(&project, &config, installer)?;
@@ -183,7 +174,7 @@ async fn accept(
     let job = Job {
         id: id.clone(),
         owner: caller.0.id.clone(),
-        seq: state.db.next_seq()?,
+        seq: state.store.next_seq().await?,
         status: Status::Queued,
         phase: None,
         created_ms: now_ms(),
@@ -196,22 +187,10 @@ async fn accept(
         upload_bytes,
         expired_ms: None,
     };
-    // From here the directory belongs to the job (or is removed below if it is refused).
-    dir.keep();
-    let position = match state.jobs.submit(job.clone()).await {
-        Ok(p) => p,
-        Err(e) => {
-            let run = state.run.clone();
-            let _ = tokio::task::spawn_blocking(move || run.remove_job_dir(&id)).await;
-            return Err(e);
-        }
-    };
+    // From here the job manager owns the directory (and removes it if it refuses the job).
+    let position = state.jobs.submit(job.clone(), dir).await?;
     tracing::info!(job = %job.id, user = %caller.0.email, upload_bytes, "job submitted");
-    Ok((
-        StatusCode::CREATED,
-        Json(JobView::new(&job, Some(position), 0)),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, Json(job_view(&job, Some(position), 0))).into_response())
 }
 
 /// Body chunks the receiving side may hold for the unpacker before it waits for it: with
@@ -240,7 +219,7 @@ fn too_large(limits: upload::Limits) -> ApiError {
 
 /// Refuses a submission while the jobs' file system has less free space than the server keeps.
 async fn enough_disk(state: &AppState) -> Result<(), ApiError> {
-    let (dir, min) = (state.run.jobs_dir.clone(), state.uploads.min_free_disk);
+    let (dir, min) = (state.jobs.layout().jobs(), state.uploads.min_free_disk);
     if min == 0 {
         return Ok(());
     }
@@ -388,58 +367,6 @@ fn upload_error(id: &str, e: UploadError) -> ApiError {
     }
 }
 
-/// A new job's directory while its submission is under way: removed when dropped, unless
-/// kept, so that nothing half-written stays whichever way the submission ends (even when the
-/// client goes away and the request's future is dropped).
-struct JobDir {
-    run: std::sync::Arc<crate::execute::RunContext>,
-    id: String,
-    armed: bool,
-}
-
-impl JobDir {
-    fn new(state: &AppState, id: &str) -> JobDir {
-        JobDir {
-            run: state.run.clone(),
-            id: id.to_string(),
-            armed: true,
-        }
-    }
-
-    fn path(&self) -> std::path::PathBuf {
-        self.run.job_dir(&self.id)
-    }
-
-    /// Removes it now; blocking.
-    fn remove_now(mut self) {
-        self.armed = false;
-        self.run.remove_job_dir(&self.id);
-    }
-
-    async fn remove(self) {
-        let _ = tokio::task::spawn_blocking(move || self.remove_now()).await;
-    }
-
-    fn keep(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for JobDir {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let (run, id) = (self.run.clone(), std::mem::take(&mut self.id));
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn_blocking(move || run.remove_job_dir(&id));
-            }
-            Err(_) => run.remove_job_dir(&id),
-        }
-    }
-}
-
 /// `Query`, with a bad query string answered like every other error: 400 and one line of JSON.
 pub struct ApiQuery<T>(pub T);
 
@@ -471,18 +398,18 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
-fn new_job_id(state: &AppState) -> Result<String, ApiError> {
+async fn new_job_id(state: &AppState) -> Result<String, ApiError> {
     loop {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        if state.db.job(&id)?.is_none() && !state.run.job_dir(&id).exists() {
+        if state.store.get(&id).await?.is_none() && !state.jobs.dir_exists(&id) {
             return Ok(id);
         }
     }
 }
 
 /// A job of the caller's, or 404 exactly as for a job that does not exist.
-fn own_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job, ApiError> {
-    match state.db.job(id)? {
+async fn own_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+    match state.store.get(id).await? {
         Some(job) if job.owner == caller.0.id => Ok(job),
         _ => Err(ApiError::NotFound(format!("job {id}"))),
     }
@@ -494,7 +421,7 @@ fn view(state: &AppState, job: &Job) -> JobView {
     } else {
         None
     };
-    JobView::new(
+    job_view(
         job,
         position,
         crate::logs::stored_len(&state.logs.path(&job.id)),
@@ -506,14 +433,8 @@ pub async fn get_job(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = own_job(&state, &caller, &id)?;
+    let job = own_job(&state, &caller, &id).await?;
     Ok(Json(view(&state, &job)))
-}
-
-#[derive(Deserialize)]
-pub struct ListQuery {
-    limit: Option<usize>,
-    status: Option<String>,
 }
 
 /// `GET /v1/jobs`: the caller's jobs, newest first.
@@ -522,17 +443,10 @@ pub async fn list_jobs(
     caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<JobView>>, ApiError> {
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            let all: Vec<_> = Status::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::BadRequest(format!(
-                "unknown status {s:?}: use one of {}",
-                all.join(", ")
-            ))
-        })?),
-    };
-    let jobs = state.db.jobs()?;
+    let status = q
+        .status()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let jobs = state.store.list().await?;
     let views = jobs
         .iter()
         .rev()
@@ -544,12 +458,6 @@ pub async fn list_jobs(
     Ok(Json(views))
 }
 
-#[derive(Deserialize)]
-pub struct LogQuery {
-    #[serde(default)]
-    offset: u64,
-}
-
 /// `GET /v1/jobs/{id}/log?offset=N`: the log from byte N, live until the job ends. The
 /// response header `X-Log-Offset` repeats where it starts, so a client that counts the bytes it
 /// got can resume exactly where it stopped.
@@ -559,7 +467,7 @@ pub async fn log(
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
-    let job = own_job(&state, &caller, &id)?;
+    let job = own_job(&state, &caller, &id).await?;
     if job.expired_ms.is_some() {
         return Err(ApiError::Gone(format!(
             "the log of job {id} was removed after the server's retention period ({})",
@@ -594,13 +502,13 @@ pub async fn cancel(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = own_job(&state, &caller, &id)?;
+    let job = own_job(&state, &caller, &id).await?;
     let job = state.jobs.cancel(job).await?;
     tracing::info!(job = %id, user = %caller.0.email, "cancel requested");
     Ok(Json(view(&state, &job)))
 }
 
-pub async fn whoami(caller: Caller) -> Json<crate::model::UserView> {
+pub async fn whoami(caller: Caller) -> Json<UserView> {
     Json((&caller.0).into())
 }
 

@@ -88,7 +88,7 @@ pub struct ServeArgs {
     pub cache_max_age: Duration,
 
     /// Largest project upload, compressed.
-    #[arg(long, default_value = "100MiB", value_parser = parse_size)]
+    #[arg(long, default_value = default_max_upload_size(), value_parser = parse_size)]
     pub max_upload_size: u64,
 
     /// Largest project once unpacked.
@@ -289,6 +289,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Formats a byte count the way `parse_size` reads it back, for messages.
+/// `--max-upload-size`'s default as the help shows it (`100MiB`): the cap `ci` also keeps.
+fn default_max_upload_size() -> &'static str {
+    static DEFAULT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format_size(ci_protocol::DEFAULT_MAX_UPLOAD_BYTES).replace(' ', "")
+    });
+    DEFAULT.as_str()
+}
+
 pub fn format_size(bytes: u64) -> String {
     for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
         if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
@@ -316,6 +324,15 @@ mod tests {
         check("12parsecs", Err(()));
         check("", Err(()));
         check("99999999999T", Err(()));
+    }
+
+    #[test]
+    fn the_default_upload_cap_is_the_one_ci_keeps() {
+        assert_eq!(default_max_upload_size(), "100MiB");
+        assert_eq!(
+            parse_size(default_max_upload_size()),
+            Ok(ci_protocol::DEFAULT_MAX_UPLOAD_BYTES)
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::lifecycle::{self, Transition};
 use crate::model::{ApiKey, Job, User};
+use crate::store::{JobStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -78,29 +80,44 @@ impl Db {
         Ok(())
     }
 
-    pub fn next_seq(&self) -> Result<u64, DbError> {
-        Ok(self.db.generate_id()?)
-    }
-
-    pub fn put_job(&self, job: &Job) -> Result<(), DbError> {
+    fn put_job(&self, job: &Job) -> Result<(), DbError> {
         put(&self.jobs, &job.id, job)
     }
 
-    /// Removes a job's record (one that was refused before it was ever queued).
-    pub fn remove_job(&self, id: &str) -> Result<(), DbError> {
-        self.jobs.remove(id.as_bytes())?;
-        Ok(())
+    fn job(&self, id: &str) -> Result<Option<Job>, DbError> {
+        get(&self.jobs, "jobs", id)
     }
 
-    pub fn job(&self, id: &str) -> Result<Option<Job>, DbError> {
-        get(&self.jobs, "jobs", id)
+    /// Applies a transition to the stored record with a compare-and-swap, so that a writer
+    /// in between (a cancel racing the job's end) makes this one start over from its record.
+    fn apply(&self, id: &str, transition: &Transition) -> Result<Job, StoreError> {
+        loop {
+            let Some(old) = self.jobs.get(id.as_bytes()).map_err(backend)? else {
+                return Err(StoreError::NotFound(id.into()));
+            };
+            let mut job: Job = serde_json::from_slice(&old).map_err(|source| {
+                backend(DbError::Corrupt {
+                    tree: "jobs",
+                    source,
+                })
+            })?;
+            lifecycle::apply(&mut job, transition)?;
+            let new = serde_json::to_vec(&job).expect("records serialize");
+            let swapped = self
+                .jobs
+                .compare_and_swap(id.as_bytes(), Some(old), Some(new))
+                .map_err(backend)?;
+            if swapped.is_ok() {
+                return Ok(job);
+            }
+        }
     }
 
     /// Records that a finished job's log was removed at `at_ms` (see `retention`). Only
     /// this field changes, atomically with respect to other writers of the record; a job
     /// that is missing, not finished or already expired is left as it is. Returns whether
     /// the record changed.
-    pub fn mark_expired(&self, id: &str, at_ms: i64) -> Result<bool, DbError> {
+    fn mark_expired(&self, id: &str, at_ms: i64) -> Result<bool, DbError> {
         let mut changed = false;
         self.jobs.fetch_and_update(id.as_bytes(), |old| {
             // sled may call this more than once: decide afresh each time.
@@ -122,7 +139,7 @@ impl Db {
     }
 
     /// All jobs, oldest first.
-    pub fn jobs(&self) -> Result<Vec<Job>, DbError> {
+    fn jobs(&self) -> Result<Vec<Job>, DbError> {
         let mut jobs: Vec<Job> = all(&self.jobs, "jobs")?;
         jobs.sort_by_key(|j| j.seq);
         Ok(jobs)
@@ -161,6 +178,80 @@ impl Db {
         let mut keys: Vec<ApiKey> = all(&self.keys, "keys")?;
         keys.sort_by_key(|k| k.created_ms);
         Ok(keys)
+    }
+}
+
+fn backend(e: impl Into<DbError>) -> StoreError {
+    StoreError::backend(e.into())
+}
+
+/// Runs sled work on the blocking pool: reads may go to disk, and a flush waits for it.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        StoreError::backend(std::io::Error::other(format!("database task failed: {e}")))
+    })?
+}
+
+/// Jobs in sled: each write is flushed before it returns.
+#[async_trait::async_trait]
+impl JobStore for Db {
+    async fn next_seq(&self) -> Result<u64, StoreError> {
+        let db = self.clone();
+        blocking(move || db.db.generate_id().map_err(backend)).await
+    }
+
+    async fn submit(&self, job: &Job) -> Result<(), StoreError> {
+        let (db, job) = (self.clone(), job.clone());
+        blocking(move || {
+            db.put_job(&job).map_err(backend)?;
+            db.db.flush().map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn apply(&self, id: &str, transition: &Transition) -> Result<Job, StoreError> {
+        let (db, id, transition) = (self.clone(), id.to_string(), transition.clone());
+        blocking(move || {
+            let job = db.apply(&id, &transition)?;
+            db.db.flush().map_err(backend)?;
+            Ok(job)
+        })
+        .await
+    }
+
+    async fn withdraw(&self, id: &str) -> Result<(), StoreError> {
+        let (db, id) = (self.clone(), id.to_string());
+        blocking(move || {
+            db.jobs.remove(id.as_bytes()).map_err(backend)?;
+            db.db.flush().map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let (db, id) = (self.clone(), id.to_string());
+        blocking(move || db.job(&id).map_err(backend)).await
+    }
+
+    async fn list(&self) -> Result<Vec<Job>, StoreError> {
+        let db = self.clone();
+        blocking(move || db.jobs().map_err(backend)).await
+    }
+
+    async fn mark_expired(&self, id: &str, at_ms: i64) -> Result<bool, StoreError> {
+        let (db, id) = (self.clone(), id.to_string());
+        blocking(move || {
+            let changed = db.mark_expired(&id, at_ms).map_err(backend)?;
+            if changed {
+                db.db.flush().map_err(backend)?;
+            }
+            Ok(changed)
+        })
+        .await
     }
 }
 
@@ -233,6 +324,17 @@ mod tests {
         assert_eq!(db.jobs().unwrap().len(), 640);
     }
 
+    #[tokio::test]
+    async fn sled_store_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = std::sync::atomic::AtomicUsize::new(0);
+        crate::store::conformance::run(|| {
+            let n = opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Db::open(&dir.path().join(format!("db{n}"))).unwrap()
+        })
+        .await;
+    }
+
     fn job(id: &str, status: Status) -> Job {
         Job {
             id: id.into(),
@@ -250,21 +352,6 @@ mod tests {
             upload_bytes: 0,
             expired_ms: None,
         }
-    }
-
-    #[test]
-    fn only_finished_jobs_are_marked_expired_and_only_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("db")).unwrap();
-        db.put_job(&job("done", Status::Passed)).unwrap();
-        db.put_job(&job("busy", Status::Running)).unwrap();
-        assert!(db.mark_expired("done", 10).unwrap());
-        assert!(!db.mark_expired("done", 20).unwrap());
-        assert_eq!(db.job("done").unwrap().unwrap().expired_ms, Some(10));
-        assert!(!db.mark_expired("busy", 10).unwrap());
-        assert_eq!(db.job("busy").unwrap().unwrap().expired_ms, None);
-        assert!(!db.mark_expired("missing", 10).unwrap());
-        assert!(db.job("missing").unwrap().is_none());
     }
 
     #[test]

@@ -47,8 +47,24 @@ pub enum ApiError {
     /// 416 with `Content-Range: bytes */LENGTH`: a log offset past the end.
     #[error("{message}")]
     RangeNotSatisfiable { message: String, length: u64 },
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// 500: the client is told only that; the whole chain of causes goes to the server's log.
+    #[error("internal error: {}", chain(&**.0))]
+    Internal(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// An error with its causes, "outer: inner: innermost", for the server's log.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        // thiserror's `#[error(transparent)]` and "{0}" messages repeat their source.
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl ApiError {
@@ -71,8 +87,8 @@ impl ApiError {
         }
     }
 
-    pub fn internal(e: impl std::fmt::Display) -> ApiError {
-        ApiError::Internal(e.to_string())
+    pub fn internal(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ApiError {
+        ApiError::Internal(e.into())
     }
 }
 
@@ -88,18 +104,51 @@ impl From<std::io::Error> for ApiError {
     }
 }
 
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::NotFound(id) => ApiError::NotFound(format!("job {id}")),
+            crate::store::StoreError::Illegal(illegal) => ApiError::Conflict(illegal.to_string()),
+            e => ApiError::internal(e),
+        }
+    }
+}
+
+/// The job manager's refusals, as HTTP answers.
+impl From<crate::jobs::JobsError> for ApiError {
+    fn from(e: crate::jobs::JobsError) -> Self {
+        use crate::jobs::JobsError;
+        match e {
+            JobsError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+            JobsError::OverCap {
+                message,
+                retry_after_secs,
+            } => ApiError::TooManyRequests {
+                message,
+                retry_after_secs,
+            },
+            JobsError::Ended { .. } => ApiError::Conflict(e.to_string()),
+            JobsError::Store(e) => e.into(),
+            JobsError::Log(e) => ApiError::internal(e),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let message = match &self {
-            ApiError::Internal(detail) => {
-                tracing::error!(%detail, "request failed");
+            ApiError::Internal(e) => {
+                tracing::error!(error = %chain(&**e), "request failed");
                 "internal server error (see the server's log)".to_string()
             }
             other => other.to_string(),
         };
-        let mut response =
-            (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
+        let mut response = (
+            status,
+            axum::Json(ci_protocol::ErrorBody { error: message }),
+        )
+            .into_response();
         let headers = response.headers_mut();
         match &self {
             ApiError::Busy {
@@ -121,5 +170,32 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("failed to record the job")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn internal_errors_keep_their_causes_for_the_log_only() {
+        let e = ApiError::internal(Outer(std::io::Error::other("disk full")));
+        assert_eq!(
+            e.to_string(),
+            "internal error: failed to record the job: disk full"
+        );
+        let response = e.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn a_transparent_wrapper_is_not_repeated() {
+        let store = crate::store::StoreError::backend(std::io::Error::other("io"));
+        let jobs = crate::jobs::JobsError::Store(store);
+        assert_eq!(chain(&jobs), "job store: io");
     }
 }

@@ -5,6 +5,7 @@
 //! by [`crate::supervisor`].
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +15,12 @@ use tokio::time::Instant;
 
 use crate::cache;
 use crate::config::format_size;
-use crate::db::Db;
+use crate::executor::{Control, Executor, JobEvents, StopReason};
 use crate::image::ImageProvider;
 use crate::install::{self, Budget, JobPaths, Overrun, Tool};
-use crate::jobs::{Control, StopReason};
-use crate::logs::{LiveLog, LogStore};
-use crate::model::{now_ms, Job, Phase, Status};
+use crate::lifecycle::Verdict;
+use crate::logs::LiveLog;
+use crate::model::{Job, Phase, Status};
 use crate::spec::{self, CacheMount, InstallInput, SpecConfig, Venv};
 use crate::supervisor::{self, ContainerRun, Ended, Interruption, OverCap};
 
@@ -28,7 +29,6 @@ pub struct RunContext {
     /// The binary that has the `__container` and `__cleanup` subcommands (this server's own).
     pub helper_exe: PathBuf,
     pub state_root: PathBuf,
-    pub jobs_dir: PathBuf,
     pub cache_dir: PathBuf,
     /// Cache entries unused for this long are removed ([`crate::cache::collect`]).
     pub cache_max_age: Duration,
@@ -55,31 +55,6 @@ pub struct RunContext {
 }
 
 impl RunContext {
-    pub fn job_dir(&self, id: &str) -> PathBuf {
-        self.jobs_dir.join(id)
-    }
-
-    pub fn remove_job_dir(&self, id: &str) {
-        let dir = self.job_dir(id);
-        if let Err(e) = cache::remove_tree(&dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove job directory");
-        }
-    }
-
-    /// [`RunContext::remove_job_dir`] off the async threads: a job may leave hundreds of
-    /// thousands of files, which take minutes to remove on a busy disk.
-    pub async fn remove_job_dir_blocking(&self, id: &str) {
-        let dir = self.job_dir(id);
-        let removed = tokio::task::spawn_blocking(move || {
-            let removed = cache::remove_tree(&dir);
-            (dir, removed)
-        })
-        .await;
-        if let Ok((dir, Err(e))) = removed {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove job directory");
-        }
-    }
-
     /// The helper process that runs the containers, for [`supervisor`].
     pub fn helper(&self) -> supervisor::Helper<'_> {
         supervisor::Helper {
@@ -107,64 +82,106 @@ impl Ending {
     }
 }
 
-/// Runs a job to its end and records the result. Never fails: every failure becomes the job's
-/// status and a line in its log.
-pub async fn run_job(ctx: &RunContext, db: &Db, logs: &LogStore, mut job: Job, control: &Control) {
-    let log = match logs.open_live(&job.id, ctx.log_cap) {
-        Ok(log) => log,
-        Err(e) => {
-            tracing::error!(job = %job.id, error = %e, "cannot open job log");
-            job.status = Status::Error;
-            job.reason = Some(format!("cannot open the job's log: {e}"));
-            job.finished_ms = Some(now_ms());
-            let _ = db.put_job(&job);
-            return;
+/// Runs jobs in containers.
+#[async_trait::async_trait]
+impl Executor for RunContext {
+    async fn run(&self, job: &Job, dir: &Path, events: &JobEvents, stop: &Control) -> Verdict {
+        let deadline = Instant::now() + Duration::from_secs(job.timeout_secs);
+        let paths = JobPaths::new(dir.to_path_buf());
+        execute(self, job, &paths, events, stop, deadline)
+            .await
+            .into()
+    }
+
+    /// Containers of a previous server process (it crashed or was killed) go first, so that
+    /// its jobs can be marked lost with nothing of theirs left on the host; then what its
+    /// installs wrote into the installer caches without being seen to the end.
+    async fn reconcile(&self) {
+        let status = tokio::process::Command::new(&self.helper_exe)
+            .args(ci_runner::cleanup_args(&self.state_root, None))
+            .stdin(Stdio::null())
+            .status()
+            .await;
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            tracing::error!(
+                ?status,
+                "cleanup of containers left by a previous run failed"
+            );
         }
-    };
-    let deadline = Instant::now() + Duration::from_secs(job.timeout_secs);
-    job.status = Status::Running;
-    job.started_ms = Some(now_ms());
-    tracing::info!(job = %job.id, "job started");
-
-    let ending = execute(ctx, db, &mut job, &log, control, deadline).await;
-
-    job.status = ending.status;
-    job.phase = None;
-    job.exit_code = ending.exit_code;
-    job.reason = ending.reason;
-    job.finished_ms = Some(now_ms());
-    let secs = (job.finished_ms.unwrap_or(0) - job.started_ms.unwrap_or(0)) as f64 / 1000.0;
-    // The result is not written into the log, where a job's output could imitate it: clients
-    // read it from the job's record once the log ends.
-    ctx.remove_job_dir_blocking(&job.id).await;
-    if let Err(e) = db.put_job(&job) {
-        tracing::error!(job = %job.id, error = %e, "cannot record job result");
+        let cache_dir = self.cache_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || cache::recover(&cache_dir)).await;
     }
-    if let Err(e) = db.flush().await {
-        tracing::error!(job = %job.id, error = %e, "cannot flush database");
+
+    /// Warms the image and uv so that the first job does not wait for them, then expires
+    /// unused dependency and installer caches and holds each user's to --cache-max-size,
+    /// now and every hour.
+    async fn maintain(&self) {
+        let image = async {
+            if let Err(e) = self.image.get().await {
+                tracing::error!(image = %self.image.reference(), error = %e, "image is not available yet; jobs will retry");
+            }
+        };
+        let uv = async {
+            if let Some(uv) = &self.uv {
+                if let Err(e) = uv.get().await {
+                    let e = ci_runner::error_chain(&e);
+                    tracing::error!(error = %e, "uv is not available yet; jobs will retry");
+                }
+            }
+        };
+        let caches = async {
+            let mut every = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                every.tick().await;
+                let (dir, max_age, max_size, registry) = (
+                    self.cache_dir.clone(),
+                    self.cache_max_age,
+                    self.cache_max_size,
+                    self.cache.clone(),
+                );
+                let _ = tokio::task::spawn_blocking(move || {
+                    cache::maintain(&dir, max_age, max_size, &registry)
+                })
+                .await;
+            }
+        };
+        let ((), (), ()) = tokio::join!(image, uv, caches);
     }
-    logs.close(&job.id);
-    tracing::info!(job = %job.id, status = job.status.as_str(), secs, "job ended");
 }
 
-async fn set_phase(db: &Db, job: &mut Job, log: &LiveLog, phase: Phase, line: &str) {
-    job.phase = Some(phase);
-    if let Err(e) = db.put_job(job) {
-        tracing::error!(job = %job.id, error = %e, "cannot record job phase");
+impl From<Ending> for Verdict {
+    fn from(ending: Ending) -> Verdict {
+        match ending.status {
+            Status::Passed => Verdict::Passed,
+            Status::Failed => Verdict::Failed,
+            Status::TimedOut => Verdict::TimedOut {
+                reason: ending.reason.unwrap_or_default(),
+            },
+            Status::Cancelled => Verdict::Cancelled {
+                reason: ending.reason.unwrap_or_default(),
+            },
+            Status::Lost => Verdict::Lost {
+                reason: ending.reason.unwrap_or_default(),
+            },
+            Status::Error | Status::Queued | Status::Running => Verdict::Error {
+                exit_code: ending.exit_code,
+                reason: ending
+                    .reason
+                    .unwrap_or_else(|| "the job ended without a verdict".into()),
+            },
+        }
     }
-    let _ = db.flush().await;
-    let _ = log.note(line);
 }
 
 async fn execute(
     ctx: &RunContext,
-    db: &Db,
-    job: &mut Job,
-    log: &LiveLog,
+    job: &Job,
+    paths: &JobPaths,
+    events: &JobEvents,
     control: &Control,
     deadline: Instant,
 ) -> Ending {
-    let paths = JobPaths::new(ctx.job_dir(&job.id));
+    let log = events.log();
     // The project is read first: a job that cannot run should not wait for an image. The
     // config was checked at submit; it is read again because the installer is known only
     // now (uv may turn out to be unavailable).
@@ -174,14 +191,12 @@ async fn execute(
         Err(e) => return Ending::error(e),
     };
 
-    set_phase(
-        db,
-        job,
-        log,
-        Phase::PullingImage,
-        &format!("preparing image {}", ctx.image.reference()),
-    )
-    .await;
+    events
+        .phase(
+            Phase::PullingImage,
+            &format!("preparing image {}", ctx.image.reference()),
+        )
+        .await;
     let image = match ctx.image.get().await {
         Ok(image) => image,
         Err(e) => {
@@ -221,14 +236,9 @@ async fn execute(
         Ok(plan) => plan,
         Err(e) => return Ending::error(e),
     };
-    set_phase(
-        db,
-        job,
-        log,
-        Phase::Installing,
-        &format!("installing: {}", plan.summary),
-    )
-    .await;
+    events
+        .phase(Phase::Installing, &format!("installing: {}", plan.summary))
+        .await;
     for note in &plan.notes {
         let _ = log.note(note);
     }
@@ -239,7 +249,7 @@ async fn execute(
     let job_id = job.id.clone();
     let common = Common {
         ctx,
-        spec: spec_config(ctx, &image, &job_id, &paths),
+        spec: spec_config(ctx, &image, &job_id, paths),
     };
     let step = Step {
         log,
@@ -250,7 +260,7 @@ async fn execute(
         &common,
         &step,
         job,
-        &paths,
+        paths,
         &plan,
         &tool,
         uv_dir.as_deref(),
@@ -269,7 +279,7 @@ async fn execute(
         .map(|a| install::sh_quote(a))
         .collect();
     let line = format!("running tests: python -m pytest -v {}", shown.join(" "));
-    set_phase(db, job, log, Phase::Testing, line.trim_end()).await;
+    events.phase(Phase::Testing, line.trim_end()).await;
     let report_dir = paths.report();
     let ready = {
         let (dir, userns) = (report_dir.clone(), ctx.sandbox.user_namespace);
@@ -286,7 +296,7 @@ async fn execute(
     let run = supervisor::run(
         &ctx.helper(),
         &spec,
-        &paths,
+        paths,
         log,
         control.stopped(),
         deadline,

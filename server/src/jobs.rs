@@ -1,19 +1,25 @@
-//! The job manager: accepts jobs, keeps the queue, runs at most `max_jobs` at once, and takes
-//! cancel, timeout and shutdown requests. It owns every job's status transitions.
+//! The job manager: the one owner of every job's life. It accepts jobs, keeps the queue,
+//! runs at most `max_jobs` at once through an [`Executor`], takes cancel, timeout and
+//! shutdown requests, and records every status change through the store's state machine
+//! ([`crate::lifecycle`]). It also owns each job's directory once the job is submitted, and
+//! removes it when the job ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::db::Db;
-use crate::error::ApiError;
-use crate::execute::{self, RunContext};
+use crate::error::chain;
+pub use crate::executor::{Control, StopReason};
+use crate::executor::{Executor, JobEvents};
+use crate::layout::{DataLayout, JobDir};
+use crate::lifecycle::{Transition, Verdict};
 use crate::logs::{LiveLog, LogStore};
 use crate::model::{now_ms, Job, Status};
 use crate::queue::{FairQueue, Refusal, UserCaps};
+use crate::store::{JobStore, StoreError};
 
 /// How much the job manager runs and keeps waiting.
 #[derive(Clone, Copy, Debug)]
@@ -23,66 +29,30 @@ pub struct Limits {
     /// The longest timeout a job may have.
     pub max_timeout: Duration,
     pub per_user: UserCaps,
+    /// Bytes of output a job's log keeps (`--max-log-size`).
+    pub log_cap: u64,
 }
 
 /// What a client over a per-user cap is told to wait before it submits again.
 const RETRY_AFTER_SECS: u64 = 30;
 
-/// Why a running job is asked to stop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopReason {
-    Cancelled,
-    /// An admin disabled the job's owner.
-    UserDisabled,
-    Shutdown,
-}
-
-impl StopReason {
-    /// The reason recorded for a job this stopped (shutdown makes jobs `lost`, not cancelled).
-    pub fn cancel_reason(self, started: bool) -> &'static str {
-        match (self, started) {
-            (StopReason::UserDisabled, _) => "the user was disabled by an admin",
-            (_, false) => "stopped before it started",
-            (_, true) => "stopped on request",
-        }
-    }
-}
-
-/// A handle on one running job.
-pub struct Control {
-    stop: watch::Sender<Option<StopReason>>,
-}
-
-impl Control {
-    fn new() -> Arc<Control> {
-        Arc::new(Control {
-            stop: watch::channel(None).0,
-        })
-    }
-
-    pub fn request(&self, reason: StopReason) {
-        self.stop.send_if_modified(|r| {
-            if r.is_none() {
-                *r = Some(reason);
-                true
-            } else {
-                false
-            }
-        });
-    }
-
-    /// Resolves once a stop was requested.
-    pub async fn stopped(&self) -> StopReason {
-        let mut rx = self.stop.subscribe();
-        loop {
-            if let Some(r) = *rx.borrow_and_update() {
-                return r;
-            }
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
+/// Why the job manager refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    #[error("the server is shutting down and takes no new jobs")]
+    ShuttingDown,
+    /// The caller is over one of its per-user caps.
+    #[error("{message}")]
+    OverCap {
+        message: String,
+        retry_after_secs: u64,
+    },
+    #[error("job {id} already ended ({})", status.as_str())]
+    Ended { id: String, status: Status },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("failed to open the job's log")]
+    Log(#[source] std::io::Error),
 }
 
 #[derive(Default)]
@@ -96,9 +66,10 @@ struct Inner {
 /// Cheap to clone.
 #[derive(Clone)]
 pub struct Jobs {
-    db: Db,
+    store: Arc<dyn JobStore>,
     logs: LogStore,
-    run: Arc<RunContext>,
+    executor: Arc<dyn Executor>,
+    layout: DataLayout,
     inner: Arc<Mutex<Inner>>,
     wake: Arc<Notify>,
     slots: Arc<Semaphore>,
@@ -106,16 +77,19 @@ pub struct Jobs {
     limits: Limits,
 }
 
-fn shutting_down() -> ApiError {
-    ApiError::Unavailable("the server is shutting down and takes no new jobs".into())
-}
-
 impl Jobs {
-    pub fn new(db: Db, logs: LogStore, run: Arc<RunContext>, limits: Limits) -> Jobs {
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        logs: LogStore,
+        executor: Arc<dyn Executor>,
+        layout: DataLayout,
+        limits: Limits,
+    ) -> Jobs {
         Jobs {
-            db,
+            store,
             logs,
-            run,
+            executor,
+            layout,
             inner: Arc::new(Mutex::new(Inner {
                 accepting: true,
                 ..Inner::default()
@@ -127,24 +101,25 @@ impl Jobs {
         }
     }
 
-    /// Settles what a previous server process left: running jobs become `lost` (their
-    /// containers were already removed by the caller), queued jobs go back in the queue.
-    pub async fn recover(&self) -> Result<(), ApiError> {
-        for mut job in self.db.jobs()? {
+    /// Settles what a previous server process left: its containers are removed, running
+    /// jobs become `lost`, queued jobs go back in the queue, and job directories that no
+    /// queued job owns (an upload cut short by a crash) are removed.
+    pub async fn recover(&self) -> Result<(), JobsError> {
+        self.executor.reconcile().await;
+        for job in self.store.list().await? {
             match job.status {
                 Status::Running => {
-                    let reason = "the server stopped while the job was running".to_string();
-                    job.status = Status::Lost;
-                    job.phase = None;
-                    job.finished_ms = Some(now_ms());
-                    job.reason = Some(reason);
-                    self.db.put_job(&job)?;
-                    self.run.remove_job_dir(&job.id);
+                    let lose = Transition::Lose {
+                        reason: "the server stopped while the job was running".into(),
+                        at_ms: now_ms(),
+                    };
+                    self.store.apply(&job.id, &lose).await?;
+                    self.layout.remove_job_dir(&job.id).await;
                     tracing::warn!(job = %job.id, "job was running when the server stopped: marked lost");
                 }
                 Status::Queued => {
                     // Followers wait on the live log until the job runs.
-                    self.logs.open_live(&job.id, self.run.log_cap)?;
+                    self.open_log(&job.id)?;
                     self.inner.lock().expect("jobs lock").queue.push(
                         &job.owner,
                         &job.id,
@@ -155,8 +130,6 @@ impl Jobs {
                 _ => {}
             }
         }
-        self.db.flush().await?;
-        // A job directory without a queued job is what an upload cut short by a crash left.
         let queued: std::collections::HashSet<String> = self
             .inner
             .lock()
@@ -165,20 +138,24 @@ impl Jobs {
             .ids()
             .into_iter()
             .collect();
-        let run = self.run.clone();
+        let layout = self.layout.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let entries = std::fs::read_dir(&run.jobs_dir).into_iter().flatten().flatten();
-            for entry in entries {
-                let name = entry.file_name().to_string_lossy().into_owned();
+            for name in layout.job_dirs() {
                 if !queued.contains(&name) {
-                    tracing::info!(dir = %entry.path().display(), "removing a job directory no queued job owns");
-                    run.remove_job_dir(&name);
+                    tracing::info!(job = %name, "removing a job directory no queued job owns");
+                    layout.remove_job_dir_now(&name);
                 }
             }
         })
         .await;
         self.wake.notify_one();
         Ok(())
+    }
+
+    fn open_log(&self, id: &str) -> Result<Arc<LiveLog>, JobsError> {
+        self.logs
+            .open_live(id, self.limits.log_cap)
+            .map_err(JobsError::Log)
     }
 
     /// The timeout a job gets: the client's wish, never more than the server's limit.
@@ -189,27 +166,32 @@ impl Jobs {
 
     /// Whether `owner` may submit a job now: checked before the upload is read, so a user
     /// over a cap is told at once (429) and sends nothing.
-    pub fn admits(&self, owner: &str) -> Result<(), ApiError> {
+    pub fn admits(&self, owner: &str) -> Result<(), JobsError> {
         self.admits_bytes(owner, 0)
     }
 
-    /// Records a new job whose project is already unpacked, and queues it. Refused (429) when
-    /// its owner is over a per-user cap.
-    pub async fn submit(&self, job: Job) -> Result<usize, ApiError> {
+    /// Records a new job whose project is unpacked in `dir`, and queues it; from here the
+    /// job manager owns the directory. Refused when the server shuts down or the owner is
+    /// over a per-user cap: then nothing of the job stays. Returns its place in the queue.
+    pub async fn submit(&self, job: Job, dir: JobDir) -> Result<usize, JobsError> {
+        debug_assert_eq!(job.id, dir.id());
         self.admits_bytes(&job.owner, job.upload_bytes)?;
-        self.db.put_job(&job)?;
-        self.db.flush().await?;
+        self.store.submit(&job).await?;
         // The log is live from now on, so a client that follows a queued job waits for its
         // output instead of polling. A waiting client is told where it stands.
-        let log = self.logs.open_live(&job.id, self.run.log_cap)?;
-        match self.enqueue(&job, &log)? {
+        let queued = self
+            .open_log(&job.id)
+            .and_then(|log| self.enqueue(&job, &log));
+        match queued {
             Ok(position) => {
+                dir.keep();
                 self.wake.notify_one();
                 Ok(position)
             }
-            Err(refusal) => {
+            Err(e) => {
                 self.withdraw(&job.id).await;
-                Err(self.refusal(refusal))
+                dir.remove().await;
+                Err(e)
             }
         }
     }
@@ -218,47 +200,60 @@ impl Jobs {
     /// of one user that finish at once cannot pass a cap together. A waiting job's log says
     /// where it stands, written under the lock so that it comes before anything the job
     /// itself writes. Returns its place.
-    fn enqueue(&self, job: &Job, log: &LiveLog) -> std::io::Result<Result<usize, Refusal>> {
+    fn enqueue(&self, job: &Job, log: &LiveLog) -> Result<usize, JobsError> {
         let mut inner = self.inner.lock().expect("jobs lock");
-        let caps = self.limits.per_user;
-        if let Err(refusal) = inner.queue.admits(&job.owner, job.upload_bytes, caps) {
-            return Ok(Err(refusal));
+        if !inner.accepting {
+            return Err(JobsError::ShuttingDown);
         }
+        let caps = self.limits.per_user;
+        inner
+            .queue
+            .admits(&job.owner, job.upload_bytes, caps)
+            .map_err(|r| self.refusal(r))?;
         inner
             .queue
             .push(&job.owner, &job.id, job.seq, job.upload_bytes);
         let position = inner.queue.position(&job.id).unwrap_or(1);
         let mine_running = inner.queue.running_of(&job.owner);
-        if inner.running.len() + position > self.limits.max_jobs {
-            log.note(&format!(
+        let note = if inner.running.len() + position > self.limits.max_jobs {
+            Some(format!(
                 "waiting for a free slot: position {position} in the queue"
-            ))?;
+            ))
         } else if mine_running >= caps.running {
-            log.note(&format!(
+            Some(format!(
                 "waiting: {mine_running} of your jobs are running, the most this server runs per user"
-            ))?;
+            ))
+        } else {
+            None
+        };
+        if let Some(note) = note {
+            if let Err(e) = log.note(&note) {
+                tracing::warn!(job = %job.id, error = %e, "cannot write to the job's log");
+            }
         }
-        Ok(Ok(position))
+        Ok(position)
     }
 
     /// Forgets a job that was recorded but refused before it was queued: its record and its
-    /// log (the caller removes its directory).
+    /// log.
     async fn withdraw(&self, id: &str) {
         self.logs.close(id);
-        if let Err(e) = self.logs.remove(id) {
+        let logs = self.logs.clone();
+        let owned = id.to_string();
+        let removed = tokio::task::spawn_blocking(move || logs.remove(&owned)).await;
+        if let Ok(Err(e)) = removed {
             tracing::warn!(job = %id, error = %e, "cannot remove the log of a refused job");
         }
-        if let Err(e) = self.db.remove_job(id) {
-            tracing::error!(job = %id, error = %e, "cannot remove the record of a refused job");
+        if let Err(e) = self.store.withdraw(id).await {
+            tracing::error!(job = %id, error = %chain(&e), "cannot remove the record of a refused job");
         }
-        let _ = self.db.flush().await;
     }
 
     /// Whether `owner` may queue one more job whose upload holds `bytes`.
-    fn admits_bytes(&self, owner: &str, bytes: u64) -> Result<(), ApiError> {
+    fn admits_bytes(&self, owner: &str, bytes: u64) -> Result<(), JobsError> {
         let inner = self.inner.lock().expect("jobs lock");
         if !inner.accepting {
-            return Err(shutting_down());
+            return Err(JobsError::ShuttingDown);
         }
         inner
             .queue
@@ -266,7 +261,7 @@ impl Jobs {
             .map_err(|r| self.refusal(r))
     }
 
-    fn refusal(&self, refusal: Refusal) -> ApiError {
+    fn refusal(&self, refusal: Refusal) -> JobsError {
         let message = match refusal {
             Refusal::TooManyQueued { queued } => format!(
                 "you have {queued} jobs waiting, the most this server queues per user \
@@ -279,7 +274,7 @@ impl Jobs {
                 crate::config::format_size(self.limits.per_user.queued_bytes)
             ),
         };
-        ApiError::TooManyRequests {
+        JobsError::OverCap {
             message,
             retry_after_secs: RETRY_AFTER_SECS,
         }
@@ -291,15 +286,16 @@ impl Jobs {
     }
 
     /// Cancels a queued or running job. Returns the job as it is after the request.
-    pub async fn cancel(&self, job: Job) -> Result<Job, ApiError> {
+    pub async fn cancel(&self, job: Job) -> Result<Job, JobsError> {
         self.stop(job, StopReason::Cancelled).await
     }
 
     /// Stops every queued or running job of a user (who was just disabled); returns how many.
-    pub async fn stop_all_of(&self, owner: &str) -> Result<usize, ApiError> {
+    pub async fn stop_all_of(&self, owner: &str) -> Result<usize, JobsError> {
         let jobs: Vec<Job> = self
-            .db
-            .jobs()?
+            .store
+            .list()
+            .await?
             .into_iter()
             .filter(|j| j.owner == owner && !j.status.is_terminal())
             .collect();
@@ -307,47 +303,59 @@ impl Jobs {
         for job in jobs {
             match self.stop(job, StopReason::UserDisabled).await {
                 // It ended on its own in between.
-                Ok(_) | Err(ApiError::Conflict(_)) => {}
+                Ok(_) | Err(JobsError::Ended { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(count)
     }
 
-    async fn stop(&self, job: Job, reason: StopReason) -> Result<Job, ApiError> {
+    async fn stop(&self, job: Job, reason: StopReason) -> Result<Job, JobsError> {
+        let ended = |job: &Job| JobsError::Ended {
+            id: job.id.clone(),
+            status: job.status,
+        };
         if job.status.is_terminal() {
-            return Err(ApiError::Conflict(format!(
-                "job {} already ended ({})",
-                job.id,
-                job.status.as_str()
-            )));
+            return Err(ended(&job));
         }
-        let control = {
+        // A job is either in the queue or running (the dispatcher moves it under this
+        // lock), or it has ended.
+        enum Found {
+            Queued,
+            Running(Arc<Control>),
+            Gone,
+        }
+        let found = {
             let mut inner = self.inner.lock().expect("jobs lock");
             if inner.queue.remove(&job.id) {
-                None
+                Found::Queued
             } else {
-                inner.running.get(&job.id).map(|(_, c)| c.clone())
+                match inner.running.get(&job.id) {
+                    Some((_, control)) => Found::Running(control.clone()),
+                    None => Found::Gone,
+                }
             }
         };
-        match control {
-            Some(control) => {
+        match found {
+            Found::Queued => {}
+            Found::Running(control) => {
                 control.request(reason);
-                Ok(job)
+                return Ok(job);
             }
-            None => {
-                // It was still queued: nothing runs, end it here.
-                let mut job = job;
-                let why = reason.cancel_reason(false);
-                job.status = Status::Cancelled;
-                job.finished_ms = Some(now_ms());
-                job.reason = Some(why.into());
-                self.db.put_job(&job)?;
-                self.db.flush().await?;
-                self.run.remove_job_dir(&job.id);
-                Ok(job)
+            Found::Gone => {
+                let now = self.store.get(&job.id).await?.unwrap_or(job);
+                return Err(ended(&now));
             }
         }
+        // It was still queued: nothing runs, end it here.
+        let cancel = Transition::CancelQueued {
+            reason: reason.cancel_reason(false).into(),
+            at_ms: now_ms(),
+        };
+        let job = self.store.apply(&job.id, &cancel).await?;
+        self.layout.remove_job_dir(&job.id).await;
+        self.logs.close(&job.id);
+        Ok(job)
     }
 
     /// Takes jobs from the queue as slots free up, until shutdown: users take turns
@@ -375,25 +383,59 @@ impl Jobs {
                 }
                 notified.await;
             };
-            let job = match self.db.job(&id) {
-                Ok(Some(job)) if job.status == Status::Queued => Some(job),
-                Ok(_) => None,
+            let claim = Transition::Claim { at_ms: now_ms() };
+            let job = match self.store.apply(&id, &claim).await {
+                Ok(job) => job,
                 Err(e) => {
-                    tracing::error!(job = %id, error = %e, "cannot read queued job");
-                    None
+                    tracing::error!(job = %id, error = %chain(&e), "cannot start a queued job");
+                    self.ended(&id, &owner);
+                    continue;
                 }
-            };
-            let Some(job) = job else {
-                self.ended(&id, &owner);
-                continue;
             };
             let this = self.clone();
             self.tasks.spawn(async move {
-                execute::run_job(&this.run, &this.db, &this.logs, job, &control).await;
+                this.run(job, &control).await;
                 this.ended(&id, &owner);
                 drop(permit);
             });
         }
+    }
+
+    /// Runs a claimed job to its end and records how it ended.
+    async fn run(&self, job: Job, control: &Control) {
+        tracing::info!(job = %job.id, "job started");
+        let verdict = match self.open_log(&job.id) {
+            Ok(log) => {
+                let events = JobEvents::new(&job.id, log, self.store.clone());
+                let dir = self.layout.job(&job.id);
+                self.executor.run(&job, &dir, &events, control).await
+            }
+            Err(e) => Verdict::error(format!("cannot open the job's log: {}", chain(&e))),
+        };
+        self.finish(&job, verdict).await;
+    }
+
+    /// Records a running job's end. Its directory goes first, so that a client told the job
+    /// ended finds nothing of it left; the log ends last, after the record, so a follower
+    /// that reaches the log's end reads the final status. The result is not written into the
+    /// log, where a job's output could imitate it.
+    async fn finish(&self, job: &Job, verdict: Verdict) {
+        self.layout.remove_job_dir(&job.id).await;
+        let finish = Transition::Finish {
+            verdict,
+            at_ms: now_ms(),
+        };
+        match self.store.apply(&job.id, &finish).await {
+            Ok(ended) => {
+                let secs = (ended.finished_ms.unwrap_or(0) - ended.started_ms.unwrap_or(0)) as f64
+                    / 1000.0;
+                tracing::info!(job = %job.id, status = ended.status.as_str(), secs, "job ended");
+            }
+            Err(e) => {
+                tracing::error!(job = %job.id, error = %chain(&e), "cannot record the job's end")
+            }
+        }
+        self.logs.close(&job.id);
     }
 
     /// A job taken by [`Self::dispatch`] is over: its owner may have the next turn.
@@ -404,6 +446,21 @@ impl Jobs {
         drop(inner);
         // A user held back by the per-user running cap may go now.
         self.wake.notify_one();
+    }
+
+    /// The executor's upkeep, until the server aborts it.
+    pub async fn maintain(&self) {
+        self.executor.maintain().await;
+    }
+
+    /// The directory of a job, for the free-disk check and new ids.
+    pub fn layout(&self) -> &DataLayout {
+        &self.layout
+    }
+
+    /// Whether a job directory named `id` exists (new ids must not collide).
+    pub fn dir_exists(&self, id: &str) -> bool {
+        self.layout.job(id).exists()
     }
 
     /// Stops taking jobs, lets running ones go on for `grace`, then stops them (they end as

@@ -10,9 +10,12 @@ pub mod db;
 pub mod doctor;
 pub mod error;
 pub mod execute;
+pub mod executor;
 pub mod image;
 pub mod install;
 pub mod jobs;
+pub mod layout;
+pub mod lifecycle;
 pub mod listener;
 pub mod logs;
 pub mod model;
@@ -23,6 +26,7 @@ pub mod report;
 pub mod retention;
 pub mod sandbox;
 pub mod spec;
+pub mod store;
 pub mod supervisor;
 pub mod tools;
 pub mod upload;
@@ -41,10 +45,14 @@ pub use config::ServeArgs;
 /// Everything handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
+    /// Users and API keys.
     pub db: db::Db,
+    /// Job records; every status change goes through `jobs`.
+    pub store: Arc<dyn store::JobStore>,
     pub logs: logs::LogStore,
     pub jobs: jobs::Jobs,
-    pub run: Arc<execute::RunContext>,
+    /// Who installs dependencies: the submission checks the project's plan for it.
+    pub installer: ci_project::Installer,
     pub upload_limits: upload::Limits,
     /// `--job-retention`: how long a finished job's log is kept.
     pub job_retention: std::time::Duration,
@@ -84,26 +92,23 @@ pub fn router(state: AppState, body_timeout: std::time::Duration) -> Router {
 
 /// Opens the data directory, settles what a previous run left, and builds the state.
 pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppState> {
-    let data = std::path::absolute(args.data_dir())?;
-    fs_err::create_dir_all(&data).context("cannot create the data directory")?;
+    let layout = layout::DataLayout::new(std::path::absolute(args.data_dir())?);
+    fs_err::create_dir_all(layout.root()).context("cannot create the data directory")?;
     let sandbox = start_up_check(args)?;
     // The database and the logs are the server's user's only; a data dir of an older
     // version is tightened here, which walks every log once.
     let (db, logs) = {
-        let data = data.clone();
+        let layout = layout.clone();
         tokio::task::spawn_blocking(move || {
-            let db = db::Db::open(&data.join("db"))?;
+            let db = db::Db::open(&layout.db())?;
             let logs =
-                logs::LogStore::new(data.join("logs")).context("cannot open the log directory")?;
-            perms::tighten(&data.join("admin.key")).context("cannot make admin.key private")?;
+                logs::LogStore::new(layout.logs()).context("cannot open the log directory")?;
+            perms::tighten(&layout.admin_key()).context("cannot make admin.key private")?;
+            layout.create()?;
             anyhow::Ok((db, logs))
         })
         .await??
     };
-    let state_root = data.join("containers");
-    let jobs_dir = data.join("jobs");
-    fs_err::create_dir_all(&state_root)?;
-    fs_err::create_dir_all(&jobs_dir)?;
 
     let reference: ci_rootfs::ImageRef = args
         .image
@@ -121,11 +126,10 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         );
     }
     let (installer, uv) = installer(args, ca_bundle.clone())?;
-    let run = Arc::new(execute::RunContext {
+    let executor = Arc::new(execute::RunContext {
         helper_exe,
-        state_root,
-        jobs_dir,
-        cache_dir: data.join("cache"),
+        state_root: layout.containers(),
+        cache_dir: layout.cache(),
         // Never shorter than a job can run: an entry in use is touched when its job starts.
         cache_max_age: args.cache_max_age.max(args.job_timeout * 2),
         cache_max_size: args.cache_max_size,
@@ -140,47 +144,59 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         cgroup_parent: sandbox.cgroup_parent.clone(),
         sandbox,
     });
-
-    // Containers of a previous server process (it crashed or was killed) go first, so their
-    // jobs can be marked lost with nothing of theirs left on the host.
-    reconcile_containers(&run).await;
-    // Then what its installs wrote into the installer caches without being seen to the end.
-    let cache_dir = run.cache_dir.clone();
-    tokio::task::spawn_blocking(move || cache::recover(&cache_dir)).await?;
-    let jobs = jobs::Jobs::new(
-        db.clone(),
-        logs.clone(),
-        run.clone(),
-        jobs::Limits {
-            max_jobs: args.max_jobs(),
-            max_timeout: args.job_timeout,
-            per_user: queue::UserCaps {
-                queued: args.max_queued_per_user.max(1),
-                queued_bytes: args.max_queued_size_per_user,
-                running: args.max_running_per_user(),
-            },
-        },
-    );
-    let state = AppState {
-        db,
-        logs,
-        jobs,
-        run,
-        upload_limits: upload::Limits {
-            max_compressed_bytes: args.max_upload_size,
-            max_unpacked_bytes: args.max_unpacked_size,
-            max_entries: args.max_upload_entries,
-        },
-        job_retention: args.job_retention,
-        uploads: upload::Intake::new(
-            args.max_concurrent_uploads,
-            args.upload_timeout,
-            args.min_free_disk,
-        ),
-    };
-    api::bootstrap_admin(&state, &data.join("admin.key"))?;
+    let state = AppState::new(db, logs, layout, executor, installer, args);
+    api::bootstrap_admin(&state, &state.jobs.layout().admin_key())?;
+    // Removes what a previous server process left, and settles its jobs.
     state.jobs.recover().await?;
     Ok(state)
+}
+
+impl AppState {
+    /// The state for `executor`, with the limits of `args`; sled holds the job records.
+    pub fn new(
+        db: db::Db,
+        logs: logs::LogStore,
+        layout: layout::DataLayout,
+        executor: Arc<dyn executor::Executor>,
+        installer: ci_project::Installer,
+        args: &ServeArgs,
+    ) -> AppState {
+        let store: Arc<dyn store::JobStore> = Arc::new(db.clone());
+        let jobs = jobs::Jobs::new(
+            store.clone(),
+            logs.clone(),
+            executor,
+            layout,
+            jobs::Limits {
+                max_jobs: args.max_jobs(),
+                max_timeout: args.job_timeout,
+                per_user: queue::UserCaps {
+                    queued: args.max_queued_per_user.max(1),
+                    queued_bytes: args.max_queued_size_per_user,
+                    running: args.max_running_per_user(),
+                },
+                log_cap: args.max_log_size,
+            },
+        );
+        AppState {
+            db,
+            store,
+            logs,
+            jobs,
+            installer,
+            upload_limits: upload::Limits {
+                max_compressed_bytes: args.max_upload_size,
+                max_unpacked_bytes: args.max_unpacked_size,
+                max_entries: args.max_upload_entries,
+            },
+            job_retention: args.job_retention,
+            uploads: upload::Intake::new(
+                args.max_concurrent_uploads,
+                args.upload_timeout,
+                args.min_free_disk,
+            ),
+        }
+    }
 }
 
 /// Who installs dependencies: uv from `--uv` or the pinned wheel, unless `--installer pip`
@@ -228,24 +244,13 @@ fn start_up_check(args: &ServeArgs) -> anyhow::Result<sandbox::Sandbox> {
         }
         Err(problems) => anyhow::bail!(
             "cannot isolate jobs on this machine (`ci-server doctor` shows what is available):\n  - {}",
-            problems.join("\n  - ")
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n  - ")
         ),
     }
-}
-
-async fn reconcile_containers(run: &execute::RunContext) {
-    let status = tokio::process::Command::new(&run.helper_exe)
-        .args(ci_runner::cleanup_args(&run.state_root, None))
-        .stdin(std::process::Stdio::null())
-        .status()
-        .await;
-    if !status.as_ref().is_ok_and(|s| s.success()) {
-        tracing::error!(
-            ?status,
-            "cleanup of containers left by a previous run failed"
-        );
-    }
-    // Half-finished job directories of jobs that are no longer running are removed by recover().
 }
 
 /// Serves until `shutdown` resolves, then stops taking jobs and winds down running ones.
@@ -257,47 +262,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let dispatcher = tokio::spawn(state.jobs.clone().dispatch());
-    // Expire unused dependency and installer caches, and hold each user's to
-    // --cache-max-size, now and every hour.
-    let run = state.run.clone();
-    let collector = tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
-        loop {
-            every.tick().await;
-            let run = run.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                cache::maintain(
-                    &run.cache_dir,
-                    run.cache_max_age,
-                    run.cache_max_size,
-                    &run.cache,
-                )
-            })
-            .await;
-        }
-    });
+    // The executor's upkeep: caches, warming the image.
+    let upkeep = {
+        let jobs = state.jobs.clone();
+        tokio::spawn(async move { jobs.maintain().await })
+    };
     // Remove the logs of jobs finished longer ago than --job-retention, now and regularly.
     let retention = tokio::spawn(retention::run(
-        state.db.clone(),
+        state.store.clone(),
         state.logs.clone(),
         state.job_retention,
     ));
-    // Warm the image and uv in the background so the first job does not wait for them.
-    let run = state.run.clone();
-    tokio::spawn(async move {
-        if let Err(e) = run.image.get().await {
-            tracing::error!(image = %run.image.reference(), error = %e, "image is not available yet; jobs will retry");
-        }
-    });
-    let run = state.run.clone();
-    tokio::spawn(async move {
-        if let Some(uv) = &run.uv {
-            if let Err(e) = uv.get().await {
-                let e = ci_runner::error_chain(&e);
-                tracing::error!(error = %e, "uv is not available yet; jobs will retry");
-            }
-        }
-    });
     let jobs = state.jobs.clone();
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let graceful = async move {
@@ -311,7 +286,7 @@ pub async fn serve(
     // Running jobs get the grace period; log followers see their end, then the server stops.
     jobs.shutdown(grace).await;
     dispatcher.abort();
-    collector.abort();
+    upkeep.abort();
     retention.abort();
     server.await?;
     Ok(())

@@ -584,13 +584,13 @@ fn trim_heap() {}
 async fn refuse(mut stream: TcpStream, ip: IpAddr, shared: &Shared, admission: Admission) {
     tracing::debug!(%ip, "refused a connection: too many without an API key");
     let limits = &shared.limits;
-    let body = serde_json::json!({
-        "error": format!(
+    let body = serde_json::to_string(&ci_protocol::ErrorBody {
+        error: format!(
             "too many connections from {ip} without an API key (at most {}): close some or send a key",
             limits.max_unauthenticated_per_ip
-        )
+        ),
     })
-    .to_string();
+    .expect("strings serialize");
     let response = format!(
         "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nretry-after: {}\r\nconnection: close\r\n\r\n{body}",

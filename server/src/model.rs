@@ -1,63 +1,11 @@
-//! Records the server keeps: jobs, users and API keys, and their JSON views for clients.
+//! Records the server keeps: jobs, users and API keys, and how they become the views clients
+//! get (the views themselves, like the statuses, are `ci_protocol`'s: one definition for the
+//! server and `ci`).
 
 use serde::{Deserialize, Serialize};
 
-/// Where a job is in its life. Terminal statuses never change again.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Queued,
-    Running,
-    Passed,
-    Failed,
-    Error,
-    TimedOut,
-    Cancelled,
-    Lost,
-}
-
-impl Status {
-    pub const ALL: [Status; 8] = [
-        Status::Queued,
-        Status::Running,
-        Status::Passed,
-        Status::Failed,
-        Status::Error,
-        Status::TimedOut,
-        Status::Cancelled,
-        Status::Lost,
-    ];
-
-    pub fn is_terminal(self) -> bool {
-        !matches!(self, Status::Queued | Status::Running)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Queued => "queued",
-            Status::Running => "running",
-            Status::Passed => "passed",
-            Status::Failed => "failed",
-            Status::Error => "error",
-            Status::TimedOut => "timed_out",
-            Status::Cancelled => "cancelled",
-            Status::Lost => "lost",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-}
-
-/// What a running job is doing.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    PullingImage,
-    Installing,
-    Testing,
-}
+use ci_protocol::{JobView, KeyView, UserView};
+pub use ci_protocol::{Phase, Role, Status};
 
 /// One submitted job, as stored in sled.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -87,14 +35,6 @@ pub struct Job {
     /// When the job's log was removed after `--job-retention`; its record stays.
     #[serde(default)]
     pub expired_ms: Option<i64>,
-}
-
-/// Role of a user.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Admin,
-    User,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -138,63 +78,31 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// A job as clients see it. Field names are a stable contract (`ci list --json`).
-#[derive(Serialize, Deserialize, Clone, Debug)]
-pub struct JobView {
-    pub id: String,
-    pub status: Status,
-    pub phase: Option<Phase>,
-    pub created: String,
-    pub started: Option<String>,
-    pub finished: Option<String>,
-    pub duration_secs: Option<f64>,
-    pub exit_code: Option<i32>,
-    pub reason: Option<String>,
-    /// 1-based place in the queue while queued.
-    pub queue_position: Option<usize>,
-    pub timeout_secs: u64,
-    /// Bytes in the log so far: `ci wait` without `--all` starts here.
-    pub log_bytes: u64,
-    /// The log was removed after the server's retention period.
-    pub expired: bool,
-}
-
-impl JobView {
-    pub fn new(job: &Job, queue_position: Option<usize>, log_bytes: u64) -> Self {
-        let duration_secs = job.started_ms.map(|start| {
-            let end = job.finished_ms.unwrap_or_else(now_ms);
-            (end - start).max(0) as f64 / 1000.0
-        });
-        JobView {
-            id: job.id.clone(),
-            status: job.status,
-            phase: if job.status == Status::Running {
-                job.phase
-            } else {
-                None
-            },
-            created: rfc3339(job.created_ms),
-            started: job.started_ms.map(rfc3339),
-            finished: job.finished_ms.map(rfc3339),
-            duration_secs,
-            exit_code: job.exit_code,
-            reason: job.reason.clone(),
-            queue_position,
-            timeout_secs: job.timeout_secs,
-            log_bytes,
-            expired: job.expired_ms.is_some(),
-        }
+/// A job as clients see it, with its place in the queue and the bytes its log holds.
+pub fn job_view(job: &Job, queue_position: Option<usize>, log_bytes: u64) -> JobView {
+    let duration_secs = job.started_ms.map(|start| {
+        let end = job.finished_ms.unwrap_or_else(now_ms);
+        (end - start).max(0) as f64 / 1000.0
+    });
+    JobView {
+        id: job.id.clone(),
+        status: job.status,
+        phase: if job.status == Status::Running {
+            job.phase
+        } else {
+            None
+        },
+        created: rfc3339(job.created_ms),
+        started: job.started_ms.map(rfc3339),
+        finished: job.finished_ms.map(rfc3339),
+        duration_secs,
+        exit_code: job.exit_code,
+        reason: job.reason.clone(),
+        queue_position,
+        timeout_secs: job.timeout_secs,
+        log_bytes,
+        expired: job.expired_ms.is_some(),
     }
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug)]
-pub struct UserView {
-    pub id: String,
-    pub name: String,
-    pub email: String,
-    pub role: Role,
-    pub active: bool,
-    pub created: String,
 }
 
 impl From<&User> for UserView {
@@ -210,12 +118,14 @@ impl From<&User> for UserView {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug)]
-pub struct KeyView {
-    pub id: String,
-    pub name: String,
-    pub user_email: String,
-    pub created: String,
-    pub last_used: Option<String>,
-    pub revoked: bool,
+/// A key as clients see it, with its owner's email: never the key itself.
+pub fn key_view(key: &ApiKey, user_email: &str) -> KeyView {
+    KeyView {
+        id: key.id.clone(),
+        name: key.name.clone(),
+        user_email: user_email.to_string(),
+        created: rfc3339(key.created_ms),
+        last_used: key.last_used_ms.map(rfc3339),
+        revoked: key.revoked,
+    }
 }

@@ -8,9 +8,11 @@
 
 use std::time::Duration;
 
-use crate::db::{Db, DbError};
+use std::sync::Arc;
+
 use crate::logs::LogStore;
 use crate::model::Job;
+use crate::store::{JobStore, StoreError};
 
 /// How often the collector looks: a quarter of the retention (so a log outlives it by at
 /// most a quarter), at most hourly, at least every second.
@@ -33,28 +35,36 @@ pub fn is_due(job: &Job, now_ms: i64, retention: Duration) -> bool {
 
 /// One round: removes the logs of the jobs due at `now_ms` and marks them expired;
 /// returns how many. A log that cannot be removed is logged and tried again next round.
-/// Blocking: run it off the async threads.
-pub fn collect(
-    db: &Db,
+pub async fn collect(
+    store: &dyn JobStore,
     logs: &LogStore,
     retention: Duration,
     now_ms: i64,
-) -> Result<usize, DbError> {
+) -> Result<usize, StoreError> {
+    let due: Vec<String> = store
+        .list()
+        .await?
+        .into_iter()
+        .filter(|job| is_due(job, now_ms, retention))
+        .map(|job| job.id)
+        .collect();
     let mut expired = 0;
-    for job in db.jobs()? {
-        if !is_due(&job, now_ms, retention) {
-            continue;
-        }
-        match logs.remove(&job.id) {
+    for id in due {
+        let (logs, owned) = (logs.clone(), id.clone());
+        let removed = tokio::task::spawn_blocking(move || logs.remove(&owned))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        match removed {
             Ok(true) => {}
             // Still live: its job ended a moment ago and is being wound down.
             Ok(false) => continue,
             Err(e) => {
-                tracing::warn!(job = %job.id, error = %e, "cannot remove an expired job's log");
+                tracing::warn!(job = %id, error = %e, "cannot remove an expired job's log");
                 continue;
             }
         }
-        if db.mark_expired(&job.id, now_ms)? {
+        if store.mark_expired(&id, now_ms).await? {
             expired += 1;
         }
     }
@@ -62,24 +72,18 @@ pub fn collect(
 }
 
 /// Runs [`collect`] now and then every [`interval`], until the task is aborted.
-pub async fn run(db: Db, logs: LogStore, retention: Duration) {
+pub async fn run(store: Arc<dyn JobStore>, logs: LogStore, retention: Duration) {
     let mut every = tokio::time::interval(interval(retention));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let (db2, logs) = (db.clone(), logs.clone());
         let now = crate::model::now_ms();
-        let round = tokio::task::spawn_blocking(move || collect(&db2, &logs, retention, now)).await;
-        match round {
-            Ok(Ok(0)) => {}
-            Ok(Ok(expired)) => {
-                if let Err(e) = db.flush().await {
-                    tracing::error!(error = %e, "cannot flush the database");
-                }
+        match collect(&*store, &logs, retention, now).await {
+            Ok(0) => {}
+            Ok(expired) => {
                 tracing::info!(expired, retention = %describe(retention), "removed the logs of old jobs");
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot expire old jobs"),
-            Err(e) => tracing::error!(error = %e, "expiring old jobs failed"),
+            Err(e) => tracing::error!(error = %crate::error::chain(&e), "cannot expire old jobs"),
         }
     }
 }
@@ -150,10 +154,10 @@ mod tests {
         check(Status::Passed, Some(day), 0, false);
     }
 
-    #[test]
-    fn collects_the_logs_of_old_jobs_and_keeps_their_records() {
+    #[tokio::test]
+    async fn collects_the_logs_of_old_jobs_and_keeps_their_records() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("db")).unwrap();
+        let db = crate::store::MemoryJobs::default();
         let logs = LogStore::new(dir.path().join("logs")).unwrap();
         let now = 10 * 86_400_000;
         for (id, status, finished) in [
@@ -162,26 +166,27 @@ mod tests {
             ("running", Status::Running, None),
             ("ending", Status::Error, Some(0)),
         ] {
-            db.put_job(&job(id, status, finished)).unwrap();
+            db.submit(&job(id, status, finished)).await.unwrap();
             let log = logs.open_live(id, u64::MAX).unwrap();
             log.append(b"output\n").unwrap();
             if id != "running" && id != "ending" {
                 logs.close(id);
             }
         }
-        assert_eq!(collect(&db, &logs, DAY, now).unwrap(), 1);
+        assert_eq!(collect(&db, &logs, DAY, now).await.unwrap(), 1);
         assert!(!logs.path("old").exists());
-        assert_eq!(db.job("old").unwrap().unwrap().expired_ms, Some(now));
+        assert_eq!(db.get("old").await.unwrap().unwrap().expired_ms, Some(now));
         for kept in ["new", "running", "ending"] {
             assert!(logs.path(kept).exists(), "{kept}");
-            assert_eq!(db.job(kept).unwrap().unwrap().expired_ms, None, "{kept}");
+            let record = db.get(kept).await.unwrap().unwrap();
+            assert_eq!(record.expired_ms, None, "{kept}");
         }
         // The job whose log was still live goes once it is closed; the rest stays.
         logs.close("ending");
-        assert_eq!(collect(&db, &logs, DAY, now).unwrap(), 1);
+        assert_eq!(collect(&db, &logs, DAY, now).await.unwrap(), 1);
         assert!(!logs.path("ending").exists());
-        assert_eq!(collect(&db, &logs, DAY, now).unwrap(), 0);
-        assert_eq!(db.jobs().unwrap().len(), 4);
+        assert_eq!(collect(&db, &logs, DAY, now).await.unwrap(), 0);
+        assert_eq!(db.list().await.unwrap().len(), 4);
     }
 
     #[test]

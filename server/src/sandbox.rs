@@ -24,7 +24,88 @@ pub struct Sandbox {
     /// `--cpus` as a CFS quota per 100 ms period, likewise; `None` also for `--cpus 0`.
     pub cpu_quota_us: Option<i64>,
     /// What is weaker than it could be, for the start-up log.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
+}
+
+/// The fallback named wherever slirp4netns cannot serve the install phase.
+const NETWORK_FALLBACK: &str =
+    "or pass --install-network host (pip then shares the host's network)";
+
+/// Why the server cannot isolate jobs as configured: each one refuses the start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("user namespaces are not available: {0}")]
+    NoUserNamespaces(String),
+    #[error("seccomp is not available: {0}")]
+    NoSeccomp(String),
+    #[error(
+        "--userns-range needs root: a server run by a normal user maps only its own ids (the jobs run as that user)"
+    )]
+    RangeNeedsRoot,
+    #[error(transparent)]
+    Range(#[from] RangeConflict),
+    #[error("jobs cannot reach {}: {why}", dir.display())]
+    Unreachable { dir: PathBuf, why: String },
+    /// No cgroup hierarchy this server can use.
+    #[error("{0}")]
+    Cgroups(String),
+    #[error("{why}: as root, run `scripts/delegate-cgroups {user}` once")]
+    NotDelegated { why: String, user: String },
+    #[error(
+        "{flag} cannot be enforced: the {controller} cgroup controller: {why} (--allow-unlimited runs jobs without it)"
+    )]
+    Unenforceable {
+        flag: &'static str,
+        controller: &'static str,
+        why: String,
+    },
+    #[error("{why}: install it, {NETWORK_FALLBACK}")]
+    NoSlirp { why: String },
+    #[error("slirp4netns cannot run as this user: {why}; {NETWORK_FALLBACK}")]
+    TunUnusable { why: String },
+}
+
+/// What makes the isolation weaker than it could be, allowed by a flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Warning {
+    #[error(
+        "{flag} cannot be enforced: the {controller} cgroup controller: {why}; jobs run without it (--allow-unlimited)"
+    )]
+    Unlimited {
+        flag: &'static str,
+        controller: &'static str,
+        why: String,
+    },
+    #[error(
+        "--install-network host: pip runs in the host's network namespace and can reach services on this machine, including this server"
+    )]
+    HostNetwork,
+}
+
+/// Why an id range cannot hold the jobs' ids.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeConflict {
+    #[error("--userns-range: COUNT must be at least 1")]
+    Empty,
+    /// It holds the id of a user or group: that one's files and processes would be the jobs'.
+    #[error("--userns-range {start}:{count} holds the id {id} of {what} {name}")]
+    HoldsId {
+        start: u32,
+        count: u32,
+        id: u64,
+        what: &'static str,
+        name: String,
+    },
+    /// It overlaps subordinate ids someone may map in their own containers.
+    #[error("--userns-range {start}:{count} overlaps {name}'s subordinate ids {sub_start}:{sub_count} in {file}")]
+    OverlapsSubordinate {
+        start: u32,
+        count: u32,
+        name: String,
+        sub_start: u64,
+        sub_count: u64,
+        file: &'static str,
+    },
 }
 
 impl Sandbox {
@@ -53,50 +134,53 @@ pub fn plan(
     args: &ServeArgs,
     caps: &Capabilities,
     reachable: &[&Path],
-) -> Result<Sandbox, Vec<String>> {
+) -> Result<Sandbox, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
 
     if let Err(why) = &caps.user_namespaces {
-        problems.push(format!("user namespaces are not available: {why}"));
+        problems.push(Problem::NoUserNamespaces(why.clone()));
     }
     if let Err(why) = &caps.seccomp {
-        problems.push(format!("seccomp is not available: {why}"));
+        problems.push(Problem::NoSeccomp(why.clone()));
     }
 
     let user_namespace = if caps.is_root() {
         let range = args
             .userns_range
             .unwrap_or(UserNamespace::ROOTFUL_DEFAULT.host_ids());
-        problems.extend(range_conflicts(&range, &IdFiles::system()));
+        problems.extend(
+            range_conflicts(&range, &IdFiles::system())
+                .into_iter()
+                .map(Problem::Range),
+        );
         UserNamespace::Range(range)
     } else {
         if args.userns_range.is_some() {
-            problems.push(
-                "--userns-range needs root: a server run by a normal user maps only its own \
-                 ids (the jobs run as that user)"
-                    .into(),
-            );
+            problems.push(Problem::RangeNeedsRoot);
         }
         UserNamespace::Caller
     };
     for dir in reachable {
         if let Err(e) = check_reachable_or_ancestor(dir, &user_namespace) {
-            problems.push(format!("jobs cannot reach {}: {e}", dir.display()));
+            problems.push(Problem::Unreachable {
+                dir: dir.to_path_buf(),
+                why: e,
+            });
         }
     }
 
     let cg = &caps.cgroups;
     if let Err(why) = &cg.version {
-        problems.push(why.clone());
+        problems.push(Problem::Cgroups(why.clone()));
     }
     if let Err(why) = cg.containers_possible() {
-        problems.push(format!(
-            "{why}: as root, run `scripts/delegate-cgroups {}` once",
-            caps.user.as_deref().unwrap_or("USER")
-        ));
+        problems.push(Problem::NotDelegated {
+            why: why.to_string(),
+            user: caps.user.as_deref().unwrap_or("USER").to_string(),
+        });
     }
-    let mut limit = |controller: &str, flag: &str| -> bool {
+    let mut limit = |controller: &'static str, flag: &'static str| -> bool {
         if cg.usable(controller) {
             return true;
         }
@@ -106,11 +190,18 @@ pub fn plan(
             .find(|(name, _)| name.split(',').any(|n| n == controller))
             .and_then(|(_, f)| f.as_ref().err().cloned())
             .unwrap_or_else(|| "not available".into());
-        let msg = format!("{flag} cannot be enforced: the {controller} cgroup controller: {why}");
         if args.allow_unlimited {
-            warnings.push(format!("{msg}; jobs run without it (--allow-unlimited)"));
+            warnings.push(Warning::Unlimited {
+                flag,
+                controller,
+                why,
+            });
         } else {
-            problems.push(format!("{msg} (--allow-unlimited runs jobs without it)"));
+            problems.push(Problem::Unenforceable {
+                flag,
+                controller,
+                why,
+            });
         }
         false
     };
@@ -122,22 +213,15 @@ pub fn plan(
 
     let install_network = match args.install_network {
         InstallNetwork::Host => {
-            warnings.push(
-                "--install-network host: pip runs in the host's network namespace and can reach \
-                 services on this machine, including this server"
-                    .into(),
-            );
+            warnings.push(Warning::HostNetwork);
             Network::Host
         }
         InstallNetwork::Slirp => {
-            let fallback = "or pass --install-network host (pip then shares the host's network)";
             match &caps.slirp4netns {
-                Err(why) => problems.push(format!("{why}: install it, {fallback}")),
+                Err(why) => problems.push(Problem::NoSlirp { why: why.clone() }),
                 Ok(_) if !caps.is_root() => {
                     if let Err(why) = tun_usable() {
-                        problems.push(format!(
-                            "slirp4netns cannot run as this user: {why}; {fallback}"
-                        ));
+                        problems.push(Problem::TunUnusable { why });
                     }
                 }
                 Ok(_) => {}
@@ -204,12 +288,12 @@ impl IdFiles {
 /// Why the jobs' id range must not be used: it holds a user's or group's id (its files and
 /// processes would be the jobs'), or overlaps subordinate ids someone may map in their
 /// own containers.
-pub fn range_conflicts(range: &IdRange, files: &IdFiles) -> Vec<String> {
+pub fn range_conflicts(range: &IdRange, files: &IdFiles) -> Vec<RangeConflict> {
     let mut out = Vec::new();
     let inside =
         |id: u64, base: u32| id >= u64::from(base) && id < u64::from(base) + u64::from(range.count);
     if range.count == 0 {
-        out.push("--userns-range: COUNT must be at least 1".into());
+        out.push(RangeConflict::Empty);
     }
     for (text, base, what) in [
         (&files.passwd, range.uid, "user"),
@@ -220,11 +304,15 @@ pub fn range_conflicts(range: &IdRange, files: &IdFiles) -> Vec<String> {
             let (Some(name), Some(id)) = (fields.next(), fields.nth(1)) else {
                 continue;
             };
-            if id.parse().is_ok_and(|id| inside(id, base)) {
-                out.push(format!(
-                    "--userns-range {}:{} holds the id {id} of {what} {name}",
-                    base, range.count
-                ));
+            let Ok(id) = id.parse::<u64>() else { continue };
+            if inside(id, base) {
+                out.push(RangeConflict::HoldsId {
+                    start: base,
+                    count: range.count,
+                    id,
+                    what,
+                    name: name.to_string(),
+                });
             }
         }
     }
@@ -244,10 +332,14 @@ pub fn range_conflicts(range: &IdRange, files: &IdFiles) -> Vec<String> {
             };
             let (lo, hi) = (u64::from(base), u64::from(base) + u64::from(range.count));
             if start < hi && lo < start + count {
-                out.push(format!(
-                    "--userns-range {base}:{} overlaps {name}'s subordinate ids {start}:{count} in {file}",
-                    range.count
-                ));
+                out.push(RangeConflict::OverlapsSubordinate {
+                    start: base,
+                    count: range.count,
+                    name: name.to_string(),
+                    sub_start: start,
+                    sub_count: count,
+                    file,
+                });
             }
         }
     }
@@ -341,7 +433,12 @@ mod tests {
     }
 
     fn problems(args: &ServeArgs, caps: &Capabilities) -> String {
-        plan(args, caps, &[]).unwrap_err().join("\n")
+        let problems = plan(args, caps, &[]).unwrap_err();
+        problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     #[test]
@@ -376,7 +473,17 @@ mod tests {
         let s = plan(&args(&["--allow-unlimited"]), &c, &[]).unwrap();
         assert_eq!(s.memory_limit, None);
         assert_eq!(s.pids_limit, Some(512));
-        assert!(s.warnings[0].contains("--memory-limit"), "{:?}", s.warnings);
+        assert!(
+            matches!(
+                s.warnings[..],
+                [Warning::Unlimited {
+                    flag: "--memory-limit",
+                    ..
+                }]
+            ),
+            "{:?}",
+            s.warnings
+        );
     }
 
     #[test]
@@ -406,7 +513,8 @@ mod tests {
         assert!(problems(&args(&[]), &c).contains("--install-network host"));
         let s = plan(&args(&["--install-network", "host"]), &c, &[]).unwrap();
         assert_eq!(s.install_network, Network::Host);
-        assert!(s.warnings[0].contains("host's network"));
+        assert_eq!(s.warnings, [Warning::HostNetwork]);
+        assert!(s.warnings[0].to_string().contains("host's network"));
     }
 
     #[test]
@@ -421,10 +529,12 @@ mod tests {
         .unwrap();
         // Owned by whoever runs the test, not by the jobs' range.
         let data = private.join("data");
-        let p = plan(&args(&[]), &caps(true), &[&data])
-            .unwrap_err()
-            .join("\n");
-        assert!(p.contains("jobs cannot reach"), "{p}");
+        let p = plan(&args(&[]), &caps(true), &[&data]).unwrap_err();
+        assert!(
+            matches!(&p[..], [Problem::Unreachable { dir, .. }] if *dir == data),
+            "{p:?}"
+        );
+        assert!(p[0].to_string().starts_with("jobs cannot reach"), "{p:?}");
     }
 
     #[test]

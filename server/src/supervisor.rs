@@ -21,8 +21,8 @@ use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::config::format_size;
+use crate::executor::StopReason;
 use crate::install::{Budget, JobPaths, Overrun};
-use crate::jobs::StopReason;
 use crate::logs::{Appended, LiveLog};
 
 /// Where a job's output goes: the job's log, or whatever the caller keeps instead.

@@ -2,8 +2,8 @@
 //! the database, so this works while it runs jobs). Needs an admin key. A key is printed only
 //! by `ci admin key create`, once.
 
+use ci_protocol::{CreatedKey, KeyQuery, KeyView, NewKey, NewUser, Role, UserView};
 use clap::{Args, Subcommand};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::client::Client;
@@ -87,33 +87,6 @@ pub enum KeyCommand {
     },
 }
 
-#[derive(Deserialize, Serialize, Debug)]
-struct User {
-    id: String,
-    name: String,
-    email: String,
-    role: String,
-    active: bool,
-    created: String,
-}
-
-#[derive(Deserialize, Serialize, Debug)]
-struct Key {
-    id: String,
-    name: String,
-    user_email: String,
-    created: String,
-    last_used: Option<String>,
-    revoked: bool,
-}
-
-#[derive(Deserialize, Serialize)]
-struct CreatedKey {
-    #[serde(flatten)]
-    record: Key,
-    key: String,
-}
-
 pub async fn run(client: &Client, args: AdminArgs) -> anyhow::Result<u8> {
     match args.command {
         AdminCommand::User(command) => user(client, command).await,
@@ -124,9 +97,12 @@ pub async fn run(client: &Client, args: AdminArgs) -> anyhow::Result<u8> {
 async fn user(client: &Client, command: UserCommand) -> anyhow::Result<u8> {
     match command {
         UserCommand::Create { name, email, admin } => {
-            let role = if admin { "admin" } else { "user" };
-            let body = json!({ "name": name, "email": email, "role": role });
-            let user: User = client.post_json("/v1/admin/users", &body).await?;
+            let body = NewUser {
+                name,
+                email,
+                role: Some(if admin { Role::Admin } else { Role::User }),
+            };
+            let user: UserView = client.post_json("/v1/admin/users", &body).await?;
             println!("Created {} {} <{}>", user.role, user.name, user.email);
             eprintln!(
                 "Give them a key with: ci admin key create --email {} --name <what-it-is-for>",
@@ -134,7 +110,7 @@ async fn user(client: &Client, command: UserCommand) -> anyhow::Result<u8> {
             );
         }
         UserCommand::List { json } => {
-            let users: Vec<User> = client.get_json("/v1/admin/users").await?;
+            let users: Vec<UserView> = client.get_json("/v1/admin/users").await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&users)?);
             } else {
@@ -142,7 +118,7 @@ async fn user(client: &Client, command: UserCommand) -> anyhow::Result<u8> {
             }
         }
         UserCommand::Disable { email } => {
-            let user: User = client
+            let user: UserView = client
                 .post_json(
                     &format!("/v1/admin/users/{}/disable", segment(&email)),
                     &json!({}),
@@ -151,7 +127,7 @@ async fn user(client: &Client, command: UserCommand) -> anyhow::Result<u8> {
             println!("Disabled user {} <{}>", user.name, user.email);
         }
         UserCommand::Enable { email } => {
-            let user: User = client
+            let user: UserView = client
                 .post_json(
                     &format!("/v1/admin/users/{}/enable", segment(&email)),
                     &json!({}),
@@ -166,7 +142,7 @@ async fn user(client: &Client, command: UserCommand) -> anyhow::Result<u8> {
 async fn key(client: &Client, command: KeyCommand) -> anyhow::Result<u8> {
     match command {
         KeyCommand::Create { email, name, json } => {
-            let body = json!({ "email": email, "name": name });
+            let body = NewKey { email, name };
             let created: CreatedKey = client.post_json("/v1/admin/keys", &body).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&created)?);
@@ -174,17 +150,15 @@ async fn key(client: &Client, command: KeyCommand) -> anyhow::Result<u8> {
                 // The bare key on stdout, so `KEY=$(ci admin key create ...)` works.
                 eprintln!(
                     "Created key {} ({}) for {}. It is shown only now; keep it secret:",
-                    created.record.id, created.record.name, created.record.user_email
+                    created.view.id, created.view.name, created.view.user_email
                 );
                 println!("{}", created.key);
             }
         }
         KeyCommand::List { email, json } => {
-            let path = match &email {
-                Some(e) => format!("/v1/admin/keys?email={}", segment(e)),
-                None => "/v1/admin/keys".to_string(),
-            };
-            let keys: Vec<Key> = client.get_json(&path).await?;
+            let keys: Vec<KeyView> = client
+                .get_json_with("/v1/admin/keys", &KeyQuery { email })
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&keys)?);
             } else {
@@ -192,7 +166,7 @@ async fn key(client: &Client, command: KeyCommand) -> anyhow::Result<u8> {
             }
         }
         KeyCommand::Revoke { key_id } => {
-            let key: Key = client
+            let key: KeyView = client
                 .delete_json(&format!("/v1/admin/keys/{}", segment(&key_id)))
                 .await?;
             println!(
@@ -204,12 +178,12 @@ async fn key(client: &Client, command: KeyCommand) -> anyhow::Result<u8> {
     Ok(exit::SUCCESS)
 }
 
-fn users_table(users: &[User]) -> String {
+fn users_table(users: &[UserView]) -> String {
     let rows = users.iter().map(|u| {
         vec![
             u.name.clone(),
             u.email.clone(),
-            u.role.clone(),
+            u.role.to_string(),
             if u.active { "active" } else { "disabled" }.to_string(),
             crate::table::short_time(Some(&u.created)),
         ]
@@ -217,7 +191,7 @@ fn users_table(users: &[User]) -> String {
     crate::table::render(&["NAME", "EMAIL", "ROLE", "STATUS", "CREATED"], rows)
 }
 
-fn keys_table(keys: &[Key]) -> String {
+fn keys_table(keys: &[KeyView]) -> String {
     let rows = keys.iter().map(|k| {
         vec![
             k.id.clone(),
@@ -234,8 +208,8 @@ fn keys_table(keys: &[Key]) -> String {
     )
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters, for a path segment or a
-/// query value (emails may hold `+`, `/`, `?` or `#`).
+/// Percent-encodes everything but RFC 3986 unreserved characters, for a path segment (emails
+/// may hold `+`, `/`, `?` or `#`).
 fn segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
@@ -261,11 +235,11 @@ mod tests {
 
     #[test]
     fn tables() {
-        let users = [User {
+        let users = [UserView {
             id: "1".into(),
             name: "Bob".into(),
             email: "bob@example.com".into(),
-            role: "user".into(),
+            role: Role::User,
             active: false,
             created: "2026-01-02T03:04:05.678Z".into(),
         }];

@@ -1,6 +1,8 @@
 //! `ci cancel <id>`: stop a queued or running job.
 
-use crate::client::{Client, JobView};
+use ci_protocol::JobView;
+
+use crate::client::Client;
 use crate::exit;
 
 #[derive(clap::Args, Debug)]

@@ -1,6 +1,8 @@
 //! `ci list`: the caller's jobs, newest first.
 
-use crate::client::{Client, JobView};
+use ci_protocol::{JobView, ListQuery, Status};
+
+use crate::client::Client;
 use crate::exit;
 
 #[derive(clap::Args, Debug)]
@@ -13,23 +15,12 @@ pub struct ListArgs {
     pub limit: Option<usize>,
     /// Only jobs with this status (queued, running, passed, failed, error, timed_out, cancelled, lost).
     #[arg(long)]
-    pub status: Option<String>,
+    pub status: Option<Status>,
 }
 
 pub async fn run(client: &Client, args: ListArgs) -> anyhow::Result<u8> {
-    let mut query = Vec::new();
-    if let Some(l) = args.limit {
-        query.push(format!("limit={l}"));
-    }
-    if let Some(s) = &args.status {
-        query.push(format!("status={s}"));
-    }
-    let path = if query.is_empty() {
-        "/v1/jobs".to_string()
-    } else {
-        format!("/v1/jobs?{}", query.join("&"))
-    };
-    let jobs: Vec<JobView> = client.get_json(&path).await?;
+    let query = ListQuery::new(args.limit, args.status);
+    let jobs: Vec<JobView> = client.get_json_with("/v1/jobs", &query).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
     } else {
@@ -47,8 +38,7 @@ fn table(jobs: &[JobView]) -> String {
         .map(|j| {
             let phase = j
                 .phase
-                .as_deref()
-                .map(|p| p.replace('_', " "))
+                .map(|p| p.as_str().replace('_', " "))
                 .unwrap_or_else(|| "-".into());
             let phase = match j.queue_position {
                 Some(p) => format!("position {p}"),
@@ -62,7 +52,7 @@ fn table(jobs: &[JobView]) -> String {
             let status = if j.expired {
                 format!("{} (expired)", j.status)
             } else {
-                j.status.clone()
+                j.status.to_string()
             };
             [
                 j.id.clone(),

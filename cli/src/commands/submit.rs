@@ -47,7 +47,7 @@ async fn submit_when_free(
     archive: &[u8],
     timeout: Option<u64>,
     pytest_args: &[String],
-) -> Result<crate::client::JobView, RequestError> {
+) -> Result<ci_protocol::JobView, RequestError> {
     let started = std::time::Instant::now();
     let mut pause = Duration::from_secs(1);
     loop {

@@ -1,7 +1,8 @@
 //! `ci wait <id>`: reconnect to a job and follow it to its end.
 
-use crate::client::{Client, JobView};
-use crate::exit;
+use ci_protocol::{JobView, Status};
+
+use crate::client::Client;
 
 #[derive(clap::Args, Debug)]
 pub struct WaitArgs {
@@ -17,11 +18,7 @@ pub async fn run(client: &Client, args: WaitArgs) -> anyhow::Result<u8> {
     if job.expired {
         // Nothing to follow: say how it ended, and end the same way.
         eprintln!("ci: {}", expired_line(&job));
-        return Ok(if job.passed() {
-            exit::SUCCESS
-        } else {
-            exit::JOB_FAILED
-        });
+        return Ok(crate::exit::of(job.status));
     }
     let offset = if args.all { 0 } else { job.log_bytes };
     crate::follow_to_end(client, &job.id, offset).await
@@ -29,10 +26,10 @@ pub async fn run(client: &Client, args: WaitArgs) -> anyhow::Result<u8> {
 
 /// One line about a job whose log the server removed.
 fn expired_line(job: &JobView) -> String {
-    let status = job.status.replace('_', " ");
+    let status = job.status.as_str().replace('_', " ");
     let how = match (&job.reason, job.exit_code) {
         (Some(reason), _) => format!("{status}: {reason}"),
-        (None, Some(code)) if !job.passed() => format!("{status} (exit {code})"),
+        (None, Some(code)) if job.status != Status::Passed => format!("{status} (exit {code})"),
         _ => status,
     };
     format!(
@@ -45,10 +42,10 @@ fn expired_line(job: &JobView) -> String {
 mod tests {
     use super::*;
 
-    fn job(status: &str, exit_code: Option<i32>, reason: Option<&str>) -> JobView {
+    fn job(status: Status, exit_code: Option<i32>, reason: Option<&str>) -> JobView {
         JobView {
             id: "abc".into(),
-            status: status.into(),
+            status,
             phase: None,
             created: String::new(),
             started: None,
@@ -57,6 +54,7 @@ mod tests {
             exit_code,
             reason: reason.map(str::to_string),
             queue_position: None,
+            timeout_secs: 60,
             log_bytes: 0,
             expired: true,
         }
@@ -71,10 +69,10 @@ mod tests {
 
     #[test]
     fn says_how_an_expired_job_ended() {
-        check(job("passed", Some(0), None), "passed");
-        check(job("failed", Some(1), None), "failed (exit 1)");
+        check(job(Status::Passed, Some(0), None), "passed");
+        check(job(Status::Failed, Some(1), None), "failed (exit 1)");
         check(
-            job("timed_out", None, Some("timed out after 1m")),
+            job(Status::TimedOut, None, Some("timed out after 1m")),
             "timed out: timed out after 1m",
         );
     }

@@ -1,0 +1,305 @@
+//! Jobs on the wire: their status and phase, the view `GET /v1/jobs` answers with, and the
+//! query strings of the job endpoints.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a job is in its life. Terminal statuses never change again.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    Running,
+    Passed,
+    Failed,
+    Error,
+    TimedOut,
+    Cancelled,
+    Lost,
+}
+
+impl Status {
+    pub const ALL: [Status; 8] = [
+        Status::Queued,
+        Status::Running,
+        Status::Passed,
+        Status::Failed,
+        Status::Error,
+        Status::TimedOut,
+        Status::Cancelled,
+        Status::Lost,
+    ];
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Status::Queued | Status::Running)
+    }
+
+    /// Its name in JSON and in query strings (`timed_out`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Passed => "passed",
+            Status::Failed => "failed",
+            Status::Error => "error",
+            Status::TimedOut => "timed_out",
+            Status::Cancelled => "cancelled",
+            Status::Lost => "lost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Status, UnknownStatus> {
+        Status::parse(s).ok_or_else(|| UnknownStatus(s.to_string()))
+    }
+}
+
+/// A name that is no [`Status`]; says which names are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownStatus(pub String);
+
+impl std::fmt::Display for UnknownStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+        write!(
+            f,
+            "unknown status {:?}: use one of {}",
+            self.0,
+            all.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownStatus {}
+
+/// What a running job is doing.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    PullingImage,
+    Installing,
+    Testing,
+}
+
+impl Phase {
+    /// Its name in JSON (`pulling_image`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::PullingImage => "pulling_image",
+            Phase::Installing => "installing",
+            Phase::Testing => "testing",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job as clients see it. Field names are a stable contract (`ci list --json`); fields added
+/// later have defaults, so that a client still reads an older server's answers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct JobView {
+    pub id: String,
+    pub status: Status,
+    /// Only while running.
+    pub phase: Option<Phase>,
+    /// RFC 3339, UTC.
+    pub created: String,
+    pub started: Option<String>,
+    pub finished: Option<String>,
+    pub duration_secs: Option<f64>,
+    /// Exit code of pytest, when it ran to the end.
+    pub exit_code: Option<i32>,
+    /// Why the job ended the way it did, in words, for anything but a plain pass or fail.
+    pub reason: Option<String>,
+    /// 1-based place in the queue while queued.
+    pub queue_position: Option<usize>,
+    #[serde(default)]
+    pub timeout_secs: u64,
+    /// Bytes in the log so far: `ci wait` without `--all` starts here.
+    #[serde(default)]
+    pub log_bytes: u64,
+    /// The log was removed after the server's retention period; the record stays.
+    #[serde(default)]
+    pub expired: bool,
+}
+
+/// The query of `POST /v1/jobs`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubmitQuery {
+    /// Wall-clock limit in seconds; capped by the server's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// Extra pytest arguments, as a JSON array of strings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pytest_args: Option<String>,
+}
+
+impl SubmitQuery {
+    /// The query for a timeout and extra pytest arguments (none: no `pytest_args`).
+    pub fn new(timeout_secs: Option<u64>, pytest_args: &[String]) -> SubmitQuery {
+        SubmitQuery {
+            timeout_secs,
+            pytest_args: (!pytest_args.is_empty())
+                .then(|| serde_json::to_string(pytest_args).expect("strings serialize")),
+        }
+    }
+
+    /// The extra pytest arguments; none when the query has none.
+    pub fn pytest_args(&self) -> Result<Vec<String>, serde_json::Error> {
+        match &self.pytest_args {
+            None => Ok(Vec::new()),
+            Some(raw) => serde_json::from_str(raw),
+        }
+    }
+}
+
+/// The query of `GET /v1/jobs`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// At most this many jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Only jobs with this status: a [`Status`]'s name, kept as text so that the server can
+    /// answer an unknown one with the names it knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+impl ListQuery {
+    pub fn new(limit: Option<usize>, status: Option<Status>) -> ListQuery {
+        ListQuery {
+            limit,
+            status: status.map(|s| s.as_str().to_string()),
+        }
+    }
+
+    /// The status asked for, if any.
+    pub fn status(&self) -> Result<Option<Status>, UnknownStatus> {
+        self.status.as_deref().map(str::parse).transpose()
+    }
+}
+
+/// The query of `GET /v1/jobs/{id}/log`: the byte of the log to start at.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogQuery {
+    #[serde(default)]
+    pub offset: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_by_name() {
+        for status in Status::ALL {
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+            assert_eq!(Status::parse(status.as_str()), Some(status));
+            assert_eq!(status.to_string(), status.as_str());
+        }
+        assert_eq!(Status::TimedOut.as_str(), "timed_out");
+        assert_eq!(
+            "done".parse::<Status>().unwrap_err().to_string(),
+            "unknown status \"done\": use one of queued, running, passed, failed, error, \
+             timed_out, cancelled, lost"
+        );
+        let terminal: Vec<Status> = Status::ALL
+            .into_iter()
+            .filter(|s| !s.is_terminal())
+            .collect();
+        assert_eq!(terminal, [Status::Queued, Status::Running]);
+    }
+
+    #[test]
+    fn phases_by_name() {
+        for phase in [Phase::PullingImage, Phase::Installing, Phase::Testing] {
+            let json = serde_json::to_string(&phase).unwrap();
+            assert_eq!(json, format!("\"{phase}\""));
+        }
+    }
+
+    #[test]
+    fn job_view_field_names_are_stable() {
+        let view = JobView {
+            id: "abc".into(),
+            status: Status::TimedOut,
+            phase: None,
+            created: "2026-11-21T10:50:54Z".into(),
+            started: None,
+            finished: None,
+            duration_secs: Some(1.5),
+            exit_code: None,
+            reason: Some("timed out after 1m".into()),
+            queue_position: None,
+            timeout_secs: 60,
+            log_bytes: 3,
+            expired: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&view).unwrap(),
+            r#"{"id":"abc","status":"timed_out","phase":null,"created":"2026-11-21T10:50:54Z","started":null,"finished":null,"duration_secs":1.5,"exit_code":null,"reason":"timed out after 1m","queue_position":null,"timeout_secs":60,"log_bytes":3,"expired":false}"#
+        );
+    }
+
+    #[test]
+    fn an_older_servers_job_still_reads() {
+        let job: JobView = serde_json::from_str(
+            r#"{"id":"j","status":"running","phase":"pulling_image","created":"t","started":null,"finished":null,"duration_secs":null,"exit_code":null,"reason":null,"queue_position":null}"#,
+        )
+        .unwrap();
+        assert_eq!(job.phase, Some(Phase::PullingImage));
+        assert_eq!(
+            (job.timeout_secs, job.log_bytes, job.expired),
+            (0, 0, false)
+        );
+    }
+
+    #[test]
+    fn pytest_args_travel_as_json() {
+        let args = vec!["-k".to_string(), "a and not b".to_string()];
+        let query = SubmitQuery::new(Some(5), &args);
+        assert_eq!(
+            query.pytest_args.as_deref(),
+            Some(r#"["-k","a and not b"]"#)
+        );
+        assert_eq!(query.pytest_args().unwrap(), args);
+        let none = SubmitQuery::new(None, &[]);
+        assert_eq!(none, SubmitQuery::default());
+        assert!(none.pytest_args().unwrap().is_empty());
+        let bad = SubmitQuery {
+            pytest_args: Some("-x".into()),
+            ..SubmitQuery::default()
+        };
+        assert!(bad.pytest_args().is_err());
+    }
+
+    #[test]
+    fn list_query_status() {
+        let q = ListQuery::new(Some(1), Some(Status::TimedOut));
+        assert_eq!(q.status.as_deref(), Some("timed_out"));
+        assert_eq!(q.status(), Ok(Some(Status::TimedOut)));
+        assert_eq!(ListQuery::default().status(), Ok(None));
+        let bad = ListQuery {
+            status: Some("done".into()),
+            ..ListQuery::default()
+        };
+        assert!(bad.status().is_err());
+    }
+}

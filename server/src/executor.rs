@@ -1,0 +1,143 @@
+//! The seam between the job manager and what runs a job: the manager claims a job and hands
+//! it to an [`Executor`], which reports what happens through [`JobEvents`] and returns a
+//! [`Verdict`]. The executor never writes a job's status; the manager does, through the
+//! store's state machine.
+//!
+//! The server's executor runs containers ([`crate::execute::ContainerExecutor`]); tests use
+//! fakes, so that the queue, cancel, shutdown and the HTTP routes run without root.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::lifecycle::{Transition, Verdict};
+use crate::logs::LiveLog;
+use crate::model::{Job, Phase};
+use crate::store::JobStore;
+
+/// Runs claimed jobs.
+#[async_trait]
+pub trait Executor: Send + Sync + 'static {
+    /// Runs `job`, whose files are in `dir`, until it ends: never fails, every failure is a
+    /// verdict. Ends early with a `Cancelled` or `Lost` verdict once `stop` asks, and with
+    /// `TimedOut` past the job's timeout.
+    async fn run(&self, job: &Job, dir: &Path, events: &JobEvents, stop: &Control) -> Verdict;
+
+    /// Removes what a previous server process left running, before its jobs are settled.
+    async fn reconcile(&self) {}
+
+    /// Upkeep while the server runs (caches, warming up); runs until the server aborts it.
+    async fn maintain(&self) {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Why a running job is asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    Cancelled,
+    /// An admin disabled the job's owner.
+    UserDisabled,
+    Shutdown,
+}
+
+impl StopReason {
+    /// The reason recorded for a job this stopped (shutdown makes jobs `lost`, not cancelled).
+    pub fn cancel_reason(self, started: bool) -> &'static str {
+        match (self, started) {
+            (StopReason::UserDisabled, _) => "the user was disabled by an admin",
+            (_, false) => "stopped before it started",
+            (_, true) => "stopped on request",
+        }
+    }
+
+    /// The verdict of a running job this stopped.
+    pub fn verdict(self) -> Verdict {
+        match self {
+            StopReason::Cancelled | StopReason::UserDisabled => Verdict::Cancelled {
+                reason: self.cancel_reason(true).into(),
+            },
+            StopReason::Shutdown => Verdict::Lost {
+                reason: "the server shut down while the job was running".into(),
+            },
+        }
+    }
+}
+
+/// A handle on one running job: the manager asks it to stop, the executor waits for that.
+pub struct Control {
+    stop: watch::Sender<Option<StopReason>>,
+}
+
+impl Control {
+    pub fn new() -> Arc<Control> {
+        Arc::new(Control {
+            stop: watch::channel(None).0,
+        })
+    }
+
+    /// Asks the job to stop; the first reason given stands.
+    pub fn request(&self, reason: StopReason) {
+        self.stop.send_if_modified(|r| {
+            if r.is_none() {
+                *r = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Resolves once a stop was requested.
+    pub async fn stopped(&self) -> StopReason {
+        let mut rx = self.stop.subscribe();
+        loop {
+            if let Some(r) = *rx.borrow_and_update() {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// What an executor reports while a job runs: its phases (recorded, and noted in the log)
+/// and its output (into the log).
+pub struct JobEvents {
+    id: String,
+    log: Arc<LiveLog>,
+    store: Arc<dyn JobStore>,
+}
+
+impl JobEvents {
+    pub(crate) fn new(id: &str, log: Arc<LiveLog>, store: Arc<dyn JobStore>) -> JobEvents {
+        JobEvents {
+            id: id.to_string(),
+            log,
+            store,
+        }
+    }
+
+    /// The job moved on to `phase`; `line` says so in its log.
+    pub async fn phase(&self, phase: Phase, line: &str) {
+        if let Err(e) = self.store.apply(&self.id, &Transition::Phase(phase)).await {
+            tracing::error!(job = %self.id, error = %crate::error::chain(&e), "cannot record the job's phase");
+        }
+        self.note(line);
+    }
+
+    /// A line of the server's own in the job's log.
+    pub fn note(&self, line: &str) {
+        if let Err(e) = self.log.note(line) {
+            tracing::warn!(job = %self.id, error = %e, "cannot write to the job's log");
+        }
+    }
+
+    /// Where the job's own output goes.
+    pub fn log(&self) -> &LiveLog {
+        &self.log
+    }
+}

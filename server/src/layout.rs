@@ -1,0 +1,160 @@
+//! Every path under the data directory, and the life of a job's directory.
+//!
+//! ```text
+//! <data>/
+//!   admin.key      the first admin's key (0600)
+//!   db/            job records, users, keys (sled; 0700)
+//!   logs/<id>.log  job logs (0700 / 0600)
+//!   jobs/<id>/     what one job holds while it waits and runs (see `install::JobPaths`)
+//!   containers/    the container runtime's state
+//!   cache/         dependency layers and installer caches, per user
+//! ```
+//!
+//! A job's directory has one owner at a time: the upload while it is received (a [`JobDir`],
+//! removed if the submission fails in any way), then the job manager, which removes it when
+//! the job ends or is refused. Nothing else removes one.
+
+use std::path::{Path, PathBuf};
+
+use crate::cache;
+
+/// The data directory (`--data-dir`). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct DataLayout {
+    root: PathBuf,
+}
+
+impl DataLayout {
+    /// `root` must be absolute: paths from here end up in container specs.
+    pub fn new(root: PathBuf) -> DataLayout {
+        DataLayout { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn admin_key(&self) -> PathBuf {
+        self.root.join("admin.key")
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.root.join("db")
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    pub fn jobs(&self) -> PathBuf {
+        self.root.join("jobs")
+    }
+
+    pub fn containers(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
+    /// The directory of job `id`.
+    pub fn job(&self, id: &str) -> PathBuf {
+        self.jobs().join(id)
+    }
+
+    /// Claims the directory of a job being submitted; it is removed when the claim is
+    /// dropped unless handed on with [`JobDir::keep`].
+    pub fn new_job_dir(&self, id: &str) -> JobDir {
+        JobDir {
+            layout: self.clone(),
+            id: id.to_string(),
+            armed: true,
+        }
+    }
+
+    /// Removes the directory of job `id`, off the async threads: a job may leave hundreds
+    /// of thousands of files, which take minutes to remove on a busy disk.
+    pub async fn remove_job_dir(&self, id: &str) {
+        let layout = self.clone();
+        let id = id.to_string();
+        let _ = tokio::task::spawn_blocking(move || layout.remove_job_dir_now(&id)).await;
+    }
+
+    /// [`Self::remove_job_dir`], blocking.
+    pub fn remove_job_dir_now(&self, id: &str) {
+        let dir = self.job(id);
+        if let Err(e) = cache::remove_tree(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove job directory");
+        }
+    }
+
+    /// The names of the job directories there are. Blocking.
+    pub fn job_dirs(&self) -> Vec<String> {
+        std::fs::read_dir(self.jobs())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Makes the directories the server writes into. Blocking.
+    pub fn create(&self) -> std::io::Result<()> {
+        for dir in [self.jobs(), self.containers()] {
+            fs_err::create_dir_all(dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// The directory of a job whose submission is under way: removed when dropped unless kept,
+/// so that nothing half-written stays whichever way the submission ends (even when the
+/// client goes away and the request's future is dropped).
+pub struct JobDir {
+    layout: DataLayout,
+    id: String,
+    armed: bool,
+}
+
+impl JobDir {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.layout.job(&self.id)
+    }
+
+    /// Removes it now; blocking.
+    pub fn remove_now(mut self) {
+        self.armed = false;
+        self.layout.remove_job_dir_now(&self.id);
+    }
+
+    /// Removes it, off the async threads.
+    pub async fn remove(mut self) {
+        self.armed = false;
+        self.layout.remove_job_dir(&self.id).await;
+    }
+
+    /// Hands the directory on to the job manager, which removes it when the job ends.
+    pub fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for JobDir {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (layout, id) = (self.layout.clone(), std::mem::take(&mut self.id));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || layout.remove_job_dir_now(&id));
+            }
+            Err(_) => layout.remove_job_dir_now(&id),
+        }
+    }
+}
