@@ -306,6 +306,19 @@ pub fn merge(upper: &Path, lower: &Path) -> io::Result<u64> {
     Ok(moved)
 }
 
+/// Where the dependency layers are: `deps/<user>/<key>`.
+const LAYERS: &str = "deps";
+
+/// The dependency layer `key` of `user`.
+pub fn layer_dir(cache_dir: &Path, user: &str, key: &str) -> PathBuf {
+    cache_dir.join(LAYERS).join(user).join(key)
+}
+
+/// The download cache of `installer` for `user`: `uv/<user>` or `pip/<user>`.
+pub fn installer_dir(cache_dir: &Path, installer: ci_project::Installer, user: &str) -> PathBuf {
+    cache_dir.join(installer.as_str()).join(user)
+}
+
 /// Settles what a previous server process left: entries it was removing.
 pub fn recover(cache_dir: &Path) {
     remove_entry(&cache_dir.join(TRASH));
@@ -326,13 +339,13 @@ fn entries(cache_dir: &Path) -> Vec<(String, PathBuf)> {
             .unwrap_or_default()
     };
     let mut out = Vec::new();
-    for dir in children(&cache_dir.join("deps")) {
+    for dir in children(&cache_dir.join(LAYERS)) {
         let owner = user(&dir);
         out.extend(children(&dir).into_iter().map(|p| (owner.clone(), p)));
     }
-    for kind in ["uv", "pip"] {
+    for kind in [ci_project::Installer::Uv, ci_project::Installer::Pip] {
         out.extend(
-            children(&cache_dir.join(kind))
+            children(&cache_dir.join(kind.as_str()))
                 .into_iter()
                 .map(|p| (user(&p), p)),
         );
@@ -387,7 +400,7 @@ pub fn evict(
             continue;
         };
         let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        let layer = path.parent().and_then(Path::parent) == Some(cache_dir.join("deps").as_path());
+        let layer = path.parent().and_then(Path::parent) == Some(cache_dir.join(LAYERS).as_path());
         let bytes = match registry.layer_size(&path).filter(|_| layer) {
             Some(bytes) => bytes,
             None => {

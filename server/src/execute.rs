@@ -1,21 +1,16 @@
 //! Runs one job: the image, the install container, the test container, and the verdict.
 //!
-//! Containers are never started in this process: each one is a helper process
-//! (`ci-server __container ...`, see `ci_runner::helper_main`) whose stdout carries the
-//! container's merged output. libcontainer changes the caller's cwd and forks from whatever
-//! thread calls it, which a multi-threaded server cannot allow (shared/notes/libcontainer.md).
+//! This is the pipeline: the phases in order and what each one's end means for the job.
+//! The containers' specs come from [`crate::spec`], and each container is run and stopped
+//! by [`crate::supervisor`].
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ci_project::{InstallPlan, Installer};
-use ci_runner::{
-    BindMount, ContainerSpec, Limits, Network, Outcome, OverlayMount, OverlayUpper, Tmpfs,
-};
-use tokio::io::AsyncReadExt;
+use ci_runner::{ContainerSpec, Outcome};
 use tokio::time::Instant;
 
 use crate::cache;
@@ -24,8 +19,10 @@ use crate::executor::{Control, Executor, JobEvents, StopReason};
 use crate::image::ImageProvider;
 use crate::install::{self, Budget, JobPaths, Overrun, Tool};
 use crate::lifecycle::Verdict;
-use crate::logs::{Appended, LiveLog};
+use crate::logs::LiveLog;
 use crate::model::{Job, Phase, Status};
+use crate::spec::{self, CacheMount, InstallInput, SpecConfig, Venv};
+use crate::supervisor::{self, ContainerRun, Ended, Interruption, OverCap};
 
 /// What every job run needs from the server's configuration.
 pub struct RunContext {
@@ -49,29 +46,21 @@ pub struct RunContext {
     /// Where uv comes from; `None` when jobs install with pip.
     pub uv: Option<crate::tools::UvProvider>,
     pub ca_bundle: Option<PathBuf>,
-    pub memory_limit: u64,
-    pub pids_limit: i64,
     pub tmp_size: u64,
     pub log_cap: u64,
     pub cgroup_parent: String,
-    /// User namespace, cgroups and install network of every job (`sandbox::plan`).
+    /// User namespace, cgroups, install network and the limits of every job as applied
+    /// (`sandbox::plan`): a limit that cannot be enforced is `None` there.
     pub sandbox: crate::sandbox::Sandbox,
 }
 
 impl RunContext {
-    /// Removes a container a helper left behind (the helper was killed).
-    pub async fn cleanup_container(&self, id: &str) {
-        let status = tokio::process::Command::new(&self.helper_exe)
-            .args(ci_runner::cleanup_args(&self.state_root, Some(id)))
-            .stdin(Stdio::null())
-            .status()
-            .await;
-        if !status.as_ref().is_ok_and(|s| s.success()) {
-            tracing::error!(
-                container = id,
-                ?status,
-                "cleanup of a leftover container failed"
-            );
+    /// The helper process that runs the containers, for [`supervisor`].
+    pub fn helper(&self) -> supervisor::Helper<'_> {
+        supervisor::Helper {
+            exe: &self.helper_exe,
+            state_root: &self.state_root,
+            log_cap: self.log_cap,
         }
     }
 }
@@ -260,10 +249,7 @@ async fn execute(
     let job_id = job.id.clone();
     let common = Common {
         ctx,
-        image: &image.rootfs,
-        image_env: &image.config.env,
-        job: &job_id,
-        project: &paths.project(),
+        spec: spec_config(ctx, &image, &job_id, paths),
     };
     let step = Step {
         log,
@@ -306,23 +292,22 @@ async fn execute(
     if let Err(e) = ready {
         return Ending::error(format!("cannot prepare the test report directory: {e}"));
     }
-    let spec = common.test_spec(&venv, &job.pytest_args, &config.env, &report_dir);
-    let run = run_container(
-        ctx,
+    let spec = spec::test(&common.spec, &venv, &job.pytest_args, &config.env);
+    let run = supervisor::run(
+        &ctx.helper(),
         &spec,
-        &paths.container(&spec.id),
+        paths,
         log,
-        control,
+        control.stopped(),
         deadline,
     )
     .await;
-    if let Some(ending) = run.interrupted(ctx, job) {
-        return ending;
-    }
-    let Some(outcome) = run.outcome else {
-        return Ending::error(run.helper_failure());
+    let outcome = match run.ended {
+        Ended::Finished(outcome) => outcome,
+        Ended::Interrupted(why) => return interrupted(ctx, job, why),
+        Ended::HelperFailed(failure) => return Ending::error(failure.reason()),
     };
-    let report_file = report_dir.join("junit.xml");
+    let report_file = paths.junit();
     let report = blocking(move || crate::report::read(&report_file)).await;
     if let Some(reason) = dishonest_pass(outcome.exit_code, &report, &job.pytest_args) {
         return Ending {
@@ -447,22 +432,13 @@ fn prepare_job_dirs(
         fs_err::create_dir_all(&dir).map_err(|e| e.to_string())?;
         give(&dir)?;
     }
-    if !needs_build_copy(plan) {
+    if !spec::needs_build_copy(plan) {
         return Ok(0);
     }
     install::copy_tree(&paths.project(), &paths.build()).map_err(|e| e.to_string())?;
     give(&paths.build())?;
     let copy = cache::usage(&paths.build(), u64::MAX).map_err(|e| e.to_string())?;
     Ok(copy.bytes)
-}
-
-/// The installer's download cache of `owner` (`<cache>/uv|pip/<owner>`).
-fn installer_cache(ctx: &RunContext, kind: Installer, owner: &str) -> PathBuf {
-    let name = match kind {
-        Installer::Uv => "uv",
-        Installer::Pip => "pip",
-    };
-    ctx.cache_dir.join(name).join(owner)
 }
 
 /// The installer cache a job's installs see.
@@ -473,8 +449,8 @@ enum InstallerCache {
     Shared {
         dir: PathBuf,
         _claim: cache::Hold,
+        /// [`JobPaths::cache_upper`], which the spec mounts as the overlay's upper layer.
         upper: PathBuf,
-        work: PathBuf,
     },
     /// Another job of the user has the user's own: a cache of the job's own, which goes
     /// with the job directory.
@@ -519,7 +495,6 @@ fn ready_cache(
                 dir: shared.clone(),
                 _claim: claim,
                 upper,
-                work,
             })
         }
         None => {
@@ -609,7 +584,7 @@ async fn install_venv(
     let ctx = common.ctx;
     // Third-party dependencies: built once per user and key, then shared read-only.
     let key = install::deps_key(image_digest, tool, plan);
-    let deps = ctx.cache_dir.join("deps").join(&job.owner).join(&key);
+    let deps = cache::layer_dir(&ctx.cache_dir, &job.owner, &key);
     // Taken before the lookup: a layer held is never evicted, one evicted before it is
     // simply missing and built again.
     let layer = ctx.cache.hold(&deps);
@@ -618,7 +593,7 @@ async fn install_venv(
     let installs = !cached || project_command.is_some();
     let setup = {
         let (paths, plan, tool) = (paths.clone(), plan.clone(), tool.clone());
-        let shared = installer_cache(ctx, tool.kind, &job.owner);
+        let shared = cache::installer_dir(&ctx.cache_dir, tool.kind, &job.owner);
         let registry = ctx.cache.clone();
         let userns = ctx.sandbox.user_namespace;
         blocking(move || {
@@ -699,21 +674,20 @@ async fn install_venv(
     Err(result.err().unwrap_or_else(|| Ending::error(over)))
 }
 
-/// A build writes into the source tree: any install that builds the project or reads it as
-/// a uv project gets a writable copy, never the upload itself.
-fn needs_build_copy(plan: &InstallPlan) -> bool {
-    plan.project.is_some() || matches!(plan.deps, ci_project::Deps::UvLock { .. })
-}
-
-/// What a container's end means in words.
+/// What a container's end means in words. The limits named are those the sandbox applied:
+/// under `--allow-unlimited` one that could not be enforced was not, and naming the flag's
+/// value would blame a limit that did not exist.
 fn describe(ctx: &RunContext, o: &Outcome) -> String {
     if o.oom_killed {
-        format!(
-            "killed: out of memory (limit {})",
-            format_size(ctx.memory_limit)
-        )
+        match ctx.sandbox.memory_limit {
+            Some(limit) => format!("killed: out of memory (limit {})", format_size(limit)),
+            None => "killed: out of memory (no memory limit applied)".to_string(),
+        }
     } else if o.pids_limit_hit {
-        format!("pids limit ({}) reached", ctx.pids_limit)
+        match ctx.sandbox.pids_limit {
+            Some(limit) => format!("pids limit ({limit}) reached"),
+            None => "could not create a process (no pids limit applied)".to_string(),
+        }
     } else if let Some(sig) = o.signal {
         format!("killed by signal {sig}")
     } else {
@@ -725,152 +699,34 @@ fn short_digest(digest: &str) -> &str {
     &digest[..digest.len().min(19)]
 }
 
-/// The parts of a container spec every phase shares.
+/// What every container of the job is made from, with the server's configuration.
 struct Common<'a> {
     ctx: &'a RunContext,
-    image: &'a Path,
-    image_env: &'a [String],
+    spec: SpecConfig<'a>,
+}
+
+/// The spec builder's view of the job: the server's configuration and the sandbox as plain
+/// values.
+fn spec_config<'a>(
+    ctx: &'a RunContext,
+    image: &'a ci_rootfs::Image,
     job: &'a str,
-    /// The upload, read-only.
-    project: &'a Path,
-}
-
-const CA_IN_CONTAINER: &str = "/etc/ci/ca-certificates.crt";
-
-/// What the job's virtual environment at `/venv` is made of.
-enum Venv {
-    /// The dependency layer alone (nothing per job), read-only.
-    Layer(PathBuf),
-    /// Layers, topmost first, read-only unless `upper` (upper, work) receives writes.
-    Overlay {
-        lower: Vec<PathBuf>,
-        upper: Option<(PathBuf, PathBuf)>,
-    },
-}
-
-impl Common<'_> {
-    fn env(&self, extra: &[(String, String)]) -> Vec<String> {
-        let mut env: Vec<String> = self.image_env.to_vec();
-        let mut set = |k: &str, v: &str| {
-            env.retain(|e| !e.starts_with(&format!("{k}=")));
-            env.push(format!("{k}={v}"));
-        };
-        let path = self
-            .image_env
-            .iter()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-        // The job's virtual environment comes first, as if it were activated.
-        set("PATH", &format!("{}/bin:{path}", install::VENV));
-        set("VIRTUAL_ENV", install::VENV);
-        set("HOME", "/root");
-        set("LANG", "C.UTF-8");
-        set("PYTHONUNBUFFERED", "1");
-        set("CI", "true");
-        for (k, v) in extra {
-            set(k, v);
-        }
-        env
-    }
-
-    fn base(
-        &self,
-        phase: &str,
-        args: &[&str],
-        env: Vec<String>,
-        network: Network,
-        workspace: BindMount,
-    ) -> ContainerSpec {
-        let ctx = self.ctx;
-        ContainerSpec {
-            id: format!("ci-{}-{phase}", self.job),
-            rootfs: self.image.to_path_buf(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            env,
-            cwd: "/workspace".into(),
-            mounts: vec![workspace],
-            overlays: vec![],
-            network,
-            limits: Limits {
-                memory_bytes: ctx.sandbox.memory_limit,
-                pids: ctx.sandbox.pids_limit,
-                cpu_quota_us: ctx.sandbox.cpu_quota_us,
-                cpu_period_us: ctx
-                    .sandbox
-                    .cpu_quota_us
-                    .map(|_| crate::sandbox::CPU_PERIOD_US),
-            },
-            tmpfs: vec![
-                Tmpfs {
-                    destination: "/tmp".into(),
-                    size_bytes: ctx.tmp_size,
-                },
-                Tmpfs {
-                    destination: "/root".into(),
-                    size_bytes: ctx.tmp_size,
-                },
-            ],
-            cgroup_parent: ctx.cgroup_parent.clone(),
-            user_namespace: Some(ctx.sandbox.user_namespace),
-            cgroups: ctx.sandbox.cgroups,
-            max_file_size: None,
-        }
-    }
-
-    fn mount_venv(spec: &mut ContainerSpec, venv: &Venv) {
-        match venv {
-            Venv::Layer(dir) => spec.mounts.push(BindMount {
-                source: dir.clone(),
-                destination: install::VENV.into(),
-                readonly: true,
-            }),
-            Venv::Overlay { lower, upper } => spec.overlays.push(OverlayMount {
-                destination: install::VENV.into(),
-                lower: lower.clone(),
-                upper: upper.as_ref().map(|(upper, work)| OverlayUpper {
-                    upper: upper.clone(),
-                    work: work.clone(),
-                }),
-            }),
-        }
-    }
-
-    fn test_spec(
-        &self,
-        venv: &Venv,
-        pytest_args: &[String],
-        config_env: &std::collections::BTreeMap<String, String>,
-        report_dir: &Path,
-    ) -> ContainerSpec {
-        let mut extra = vec![("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string())];
-        // The project's own variables ([tool.ci] env) come last: they are the user's to set.
-        extra.extend(config_env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let python = format!("{}/bin/python", install::VENV);
-        let mut args = vec![
-            python.as_str(),
-            "-m",
-            "pytest",
-            "-v",
-            "-p",
-            "no:cacheprovider",
-        ];
-        // Before the user's arguments, so that a --junitxml of theirs wins.
-        let junit = format!("--junitxml={}", crate::report::IN_CONTAINER);
-        args.push(&junit);
-        args.extend(pytest_args.iter().map(String::as_str));
-        let workspace = BindMount {
-            source: self.project.to_path_buf(),
-            destination: "/workspace".into(),
-            readonly: true,
-        };
-        let mut spec = self.base("test", &args, self.env(&extra), Network::None, workspace);
-        Self::mount_venv(&mut spec, venv);
-        spec.mounts.push(BindMount {
-            source: report_dir.to_path_buf(),
-            destination: crate::report::DIR_IN_CONTAINER.into(),
-            readonly: false,
-        });
-        spec
+    paths: &'a JobPaths,
+) -> SpecConfig<'a> {
+    SpecConfig {
+        job_id: job,
+        image_rootfs: &image.rootfs,
+        image_env: &image.config.env,
+        paths,
+        user_namespace: ctx.sandbox.user_namespace,
+        cgroups: ctx.sandbox.cgroups,
+        cgroup_parent: &ctx.cgroup_parent,
+        memory_limit: ctx.sandbox.memory_limit,
+        pids_limit: ctx.sandbox.pids_limit,
+        cpu_quota_us: ctx.sandbox.cpu_quota_us,
+        tmp_size: ctx.tmp_size,
+        install_network: ctx.sandbox.install_network,
+        ca_bundle: ctx.ca_bundle.as_deref(),
     }
 }
 
@@ -931,10 +787,7 @@ impl Install<'_> {
                 if let Some(ending) = self.project(deps, step, job).await {
                     return (Err(ending), stored);
                 }
-                Venv::Overlay {
-                    lower: vec![self.paths.venv_upper(), deps.to_path_buf()],
-                    upper: None,
-                }
+                Venv::WithProject(deps.to_path_buf())
             }
         };
         (Ok(venv), stored)
@@ -942,8 +795,7 @@ impl Install<'_> {
 
     /// Builds the dependency layer into `staging` (empty), mounted as `/venv`.
     async fn deps(&self, staging: &Path, step: &Step<'_>, job: &Job) -> Option<Ending> {
-        let venv = Venv::Layer(staging.to_path_buf());
-        let spec = self.spec("install", "deps.sh", venv);
+        let spec = spec::install_deps(&self.common.spec, &self.input());
         let output = vec![staging.to_path_buf()];
         self.run(&spec, "installing the dependencies", step, job, output)
             .await
@@ -973,11 +825,7 @@ impl Install<'_> {
     /// Installs the project on top of the layer at `deps`, into the job's upper directory.
     async fn project(&self, deps: &Path, step: &Step<'_>, job: &Job) -> Option<Ending> {
         let (upper, work) = (self.paths.venv_upper(), self.paths.venv_work());
-        let venv = Venv::Overlay {
-            lower: vec![deps.to_path_buf()],
-            upper: Some((upper.clone(), work.clone())),
-        };
-        let spec = self.spec("install-project", "project.sh", venv);
+        let spec = spec::install_project(&self.common.spec, &self.input(), deps);
         self.run(
             &spec,
             "installing the project",
@@ -993,7 +841,7 @@ impl Install<'_> {
         Budget {
             cap: self.common.ctx.max_deps_size,
             layer,
-            build: needs_build_copy(self.plan).then(|| (self.paths.build(), self.build_size)),
+            build: spec::needs_build_copy(self.plan).then(|| (self.paths.build(), self.build_size)),
             cache: self.installer_cache.map(|c| c.writes().to_path_buf()),
         }
     }
@@ -1010,23 +858,19 @@ impl Install<'_> {
         layer: Vec<PathBuf>,
     ) -> Option<Ending> {
         let ctx = self.common.ctx;
-        let dir = self.paths.container(&spec.id);
         let budget = Arc::new(self.budget(layer));
-        let watch = watch_writes(budget.clone());
-        let run = supervise(
-            ctx,
+        let watch = supervisor::watch_writes(budget.clone());
+        let run = supervisor::supervise(
+            &ctx.helper(),
             spec,
-            &dir,
+            self.paths,
             step.log,
-            step.control,
+            step.control.stopped(),
             step.deadline,
             watch,
         )
         .await;
-        if let Some(ending) = run
-            .interrupted(ctx, job)
-            .or_else(|| run.install_failure(ctx, what))
-        {
+        if let Some(ending) = install_failure(ctx, job, &run, what) {
             return Some(ending);
         }
         // The watcher looks only now and then: the last writes are measured now.
@@ -1037,393 +881,74 @@ impl Install<'_> {
         }
     }
 
-    fn spec(&self, phase: &str, script: &str, venv: Venv) -> ContainerSpec {
-        let ctx = self.common.ctx;
-        let ca = ctx.ca_bundle.as_ref().map(|_| CA_IN_CONTAINER);
-        let env = self
-            .common
-            .env(&install::install_env(self.tool, self.plan, ca));
-        // Builds write into the source tree: they get the job's copy, never the upload.
-        let workspace = if needs_build_copy(self.plan) {
-            BindMount {
-                source: self.paths.build(),
-                destination: "/workspace".into(),
-                readonly: false,
-            }
-        } else {
-            BindMount {
-                source: self.paths.project(),
-                destination: "/workspace".into(),
-                readonly: true,
-            }
-        };
-        let script_path = format!("{}/{script}", install::INPUTS);
-        let args = ["/bin/sh", script_path.as_str()];
-        let network = ctx.sandbox.install_network;
-        let mut spec = self.common.base(phase, &args, env, network, workspace);
-        // No one file may pass the cap, whatever the watcher sees between two looks.
-        spec.max_file_size = Some(ctx.max_deps_size);
-        match venv {
-            // The staging directory of a new layer, which this container fills.
-            Venv::Layer(dir) => spec.mounts.push(BindMount {
-                source: dir,
-                destination: install::VENV.into(),
-                readonly: false,
+    /// The spec builder's view of the installs.
+    fn input(&self) -> InstallInput<'_> {
+        InstallInput {
+            plan: self.plan,
+            tool: self.tool,
+            uv_dir: self.uv_dir,
+            cache: self.installer_cache.map(|cache| match cache {
+                InstallerCache::Shared { dir, .. } => CacheMount::Shared(dir),
+                InstallerCache::Private(_) => CacheMount::Private,
             }),
-            overlay => Common::mount_venv(&mut spec, &overlay),
+            max_file_size: self.common.ctx.max_deps_size,
         }
-        spec.mounts.push(BindMount {
-            source: self.paths.inputs(),
-            destination: install::INPUTS.into(),
-            readonly: true,
-        });
-        if let Some(dir) = self.uv_dir {
-            spec.mounts.push(BindMount {
-                source: dir.to_path_buf(),
-                destination: install::UV_DIR.into(),
-                readonly: true,
-            });
-        }
-        // The installer's download cache, per user: warm installs skip the network.
-        let destination = match self.tool.kind {
-            Installer::Uv => install::UV_CACHE,
-            Installer::Pip => install::PIP_CACHE,
-        };
-        match self.installer_cache {
-            Some(InstallerCache::Shared {
-                dir, upper, work, ..
-            }) => spec.overlays.push(OverlayMount {
-                destination: destination.into(),
-                lower: vec![dir.clone()],
-                upper: Some(OverlayUpper {
-                    upper: upper.clone(),
-                    work: work.clone(),
-                }),
-            }),
-            Some(InstallerCache::Private(dir)) => spec.mounts.push(BindMount {
-                source: dir.clone(),
-                destination: destination.into(),
-                readonly: false,
-            }),
-            None => {}
-        }
-        if let Some(ca) = &ctx.ca_bundle {
-            spec.mounts.push(BindMount {
-                source: ca.clone(),
-                destination: CA_IN_CONTAINER.into(),
-                readonly: true,
-            });
-        }
-        spec
     }
 }
 
-/// Why a container was stopped before it ended on its own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Interruption {
-    Stop(StopReason),
-    TimedOut,
-    LogLimit,
-    /// An install wrote more than its cap.
-    OverCap(Overrun),
-}
-
-struct ContainerRun {
-    outcome: Option<Outcome>,
-    /// The end of what the container printed ([`OUTPUT_TAIL`] bytes), to explain a failure.
-    tail: Vec<u8>,
-    interruption: Option<Interruption>,
-    /// The helper's own diagnostics, when it failed.
-    helper_stderr: String,
-    /// How the helper process ended, when it was started at all.
-    helper_exit: Option<std::process::ExitStatus>,
-}
-
-impl ContainerRun {
-    fn interrupted(&self, ctx: &RunContext, job: &Job) -> Option<Ending> {
-        let (status, reason) = match self.interruption? {
-            Interruption::Stop(reason @ (StopReason::Cancelled | StopReason::UserDisabled)) => {
-                (Status::Cancelled, reason.cancel_reason(true).to_string())
-            }
-            Interruption::Stop(StopReason::Shutdown) => (
-                Status::Lost,
-                "the server shut down while the job was running".into(),
+/// How a job ends when its container was stopped before it ended on its own.
+fn interrupted(ctx: &RunContext, job: &Job, why: Interruption) -> Ending {
+    let (status, reason) = match why {
+        Interruption::Stop(reason @ (StopReason::Cancelled | StopReason::UserDisabled)) => {
+            (Status::Cancelled, reason.cancel_reason(true).to_string())
+        }
+        Interruption::Stop(StopReason::Shutdown) => (
+            Status::Lost,
+            "the server shut down while the job was running".into(),
+        ),
+        Interruption::TimedOut => (
+            Status::TimedOut,
+            format!(
+                "timed out after {}",
+                humantime::format_duration(Duration::from_secs(job.timeout_secs))
             ),
-            Interruption::TimedOut => (
-                Status::TimedOut,
-                format!(
-                    "timed out after {}",
-                    humantime::format_duration(Duration::from_secs(job.timeout_secs))
-                ),
+        ),
+        Interruption::LogLimit => (
+            Status::Error,
+            format!(
+                "log limit reached: log truncated at {}",
+                format_size(ctx.log_cap)
             ),
-            Interruption::LogLimit => (
-                Status::Error,
-                format!(
-                    "log limit reached: log truncated at {}",
-                    format_size(ctx.log_cap)
-                ),
-            ),
-            Interruption::OverCap(over) => (Status::Error, over.reason(ctx.max_deps_size)),
-        };
-        Some(Ending {
-            status,
-            exit_code: None,
-            reason: Some(reason),
-        })
-    }
-
-    /// How a failed install ends the job: the reason in words when the output shows a
-    /// known cause, else the installer's exit code. `None` when the install succeeded.
-    fn install_failure(&self, ctx: &RunContext, what: &str) -> Option<Ending> {
-        match &self.outcome {
-            Some(Outcome {
-                exit_code: Some(0), ..
-            }) => None,
-            Some(o) => {
-                let tail = String::from_utf8_lossy(&self.tail);
-                if install::hit_file_size_limit(o.signal, &tail) {
-                    return Some(Ending::error(Overrun::File.reason(ctx.max_deps_size)));
-                }
-                let said = install::diagnose(&tail);
-                Some(Ending::error(match said {
-                    Some(reason) => reason,
-                    None => format!("{what} failed ({})", describe(ctx, o)),
-                }))
-            }
-            None => Some(Ending::error(self.helper_failure())),
-        }
-    }
-
-    fn helper_failure(&self) -> String {
-        use std::os::unix::process::ExitStatusExt;
-        let said = self
-            .helper_stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty());
-        match (said, self.helper_exit.and_then(|s| s.signal())) {
-            (Some(line), _) => format!("the container could not be run: {line}"),
-            (None, Some(sig)) => format!("the container's helper process was killed (signal {sig}); the container was removed"),
-            (None, None) => "the container could not be run (its helper gave no reason)".to_string(),
-        }
-    }
-}
-
-/// Starts one container through a helper process, copies its output into the log as it comes,
-/// and stops it on cancel, shutdown, timeout or a full log.
-async fn run_container(
-    ctx: &RunContext,
-    spec: &ContainerSpec,
-    dir: &Path,
-    log: &LiveLog,
-    control: &Control,
-    deadline: Instant,
-) -> ContainerRun {
-    let never = std::future::pending();
-    supervise(ctx, spec, dir, log, control, deadline, never).await
-}
-
-/// How often, at the least, [`watch_writes`] measures what an install wrote.
-const WATCH_EVERY: Duration = Duration::from_millis(500);
-
-/// How often [`watch_writes`] glances at the filesystem's used bytes, which grow as soon
-/// as anything is written (ext4 counts delayed allocations): once they grew by more than
-/// the install has left of its cap since the last measurement, it measures at once. On a
-/// disk that writes 2 GB/s an install gets no more than some 40 MB past its cap that way,
-/// unless other writers' deletions hide its growth (then the 0.5 s rhythm still holds).
-const GLANCE_EVERY: Duration = Duration::from_millis(20);
-
-/// Measures what an install writes while it runs (off the async threads); resolves when a
-/// part of it passes its cap. A walk of a large tree takes a while: walks are at least
-/// three times their own length apart, so at most a quarter of a core goes to walking.
-async fn watch_writes(budget: Arc<Budget>) -> Overrun {
-    let mut last_walk = Instant::now();
-    let mut gap = Duration::ZERO;
-    let mut used_then = 0;
-    let mut room = 0;
-    loop {
-        tokio::time::sleep(GLANCE_EVERY).await;
-        let used_now = budget.filesystem_used().unwrap_or(u64::MAX);
-        let grew = used_now.saturating_sub(used_then) >= room;
-        let since = last_walk.elapsed();
-        if since < gap || (!grew && since < WATCH_EVERY) {
-            continue;
-        }
-        last_walk = Instant::now();
-        let measuring = budget.clone();
-        match tokio::task::spawn_blocking(move || measuring.check()).await {
-            Ok(Err(over)) => return over,
-            Ok(Ok(spent)) => room = budget.cap.saturating_sub(spent),
-            Err(_) => room = 0,
-        }
-        used_then = used_now;
-        gap = last_walk.elapsed() * 3;
-    }
-}
-
-/// [`run_container`] that also stops the container when `over_cap` resolves.
-async fn supervise(
-    ctx: &RunContext,
-    spec: &ContainerSpec,
-    dir: &Path,
-    log: &LiveLog,
-    control: &Control,
-    deadline: Instant,
-    over_cap: impl Future<Output = Overrun>,
-) -> ContainerRun {
-    let failed = |msg: String| ContainerRun {
-        outcome: None,
-        tail: Vec::new(),
-        interruption: None,
-        helper_stderr: msg,
-        helper_exit: None,
+        ),
+        Interruption::OverCap(OverCap { over, cap }) => (Status::Error, over.reason(cap)),
     };
-    let bundle = dir.join("bundle");
-    let result = dir.join("outcome.json");
-    if let Err(e) = ci_runner::ensure_mountpoints(&spec.rootfs, spec) {
-        return failed(format!("cannot prepare the image: {e}"));
-    }
-    if let Err(e) = fs_err::create_dir_all(&bundle) {
-        return failed(format!("cannot create the container's bundle: {e}"));
-    }
-    if let Err(e) = ci_runner::prepare_bundle(&bundle, spec) {
-        return failed(format!("cannot write the container's bundle: {e}"));
-    }
-    // With die-with-parent a server that dies, even by SIGKILL, takes its containers along.
-    let args = ci_runner::container_args(&bundle, &ctx.state_root, &spec.id, &result, true);
-    let mut child = match tokio::process::Command::new(&ctx.helper_exe)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group: a Ctrl-C at the server's terminal reaches the server, which
-        // then stops jobs in order, not every helper at once.
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => return failed(format!("cannot start the container helper: {e}")),
-    };
-    let pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-
-    let stderr_task = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut buf).await;
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-
-    let mut interruption = None;
-    let mut relay = crate::output::Relay::default();
-    let mut tail = Vec::new();
-    let mut buf = vec![0u8; 32 * 1024];
-    let mut output_open = true;
-    let mut exit = None;
-    let mut stop_sent_at: Option<Instant> = None;
-    let stop_requested = control.stopped();
-    tokio::pin!(stop_requested);
-    let timeout = tokio::time::sleep_until(deadline);
-    tokio::pin!(timeout);
-    tokio::pin!(over_cap);
-
-    // Copy output until the helper has exited and the pipe is closed; the helper removes the
-    // container before it exits, which closes every writer of the pipe.
-    while exit.is_none() || output_open {
-        let kill_deadline = stop_sent_at.map(|t| t + Duration::from_secs(10));
-        tokio::select! {
-            read = stdout.read(&mut buf), if output_open => match read {
-                Ok(0) | Err(_) => output_open = false,
-                Ok(n) => {
-                    keep_tail(&mut tail, &buf[..n]);
-                    if interruption.is_none() && matches!(log.append(&relay.push(&buf[..n])), Ok(Appended::CapReached)) {
-                        interruption = Some(Interruption::LogLimit);
-                        let _ = log.note(&format!(
-                            "log truncated at {}: the job printed more than the server keeps (--max-log-size); stopping it",
-                            format_size(ctx.log_cap)
-                        ));
-                    }
-                }
-            },
-            status = child.wait(), if exit.is_none() => {
-                if !status.as_ref().is_ok_and(|s| s.success()) {
-                    // The helper died without removing its container, which still holds the
-                    // pipe: remove it now rather than wait for the pipe to close.
-                    ctx.cleanup_container(&spec.id).await;
-                }
-                exit = Some(status);
-                if output_open {
-                    // Give the pipe a moment to drain, then stop waiting for writers that
-                    // outlived the helper (they are killed by the cleanup below).
-                    let drain = tokio::time::timeout(Duration::from_secs(5), async {
-                        loop {
-                            match stdout.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => {
-                                    keep_tail(&mut tail, &buf[..n]);
-                                    let _ = log.append(&relay.push(&buf[..n]));
-                                }
-                            }
-                        }
-                    });
-                    let _ = drain.await;
-                    output_open = false;
-                }
-            },
-            reason = &mut stop_requested, if interruption.is_none() => interruption = Some(Interruption::Stop(reason)),
-            () = &mut timeout, if interruption.is_none() => interruption = Some(Interruption::TimedOut),
-            over = &mut over_cap, if interruption.is_none() && exit.is_none() => {
-                let _ = log.note(&format!("{}: stopping it", over.what(ctx.max_deps_size)));
-                interruption = Some(Interruption::OverCap(over));
-            },
-            () = async { tokio::time::sleep_until(kill_deadline.unwrap_or_else(Instant::now)).await }, if kill_deadline.is_some() && exit.is_none() => {
-                tracing::warn!(container = %spec.id, "helper did not stop in time: killing it");
-                let _ = child.start_kill();
-                stop_sent_at = None;
-            },
-        }
-        if interruption.is_some() && stop_sent_at.is_none() && exit.is_none() {
-            if let Some(pid) = pid {
-                // The helper kills the container (every process in its cgroup) on SIGTERM.
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            }
-            stop_sent_at = Some(Instant::now());
-        }
-    }
-    let held = relay.finish();
-    if !held.is_empty() && interruption != Some(Interruption::LogLimit) {
-        let _ = log.append(&held);
-    }
-    let helper_exit = exit.and_then(Result::ok);
-    let helper_ok = helper_exit.is_some_and(|status| status.success());
-    let helper_stderr = tokio::time::timeout(Duration::from_secs(5), stderr_task)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    if !helper_ok {
-        tracing::warn!(container = %spec.id, status = ?helper_exit, stderr = %helper_stderr.trim(), "container helper failed");
-    }
-    let outcome = std::fs::read(&result)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Outcome>(&b).ok());
-    ContainerRun {
-        outcome,
-        tail,
-        interruption,
-        helper_stderr,
-        helper_exit,
+    Ending {
+        status,
+        exit_code: None,
+        reason: Some(reason),
     }
 }
 
-/// How much of a container's output is kept to explain its failure.
-const OUTPUT_TAIL: usize = 64 * 1024;
-
-fn keep_tail(tail: &mut Vec<u8>, more: &[u8]) {
-    tail.extend_from_slice(more);
-    if tail.len() > OUTPUT_TAIL {
-        tail.drain(..tail.len() - OUTPUT_TAIL);
+/// How a failed install ends the job: the reason in words when the output shows a known
+/// cause, else the installer's exit code. `None` when the install succeeded.
+fn install_failure(ctx: &RunContext, job: &Job, run: &ContainerRun, what: &str) -> Option<Ending> {
+    match &run.ended {
+        Ended::Finished(Outcome {
+            exit_code: Some(0), ..
+        }) => None,
+        Ended::Finished(o) => {
+            let tail = String::from_utf8_lossy(&run.tail);
+            if install::hit_file_size_limit(o.signal, &tail) {
+                return Some(Ending::error(Overrun::File.reason(ctx.max_deps_size)));
+            }
+            let said = install::diagnose(&tail);
+            Some(Ending::error(match said {
+                Some(reason) => reason,
+                None => format!("{what} failed ({})", describe(ctx, o)),
+            }))
+        }
+        Ended::Interrupted(why) => Some(interrupted(ctx, job, *why)),
+        Ended::HelperFailed(failure) => Some(Ending::error(failure.reason())),
     }
 }
 

@@ -92,9 +92,24 @@ impl JobPaths {
         self.root.join("cache-work")
     }
 
+    /// The JUnit report pytest writes in the test container (as [`crate::report::IN_CONTAINER`]).
+    pub fn junit(&self) -> PathBuf {
+        self.report().join("junit.xml")
+    }
+
     /// The bundle and outcome of the job's container `id`.
     pub fn container(&self, id: &str) -> PathBuf {
         self.root.join(id)
+    }
+
+    /// The OCI bundle (`config.json` and the files it binds) of the job's container `id`.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.container(id).join("bundle")
+    }
+
+    /// Where the helper writes how the job's container `id` ended (`ci_runner::Outcome`).
+    pub fn outcome(&self, id: &str) -> PathBuf {
+        self.container(id).join("outcome.json")
     }
 }
 

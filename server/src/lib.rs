@@ -25,7 +25,9 @@ pub mod queue;
 pub mod report;
 pub mod retention;
 pub mod sandbox;
+pub mod spec;
 pub mod store;
+pub mod supervisor;
 pub mod tools;
 pub mod upload;
 
@@ -137,8 +139,6 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         installer,
         uv,
         ca_bundle,
-        memory_limit: args.memory_limit,
-        pids_limit: args.pids_limit,
         tmp_size: args.tmp_size,
         log_cap: args.max_log_size,
         cgroup_parent: sandbox.cgroup_parent.clone(),
