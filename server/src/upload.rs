@@ -29,7 +29,8 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use ci_rootfs::safe_path::{
-    is_errno, symlink_stays_inside, Absolute, Dir, Kind, PathError, PathLimits, RelPath, Rules,
+    climbed_names, is_errno, symlink_stays_inside, Absolute, Dir, Kind, PathError, PathLimits,
+    RelPath, Rules,
 };
 use nix::errno::Errno;
 
@@ -93,6 +94,8 @@ pub enum UploadError {
     NameTooLong { path: String, len: usize },
     #[error("archive entry {path:?} is a link pointing outside the project ({target:?})")]
     LinkEscapes { path: String, target: String },
+    #[error("archive entry {path:?} is a link whose target ({target:?}) climbs out of a symlink with '..', which could lead outside the project")]
+    LinkThroughLink { path: String, target: String },
     #[error("archive entry {0:?} has a NUL byte in its path")]
     NulInPath(String),
     #[error("archive entry {0:?} is a device file or fifo; only files, directories and links are allowed")]
@@ -202,6 +205,7 @@ pub fn unpack(archive: impl Read, dest: &Path, limits: Limits) -> Result<u64, Up
             .entry(&mut entry)
             .map_err(|e| meter.upload_error(e, &last))?;
     }
+    unpacker.check_links()?;
     // Read to the end, so the gzip checksum is verified and the whole body is consumed.
     let mut rest = tar.into_inner();
     meter.grant(MAX_TRAILER_BYTES);
@@ -291,6 +295,8 @@ impl<R: Read> Read for Metered<R> {
 /// lands is decided by the kernel's walk, which refuses symlinks (see [`Unpacker::parents`]).
 struct Dirs {
     children: Vec<HashMap<OsString, usize>>,
+    /// Each node's parent and name, for its path.
+    up: Vec<(usize, OsString)>,
 }
 
 const ROOT: usize = 0;
@@ -299,6 +305,7 @@ impl Dirs {
     fn new() -> Dirs {
         Dirs {
             children: vec![HashMap::new()],
+            up: vec![(ROOT, OsString::new())],
         }
     }
 
@@ -309,12 +316,24 @@ impl Dirs {
     fn add(&mut self, parent: usize, name: &OsStr) -> usize {
         let id = self.children.len();
         self.children.push(HashMap::new());
+        self.up.push((parent, name.to_os_string()));
         self.children[parent].insert(name.to_os_string(), id);
         id
     }
 
     fn forget(&mut self, parent: usize, name: &OsStr) {
         self.children[parent].remove(name);
+    }
+
+    /// The path of `node` below the destination (where it was, for a node forgotten since).
+    fn path(&self, mut node: usize) -> PathBuf {
+        let mut names = Vec::new();
+        while node != ROOT {
+            let (parent, name) = &self.up[node];
+            names.push(name.as_os_str());
+            node = *parent;
+        }
+        names.iter().rev().collect()
     }
 }
 
@@ -326,6 +345,9 @@ struct Unpacker {
     dest_len: usize,
     limits: Limits,
     dirs: Dirs,
+    /// Symlinks whose targets climb out of a name with `..` ([`climbed_names`]), as the node
+    /// of their directory and their name, for [`Unpacker::check_links`].
+    climbing_links: Vec<(usize, OsString)>,
     /// Entries and the directories made for them, against `limits.max_entries`.
     objects: u64,
     /// Sum of the sizes of the files.
@@ -365,6 +387,7 @@ impl Unpacker {
             dest_len: dest.as_os_str().len(),
             limits,
             dirs: Dirs::new(),
+            climbing_links: Vec::new(),
             objects: 0,
             bytes: 0,
         })
@@ -449,6 +472,16 @@ impl Unpacker {
                 len: link.len(),
             });
         }
+        // Held to the depth of an entry path as well, `..` counted: checking a target that
+        // climbs out of names walks all of them (`check_links`), which this keeps as cheap as
+        // making an entry at the deepest path allowed.
+        let depth = Path::new(OsStr::from_bytes(link)).components().count();
+        if depth > MAX_DEPTH {
+            return Err(UploadError::TooDeep {
+                path: shown(link),
+                depth,
+            });
+        }
         if !symlink_stays_inside(&rel.path, link) {
             return Err(UploadError::LinkEscapes {
                 path: rel.shown(),
@@ -458,6 +491,9 @@ impl Unpacker {
         let (parent, node) = self.parents(rel)?;
         let target = OsStr::from_bytes(link);
         self.replace(&parent, node, rel, |dir, name| dir.symlink(name, target))?;
+        if climbed_names(link).is_some() {
+            self.climbing_links.push((node, rel.name().to_os_string()));
+        }
         Ok(())
     }
 
@@ -560,6 +596,54 @@ impl Unpacker {
         dir.remove(name).map_err(io)?;
         dir.make_dir(name, DIR_MODE).map_err(io)?;
         Ok((dir.open_dir(name).map_err(io)?, true))
+    }
+
+    /// Checks, once every entry is in place, the symlinks whose targets climb out of a name
+    /// with `..` ([`climbed_names`]): every name so climbed must be a real directory, or the
+    /// link could lead outside the project (`a/s -> ..` then `t -> a/s/..`), whatever the
+    /// order of the entries. A link no longer there (replaced, or gone with its directory)
+    /// has nothing to check, and one whose climbed names are missing or not directories
+    /// dangles, for the kernel stops at the same name.
+    fn check_links(&self) -> Result<(), UploadError> {
+        let gone = |e: &std::io::Error| {
+            [Errno::ENOENT, Errno::ENOTDIR, Errno::ELOOP]
+                .iter()
+                .any(|&errno| is_errno(e, errno))
+        };
+        for (node, name) in &self.climbing_links {
+            let dir_path = self.dirs.path(*node);
+            let path = || shown(dir_path.join(name).as_os_str().as_bytes());
+            let io = |source| UploadError::Io {
+                path: path(),
+                source,
+            };
+            let dir = match self.root.open_beneath(&dir_path) {
+                Ok(dir) => dir,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(io(e)),
+            };
+            let target = match dir.read_link(name) {
+                Ok(Some(target)) => target,
+                Ok(None) => continue,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(io(e)),
+            };
+            let Some(climbed) = climbed_names(target.as_bytes()) else {
+                continue;
+            };
+            match self.root.open_beneath(&dir_path.join(climbed)) {
+                Ok(_) => {}
+                Err(e) if is_errno(&e, Errno::ELOOP) || is_errno(&e, Errno::EXDEV) => {
+                    return Err(UploadError::LinkThroughLink {
+                        path: path(),
+                        target: shown(target.as_bytes()),
+                    });
+                }
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -825,6 +909,59 @@ mod tests {
             ]),
             UploadError::ThroughSymlink(_)
         ));
+    }
+
+    #[test]
+    fn links_that_climb_out_of_a_symlink_are_refused_whatever_the_order() {
+        // Each link passes the lexical check alone: `a/s` names the project, and `t` climbs
+        // out of `a/s` to the project's parent.
+        let cases: [&[E]; 4] = [
+            &[
+                E::Dir("a"),
+                E::Symlink("a/s", ".."),
+                E::Symlink("t", "a/s/.."),
+            ],
+            &[
+                E::Symlink("t", "a/s/.."),
+                E::Dir("a"),
+                E::Symlink("a/s", ".."),
+            ],
+            // `a/s` a directory when `t` is made, a symlink once the archive ends.
+            &[
+                E::Dir("a/s"),
+                E::Symlink("t", "a/s/../s/../.."),
+                E::Symlink("a/s", ".."),
+            ],
+            // Refused even where it would stay inside: a symlink is not climbed out of.
+            &[
+                E::Dir("lib"),
+                E::Symlink("src", "lib"),
+                E::Symlink("up", "src/../src"),
+            ],
+        ];
+        for entries in cases {
+            let e = rejected(entries);
+            assert!(matches!(e, UploadError::LinkThroughLink { .. }), "{e:?}");
+            assert_eq!(e.fault(), Fault::Client);
+        }
+        // Climbing out of real directories, or of a name that is not there (the link
+        // dangles, as the kernel stops at the same name), is fine.
+        let (root, r) = unpack_into(&[
+            E::Dir("src/sub"),
+            E::Symlink("up", "src/sub/../../src"),
+            E::Symlink("dangling", "missing/../x"),
+            E::Symlink("gone/l", "a/s/.."),
+            E::File("gone", b"replaces the directory and its link".to_vec()),
+        ]);
+        r.unwrap();
+        let p = project(&root);
+        let up = std::fs::canonicalize(p.join("up")).unwrap();
+        assert_eq!(up, std::fs::canonicalize(p.join("src")).unwrap());
+        // A target is held to the depth of a path, `..` counted.
+        let deep = format!("{}x", "a/../".repeat(128));
+        let e = rejected(&[E::Symlink("l", &deep)]);
+        assert!(e.to_string().contains("is 257 names deep"), "{e}");
+        unpack_into(&[E::Symlink("l", &deep[5..])]).1.unwrap();
     }
 
     #[test]
