@@ -11,6 +11,7 @@ mod error;
 mod manifest;
 mod reference;
 mod registry;
+pub mod safe_path;
 mod store;
 mod unpack;
 

@@ -1,48 +1,53 @@
 //! Applies layer tarballs to a directory the way overlayfs stacks them, without ever writing
 //! outside that directory.
 //!
-//! How writes stay inside `dest`, whatever the layers contain:
+//! How writes stay inside `dest`, whatever the layers contain (all of it through
+//! [`crate::safe_path`], which the upload unpacker of `ci-server` shares):
 //!
-//! - An entry's own path is cleaned lexically: a leading `/` is dropped, and a path with a
-//!   `..` component is skipped (no tool that builds layers writes one).
-//! - Its parent directories are then walked one component at a time from `dest`, checking each
-//!   with `lstat`. A symlink met on the way is *resolved inside `dest`*, as if `dest` were `/`
-//!   (what the link means once the container runs, and what containerd's `fs.RootPath` and
-//!   `securejoin` do): an absolute target restarts at `dest`, and `..` never climbs above it.
-//!   Because every component kept so far is a real directory, `..` can be applied lexically.
-//!   So layer 1 `etc -> /` or `evil -> ../../..` then layer 2 `evil/x` writes `dest/x`.
-//! - The last component is never followed: whatever is there is removed first (a directory
-//!   over a directory is merged instead), then the new entry is made with `O_CREAT|O_EXCL`,
-//!   `mkdir`, `symlink` or `link`, none of which follow a symlink at the final path.
-//! - Metadata is set through the open file, or with the no-follow calls (`lchown`,
-//!   `utimensat(AT_SYMLINK_NOFOLLOW)`), or on a path just checked to be a real directory.
+//! - An entry's own path is cleaned lexically ([`RelPath::parse`]): a leading `/` means
+//!   `dest`, and a path with a `..` component (or a NUL) is skipped (no tool that builds layers
+//!   writes one).
+//! - Its parent directories are then opened one name at a time from `dest`, never following a
+//!   symlink ([`Dir::resolve_in_root`]). A symlink met on the way is *resolved inside `dest`*,
+//!   as if `dest` were `/` (what the link means once the container runs, and what containerd's
+//!   `fs.RootPath` and `securejoin` do): an absolute target restarts at `dest`, and `..` never
+//!   climbs above it. So layer 1 `etc -> /` or `evil -> ../../..` then layer 2 `evil/x` writes
+//!   `dest/x`.
+//! - The entry is made in the parent's open directory with `O_CREAT|O_EXCL`, `mkdirat`,
+//!   `symlinkat` or `linkat`, none of which follows a symlink at the name; what is there is
+//!   removed when they find it taken (a directory over a directory is merged instead).
+//! - Metadata is set through the open file, or with the no-follow `*at` calls, or through a
+//!   directory opened again from `dest` without following a symlink.
 //!
-//! Nothing else writes into `dest` while a layer is applied (it is a private temp directory),
-//! so the checks cannot be raced. `tar`'s own `unpack` is not used: it follows symlinks that an
-//! earlier layer left in the tree.
+//! `tar`'s own `unpack` is not used: it follows symlinks that an earlier layer left in the tree.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use nix::sys::stat::{utimensat, UtimensatFlags};
-use nix::sys::time::TimeSpec;
+use nix::errno::Errno;
 use tar::EntryType;
 use tracing::{debug, warn};
 
+use crate::safe_path::{is_errno, Absolute, Dir, Kind, Missing, RelPath, Rules};
 use crate::Error;
-
-/// Linux gives up after 40 symlinks in one lookup (`MAXSYMLINKS`); so does the walk here, which
-/// also stops a link cycle.
-const MAX_SYMLINKS: usize = 40;
 
 const OPAQUE: &[u8] = b".wh..wh..opq";
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
+
+/// Entry paths of a layer: `/` is the image's root, and no caps beyond the kernel's.
+const LAYER_PATHS: Rules = Rules {
+    absolute: Absolute::Inside,
+    limits: None,
+};
+
+/// Mode of the directories made for an entry's missing parents.
+const DIR_MODE: u32 = 0o755;
 
 /// Applies one uncompressed layer tarball on top of `dest`, which holds the layers below it.
 ///
@@ -52,26 +57,21 @@ const WHITEOUT_PREFIX: &[u8] = b".wh.";
 /// when running as root. Device nodes and fifos are skipped, and nothing is ever written
 /// outside `dest` (see the module docs).
 pub fn unpack_layer<R: Read>(layer_tar: R, dest: &Path) -> Result<(), Error> {
-    let mut layer = Layer::new(dest);
-    let mut archive = tar::Archive::new(layer_tar);
-    let entries = archive.entries().map_err(|source| Error::Unpack {
+    let unpack_error = |source| Error::Unpack {
         path: dest.to_owned(),
         source,
-    })?;
+    };
+    let mut layer = Layer::new(dest).map_err(unpack_error)?;
+    let mut archive = tar::Archive::new(layer_tar);
+    let entries = archive.entries().map_err(unpack_error)?;
     for entry in entries {
-        let mut entry = entry.map_err(|source| Error::Unpack {
-            path: dest.to_owned(),
-            source,
-        })?;
+        let mut entry = entry.map_err(unpack_error)?;
         let name = PathBuf::from(OsString::from_vec(entry.path_bytes().into_owned()));
         layer
             .apply(&name, &mut entry)
             .map_err(|source| Error::Unpack { path: name, source })?;
     }
-    layer.finish().map_err(|source| Error::Unpack {
-        path: dest.to_owned(),
-        source,
-    })
+    layer.finish().map_err(unpack_error)
 }
 
 /// Owner, mode and mtime of an entry, read from its header.
@@ -96,14 +96,11 @@ impl Meta {
             mtime: i64::try_from(header.mtime().unwrap_or(0)).unwrap_or(i64::MAX),
         })
     }
-
-    fn mtime(&self) -> TimeSpec {
-        TimeSpec::new(self.mtime, 0)
-    }
 }
 
-struct Layer<'a> {
-    dest: &'a Path,
+struct Layer {
+    /// `dest`, open.
+    root: Dir,
     /// Paths this layer created (relative to `dest`, symlinks resolved) and their ancestors.
     /// Whiteouts and opaque markers only hide lower layers (image-spec `layer.md`), so they
     /// spare these whatever order the tarball lists them in.
@@ -117,24 +114,27 @@ struct Layer<'a> {
     buf: Vec<u8>,
 }
 
-impl<'a> Layer<'a> {
-    fn new(dest: &'a Path) -> Self {
-        Layer {
-            dest,
+impl Layer {
+    fn new(dest: &Path) -> io::Result<Self> {
+        Ok(Layer {
+            root: Dir::open(dest)?,
             ours: HashSet::new(),
             dirs: Vec::new(),
             as_root: nix::unistd::geteuid().is_root(),
             buf: vec![0; 256 * 1024],
-        }
+        })
     }
 
     fn apply<R: Read>(&mut self, name: &Path, entry: &mut tar::Entry<'_, R>) -> io::Result<()> {
-        let Some(parts) = clean(name) else {
-            warn!(entry = %name.display(), "skipping a layer entry whose path climbs out with `..`");
-            return Ok(());
+        let rel = match RelPath::parse(name.as_os_str().as_bytes(), LAYER_PATHS) {
+            Ok(rel) => rel,
+            Err(reason) => {
+                warn!(entry = %name.display(), "skipping a layer entry whose path {reason}");
+                return Ok(());
+            }
         };
         // The layer's own root (`./`): `dest` is already there, and its mode is ours to pick.
-        let Some((&file_name, parents)) = parts.split_last() else {
+        let Some((parents, file_name)) = rel.split_last() else {
             return Ok(());
         };
         if file_name.as_bytes().starts_with(WHITEOUT_PREFIX) {
@@ -162,15 +162,16 @@ impl<'a> Layer<'a> {
         let meta = Meta::from_header(entry.header())?;
 
         // Link targets are checked before anything at the entry's path is removed.
-        let link_target = match kind {
+        let hard_link_source = match kind {
             EntryType::Link => match self.hardlink_target(entry, name)? {
-                Some(target) => Some(target),
+                Some(source) => Some(source),
                 None => return Ok(()),
             },
+            _ => None,
+        };
+        let symlink_target = match kind {
             EntryType::Symlink => match entry.link_name_bytes() {
-                Some(target) if !target.is_empty() => {
-                    Some(PathBuf::from(OsString::from_vec(target.into_owned())))
-                }
+                Some(target) if !target.is_empty() => Some(OsString::from_vec(target.into_owned())),
                 _ => {
                     warn!(entry = %name.display(), "skipping a symlink without a target");
                     return Ok(());
@@ -179,66 +180,57 @@ impl<'a> Layer<'a> {
             _ => None,
         };
 
-        let parent = self
-            .resolve_dir(parents, true)?
-            .expect("resolve_dir creates what is missing");
-        let rel = parent.join(file_name);
-        let path = self.dest.join(&rel);
-        let existing = lstat(&path)?;
+        let (parent, parent_rel) = self
+            .root
+            .resolve_in_root(parents, Missing::Make(DIR_MODE))?
+            .expect("resolve_in_root makes what is missing");
+        let rel = parent_rel.join(file_name);
 
         if kind == EntryType::Directory {
-            match existing {
-                Some(m) if m.is_dir() => {}
-                Some(_) => {
-                    fs::remove_file(&path)?;
-                    make_dir(&path)?;
+            if let Err(e) = parent.make_or_open_dir(file_name, DIR_MODE) {
+                if !is_errno(&e, Errno::ENOTDIR) {
+                    return Err(e);
                 }
-                None => make_dir(&path)?,
+                // Anything but a directory goes, a symlink without a look at where it leads.
+                parent.remove(file_name)?;
+                parent.make_dir(file_name, DIR_MODE)?;
             }
-            self.chown(&path, &meta)?;
+            self.chown(&parent, file_name, &meta)?;
             self.dirs.push((rel.clone(), meta));
             self.mark_ours(rel);
             return Ok(());
         }
 
         // Like Docker: anything else at the path is replaced, a directory with all it holds.
-        match existing {
-            Some(m) if m.is_dir() => fs::remove_dir_all(&path)?,
-            Some(_) => fs::remove_file(&path)?,
-            None => {}
-        }
         match kind {
             EntryType::Link => {
-                // `link(2)` does not follow a symlink at the target (std uses `linkat` without
-                // `AT_SYMLINK_FOLLOW`), so the link stays inside `dest` even then. The inode
-                // already carries its owner, mode and mtime.
-                fs::hard_link(link_target.expect("checked above"), &path)?;
+                // The inode already carries its owner, mode and mtime.
+                let (from, source) = hard_link_source.expect("checked above");
+                parent.replace(file_name, |dir, name| dir.hard_link(name, &from, &source))?;
             }
             EntryType::Symlink => {
                 // Kept verbatim, absolute or not: it is resolved inside the container.
-                std::os::unix::fs::symlink(link_target.expect("checked above"), &path)?;
-                self.chown(&path, &meta)?;
-                utimensat(
-                    None,
-                    &path,
-                    &meta.mtime(),
-                    &meta.mtime(),
-                    UtimensatFlags::NoFollowSymlink,
-                )?;
+                let target = symlink_target.expect("checked above");
+                parent.replace(file_name, |dir, name| dir.symlink(name, &target))?;
+                self.chown(&parent, file_name, &meta)?;
+                parent.set_mtime(file_name, meta.mtime)?;
             }
-            _ => self.write_file(&path, entry, &meta)?,
+            _ => {
+                let file = parent.replace(file_name, |dir, name| dir.create_file(name, 0o600))?;
+                self.write_file(file, &rel, entry, &meta)?;
+            }
         }
         self.mark_ours(rel);
         Ok(())
     }
 
-    fn write_file<R: Read>(&mut self, path: &Path, entry: &mut R, meta: &Meta) -> io::Result<()> {
-        // `create_new` is `O_CREAT|O_EXCL`, which fails rather than follow a symlink.
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
+    fn write_file<R: Read>(
+        &mut self,
+        mut file: fs::File,
+        rel: &Path,
+        entry: &mut R,
+        meta: &Meta,
+    ) -> io::Result<()> {
         loop {
             let n = match entry.read(&mut self.buf) {
                 Ok(0) => break,
@@ -252,7 +244,7 @@ impl<'a> Layer<'a> {
         if self.as_root {
             ignore_unmapped(
                 std::os::unix::fs::fchown(&file, Some(meta.uid), Some(meta.gid)),
-                path,
+                rel,
             )?;
         }
         file.set_permissions(fs::Permissions::from_mode(self.mode(meta)))?;
@@ -269,97 +261,86 @@ impl<'a> Layer<'a> {
         }
     }
 
-    fn chown(&self, path: &Path, meta: &Meta) -> io::Result<()> {
+    fn chown(&self, dir: &Dir, name: &OsStr, meta: &Meta) -> io::Result<()> {
         if !self.as_root {
             return Ok(());
         }
-        ignore_unmapped(
-            std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)),
-            path,
-        )
+        ignore_unmapped(dir.chown(name, meta.uid, meta.gid), Path::new(name))
     }
 
-    /// The path inside `dest` a hard link points at, or `None` (logged) when it must be skipped.
+    /// The directory and name inside `dest` a hard link points at, or `None` (logged) when it
+    /// must be skipped.
     fn hardlink_target<R: Read>(
         &self,
         entry: &tar::Entry<'_, R>,
         name: &Path,
-    ) -> io::Result<Option<PathBuf>> {
+    ) -> io::Result<Option<(Dir, OsString)>> {
         let target = PathBuf::from(OsString::from_vec(
             entry
                 .link_name_bytes()
                 .map(|b| b.into_owned())
                 .unwrap_or_default(),
         ));
-        let Some(parts) = clean(&target) else {
+        let Some(clean) = clean(&target) else {
             warn!(entry = %name.display(), target = %target.display(), "skipping a hard link whose target climbs out with `..`");
             return Ok(None);
         };
-        let Some((&file_name, parents)) = parts.split_last() else {
+        let Some((parents, file_name)) = clean.split_last() else {
             warn!(entry = %name.display(), "skipping a hard link to the root directory");
             return Ok(None);
         };
-        let resolved = match self.resolve_dir(parents, false) {
-            Ok(Some(dir)) => self.dest.join(dir).join(file_name),
-            Ok(None) | Err(_) => {
-                warn!(entry = %name.display(), target = %target.display(), "skipping a hard link to a missing file");
-                return Ok(None);
-            }
+        let missing = || {
+            warn!(entry = %name.display(), target = %target.display(), "skipping a hard link to a missing file");
+            Ok(None)
         };
-        match lstat(&resolved)? {
-            Some(m) if !m.is_dir() => Ok(Some(resolved)),
-            Some(_) => {
+        let dir = match self.root.resolve_in_root(parents, Missing::Stop) {
+            Ok(Some((dir, _))) => dir,
+            Ok(None) | Err(_) => return missing(),
+        };
+        match dir.kind(file_name)? {
+            Some(Kind::Dir) => {
                 warn!(entry = %name.display(), target = %target.display(), "skipping a hard link to a directory");
                 Ok(None)
             }
-            None => {
-                warn!(entry = %name.display(), target = %target.display(), "skipping a hard link to a missing file");
-                Ok(None)
-            }
+            Some(_) => Ok(Some((dir, file_name.to_os_string()))),
+            None => missing(),
         }
     }
 
-    fn whiteout(&mut self, parents: &[&OsStr], file_name: &OsStr, name: &Path) -> io::Result<()> {
+    fn whiteout(&mut self, parents: &Path, file_name: &OsStr, name: &Path) -> io::Result<()> {
         let bytes = file_name.as_bytes();
-        let Some(dir) = self.resolve_dir(parents, false)? else {
+        let Some((dir, dir_rel)) = self.root.resolve_in_root(parents, Missing::Stop)? else {
             return Ok(()); // Nothing below to hide.
         };
         if bytes == OPAQUE {
-            self.mark_ours(dir.clone());
-            return self.clear_lower(&dir);
+            self.mark_ours(dir_rel.clone());
+            return self.clear_lower(&dir, &dir_rel);
         }
         if bytes.starts_with(b".wh..wh.") {
             // aufs bookkeeping such as `.wh..wh.plnk`, which Docker skips too.
             debug!(entry = %name.display(), "skipping aufs metadata");
             return Ok(());
         }
-        let hidden = &bytes[WHITEOUT_PREFIX.len()..];
-        if hidden.is_empty() || hidden == b"." || hidden == b".." {
+        let hidden = OsStr::from_bytes(&bytes[WHITEOUT_PREFIX.len()..]);
+        if hidden.is_empty() || hidden == "." || hidden == ".." {
             warn!(entry = %name.display(), "skipping a whiteout that names no file");
             return Ok(());
         }
-        let rel = dir.join(OsStr::from_bytes(hidden));
-        if self.ours.contains(&rel) {
+        if self.ours.contains(&dir_rel.join(hidden)) {
             return Ok(());
         }
-        remove_any(&self.dest.join(rel))
+        dir.remove(hidden)
     }
 
-    /// Removes everything under `dir` that no entry of this layer made, for an opaque marker.
-    fn clear_lower(&self, dir: &Path) -> io::Result<()> {
-        for child in fs::read_dir(self.dest.join(dir))? {
-            let child = child?;
-            let rel = dir.join(child.file_name());
-            // `DirEntry::file_type` does not follow symlinks.
-            let is_dir = child.file_type()?.is_dir();
-            if self.ours.contains(&rel) {
-                if is_dir {
-                    self.clear_lower(&rel)?;
-                }
-            } else if is_dir {
-                fs::remove_dir_all(child.path())?;
-            } else {
-                fs::remove_file(child.path())?;
+    /// Removes everything in `dir` (at `rel`) that no entry of this layer made, for an opaque
+    /// marker.
+    fn clear_lower(&self, dir: &Dir, rel: &Path) -> io::Result<()> {
+        for (name, kind) in dir.names()? {
+            let child = rel.join(&name);
+            if !self.ours.contains(&child) {
+                dir.remove(&name)?;
+            } else if kind == Kind::Dir {
+                self.clear_lower(&dir.open_dir(&name)?, &child)?;
             }
         }
         Ok(())
@@ -373,120 +354,32 @@ impl<'a> Layer<'a> {
         }
     }
 
-    /// Walks `parts` down from `dest` and returns the directory they name, relative to `dest`,
-    /// with every symlink on the way resolved inside `dest` (see the module docs). Missing
-    /// directories are made when `create` is set; otherwise `None` is returned.
-    fn resolve_dir(&self, parts: &[&OsStr], create: bool) -> io::Result<Option<PathBuf>> {
-        // Invariant: every component of `resolved` is a real directory, never a symlink.
-        let mut resolved = PathBuf::new();
-        let mut pending: Vec<OsString> = parts.iter().rev().map(|p| p.to_os_string()).collect();
-        let mut links = 0;
-        while let Some(part) = pending.pop() {
-            match part.as_bytes() {
-                b"" | b"." => continue,
-                // Only symlink targets bring `..` here; at `dest` it stays at `dest`, as at `/`.
-                b".." => {
-                    resolved.pop();
-                    continue;
-                }
-                _ => {}
-            }
-            let candidate = resolved.join(&part);
-            let path = self.dest.join(&candidate);
-            match lstat(&path)? {
-                Some(m) if m.file_type().is_symlink() => {
-                    links += 1;
-                    if links > MAX_SYMLINKS {
-                        return Err(io::Error::from_raw_os_error(nix::libc::ELOOP));
-                    }
-                    let target = fs::read_link(&path)?;
-                    if target.is_absolute() {
-                        resolved = PathBuf::new();
-                    }
-                    for component in target.components().rev() {
-                        match component {
-                            Component::Normal(s) => pending.push(s.to_os_string()),
-                            Component::ParentDir => pending.push("..".into()),
-                            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-                        }
-                    }
-                }
-                Some(m) if m.is_dir() => resolved = candidate,
-                Some(_) => return Err(io::Error::from_raw_os_error(nix::libc::ENOTDIR)),
-                None if create => {
-                    make_dir(&path)?;
-                    resolved = candidate;
-                }
-                None => return Ok(None),
-            }
-        }
-        Ok(Some(resolved))
-    }
-
-    /// Whether `rel` and each of its parents under `dest` is a directory, not a symlink.
-    fn is_real_dir(&self, rel: &Path) -> io::Result<bool> {
-        let mut path = self.dest.to_path_buf();
-        for component in rel.components() {
-            path.push(component);
-            if !lstat(&path)?.is_some_and(|m| m.is_dir()) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
     fn finish(self) -> io::Result<()> {
         for (rel, meta) in &self.dirs {
             // A later entry may have replaced the directory, or one of its parents, with a
-            // symlink (`a/b/` then `a -> /etc`): chmod must not go through it.
-            if !self.is_real_dir(rel)? {
-                continue;
-            }
-            let path = self.dest.join(rel);
-            fs::set_permissions(&path, fs::Permissions::from_mode(self.mode(meta)))?;
-            utimensat(
-                None,
-                &path,
-                &meta.mtime(),
-                &meta.mtime(),
-                UtimensatFlags::NoFollowSymlink,
-            )?;
+            // symlink (`a/b/` then `a -> /etc`): nothing is set through it.
+            let dir = match self.root.open_beneath(rel) {
+                Ok(dir) => dir,
+                Err(e)
+                    if [Errno::ENOENT, Errno::ENOTDIR, Errno::ELOOP]
+                        .iter()
+                        .any(|&errno| is_errno(&e, errno)) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            };
+            dir.set_own_mode(self.mode(meta))?;
+            dir.set_own_mtime(meta.mtime)?;
         }
         Ok(())
     }
 }
 
-/// The normal components of an entry name, without a leading `/` or `.`; `None` if it has `..`.
-fn clean(path: &Path) -> Option<Vec<&OsStr>> {
-    let mut parts = Vec::new();
-    for component in path.components() {
-        match component {
-            Component::Normal(s) => parts.push(s),
-            Component::RootDir | Component::CurDir => {}
-            Component::ParentDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(parts)
-}
-
-fn lstat(path: &Path) -> io::Result<Option<fs::Metadata>> {
-    match fs::symlink_metadata(path) {
-        Ok(m) => Ok(Some(m)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-fn make_dir(path: &Path) -> io::Result<()> {
-    fs::DirBuilder::new().mode(0o755).create(path)
-}
-
-fn remove_any(path: &Path) -> io::Result<()> {
-    match lstat(path)? {
-        Some(m) if m.is_dir() => fs::remove_dir_all(path),
-        Some(_) => fs::remove_file(path),
-        None => Ok(()),
-    }
+/// A hard link's target as a path inside `dest` (a leading `/` is `dest`); `None` if it has a
+/// `..` or a NUL.
+fn clean(path: &Path) -> Option<RelPath> {
+    RelPath::parse(path.as_os_str().as_bytes(), LAYER_PATHS).ok()
 }
 
 /// Root in a user namespace cannot give files to ids it has no mapping for (`EINVAL`), and

@@ -6,10 +6,14 @@
 //! The archive arrives as a stream ([`BodyReader`]) and is unpacked while it arrives: nothing
 //! holds a whole upload in memory, and a bad entry is refused as soon as it is read.
 //!
-//! Entries are created one by one by this code (not by `tar`'s own unpack) so that every path is
-//! checked against the tree as it is on disk: a symlink unpacked earlier can never become a
-//! parent of a later entry. The directories this unpack made are remembered as a tree of names
-//! (`Dirs`), so an entry costs time in proportion to its own path (at most
+//! Entries are created one by one by this code (not by `tar`'s own unpack), through
+//! [`ci_rootfs::safe_path`], which the image unpacker shares: each entry is made by an `*at`
+//! call on its own name in its parent directory, opened without following a symlink, so a
+//! symlink unpacked earlier can never become a parent of a later entry, and no path is looked
+//! at first and acted on after. The directories this unpack made are remembered as a tree of
+//! names (`Dirs`): the parents an entry shares with earlier ones are opened with one
+//! `openat2`, which walks them in the kernel refusing any symlink, and only a parent not made
+//! yet is looked at by itself. So an entry costs time in proportion to its own path (at most
 //! [`MAX_PATH_BYTES`]) and the directories it creates, never a walk of the disk up its whole
 //! path: unpacking is linear in the size of the archive.
 
@@ -18,12 +22,17 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use ci_rootfs::safe_path::{
+    climbed_names, is_errno, symlink_stays_inside, Absolute, Dir, Kind, PathError, PathLimits,
+    RelPath, Rules,
+};
+use nix::errno::Errno;
 
 /// Caps on one upload.
 #[derive(Clone, Copy, Debug)]
@@ -50,6 +59,19 @@ const MAX_TRAILER_BYTES: u64 = 1 << 20;
 /// Most bytes of the request body after the end of the gzip stream.
 pub const MAX_BODY_TRAILER_BYTES: u64 = 64 * 1024;
 
+/// Entry paths of an upload: relative, within the caps above.
+const UPLOAD_PATHS: Rules = Rules {
+    absolute: Absolute::Refused,
+    limits: Some(PathLimits {
+        max_path_bytes: MAX_PATH_BYTES,
+        max_depth: MAX_DEPTH,
+        max_name_bytes: MAX_NAME_BYTES,
+    }),
+};
+
+/// Mode of the directories an unpack makes, before the umask (what `mkdir` gives).
+const DIR_MODE: u32 = 0o777;
+
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     #[error("empty upload: send the project as a tar.gz body")]
@@ -72,6 +94,10 @@ pub enum UploadError {
     NameTooLong { path: String, len: usize },
     #[error("archive entry {path:?} is a link pointing outside the project ({target:?})")]
     LinkEscapes { path: String, target: String },
+    #[error("archive entry {path:?} is a link whose target ({target:?}) climbs out of a symlink with '..', which could lead outside the project")]
+    LinkThroughLink { path: String, target: String },
+    #[error("archive entry {0:?} has a NUL byte in its path")]
+    NulInPath(String),
     #[error("archive entry {0:?} is a device file or fifo; only files, directories and links are allowed")]
     SpecialFile(String),
     #[error("archive entry {0:?} would be written through a symlink")]
@@ -160,7 +186,7 @@ pub fn unpack(archive: impl Read, dest: &Path, limits: Limits) -> Result<u64, Up
     let meter = Meter::default();
     meter.grant(MAX_ENTRY_OVERHEAD);
     let mut tar = tar::Archive::new(meter.wrap(flate2::read::GzDecoder::new(archive)));
-    let mut unpacker = Unpacker::new(dest, limits);
+    let mut unpacker = Unpacker::new(dest, limits)?;
     let mut last = Vec::new();
     for entry in tar.entries().map_err(|e| meter.error(e, &last))? {
         let mut entry = entry.map_err(|e| meter.error(e, &last))?;
@@ -179,6 +205,7 @@ pub fn unpack(archive: impl Read, dest: &Path, limits: Limits) -> Result<u64, Up
             .entry(&mut entry)
             .map_err(|e| meter.upload_error(e, &last))?;
     }
+    unpacker.check_links()?;
     // Read to the end, so the gzip checksum is verified and the whole body is consumed.
     let mut rest = tar.into_inner();
     meter.grant(MAX_TRAILER_BYTES);
@@ -264,9 +291,12 @@ impl<R: Read> Read for Metered<R> {
 /// The directories this unpack made (or found) under the destination, as a tree of names;
 /// node 0 is the destination itself. A node stands for a real directory, never a symlink:
 /// nothing but this unpack writes there while it runs, and whatever replaces a path forgets
-/// the node at that path, and with it every node below.
+/// the node at that path, and with it every node below. It is an index only: where an entry
+/// lands is decided by the kernel's walk, which refuses symlinks (see [`Unpacker::parents`]).
 struct Dirs {
     children: Vec<HashMap<OsString, usize>>,
+    /// Each node's parent and name, for its path.
+    up: Vec<(usize, OsString)>,
 }
 
 const ROOT: usize = 0;
@@ -275,6 +305,7 @@ impl Dirs {
     fn new() -> Dirs {
         Dirs {
             children: vec![HashMap::new()],
+            up: vec![(ROOT, OsString::new())],
         }
     }
 
@@ -285,6 +316,7 @@ impl Dirs {
     fn add(&mut self, parent: usize, name: &OsStr) -> usize {
         let id = self.children.len();
         self.children.push(HashMap::new());
+        self.up.push((parent, name.to_os_string()));
         self.children[parent].insert(name.to_os_string(), id);
         id
     }
@@ -292,22 +324,39 @@ impl Dirs {
     fn forget(&mut self, parent: usize, name: &OsStr) {
         self.children[parent].remove(name);
     }
+
+    /// The path of `node` below the destination (where it was, for a node forgotten since).
+    fn path(&self, mut node: usize) -> PathBuf {
+        let mut names = Vec::new();
+        while node != ROOT {
+            let (parent, name) = &self.up[node];
+            names.push(name.as_os_str());
+            node = *parent;
+        }
+        names.iter().rev().collect()
+    }
 }
 
 /// One unpack in progress.
-struct Unpacker<'a> {
-    dest: &'a Path,
+struct Unpacker {
+    /// The destination, open: every entry is made below it with `*at` calls.
+    root: Dir,
+    /// Length of the destination's path, in bytes.
+    dest_len: usize,
     limits: Limits,
     dirs: Dirs,
+    /// Symlinks whose targets climb out of a name with `..` ([`climbed_names`]), as the node
+    /// of their directory and their name, for [`Unpacker::check_links`].
+    climbing_links: Vec<(usize, OsString)>,
     /// Entries and the directories made for them, against `limits.max_entries`.
     objects: u64,
     /// Sum of the sizes of the files.
     bytes: u64,
 }
 
-/// A checked path of an entry: relative, without `.` or `..`, not empty.
+/// A checked path of an entry, not the destination itself.
 struct Rel {
-    path: PathBuf,
+    path: RelPath,
     /// As written in the archive, for messages.
     raw: Vec<u8>,
 }
@@ -317,26 +366,31 @@ impl Rel {
         shown(&self.raw)
     }
 
-    fn names(&self) -> impl Iterator<Item = &OsStr> {
-        self.path.iter()
+    /// The directory the entry is in, relative to the destination.
+    fn parent(&self) -> &Path {
+        self.path.split_last().expect("a checked path has a name").0
     }
 
     fn name(&self) -> &OsStr {
-        self.path
-            .file_name()
-            .expect("a checked path has a last name")
+        self.path.split_last().expect("a checked path has a name").1
     }
 }
 
-impl<'a> Unpacker<'a> {
-    fn new(dest: &'a Path, limits: Limits) -> Unpacker<'a> {
-        Unpacker {
-            dest,
+impl Unpacker {
+    fn new(dest: &Path, limits: Limits) -> Result<Unpacker, UploadError> {
+        let root = Dir::open(dest).map_err(|source| UploadError::Io {
+            path: dest.display().to_string(),
+            source,
+        })?;
+        Ok(Unpacker {
+            root,
+            dest_len: dest.as_os_str().len(),
             limits,
             dirs: Dirs::new(),
+            climbing_links: Vec::new(),
             objects: 0,
             bytes: 0,
-        }
+        })
     }
 
     fn count(&mut self) -> Result<(), UploadError> {
@@ -360,6 +414,15 @@ impl<'a> Unpacker<'a> {
         let Some(rel) = checked(&raw)? else {
             return Ok(()); // "./" itself
         };
+        // Made relative to open directories, an entry may lie deeper than any path can name
+        // (`PATH_MAX` counts the NUL). Refused, as when entries were made by their paths, so
+        // that whatever reads the project by path later (`install::copy_tree`, the project's
+        // reader) reaches all of it.
+        if self.dest_len + 1 + rel.path.as_path().as_os_str().len() >= nix::libc::PATH_MAX as usize
+        {
+            let too_long = std::io::Error::from_raw_os_error(nix::libc::ENAMETOOLONG);
+            return Err(io_error(&rel, too_long));
+        }
         match entry.header().entry_type() {
             tar::EntryType::Directory => self.directory(&rel),
             tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -383,24 +446,17 @@ impl<'a> Unpacker<'a> {
     }
 
     fn directory(&mut self, rel: &Rel) -> Result<(), UploadError> {
-        let parent = self.parents(rel)?;
-        if self.dirs.child(parent, rel.name()).is_none() {
-            self.make_dir(&self.dest.join(&rel.path), rel)?;
-            self.dirs.add(parent, rel.name());
+        let (parent, node) = self.parents(rel)?;
+        if self.dirs.child(node, rel.name()).is_none() {
+            self.open_or_make(&parent, rel.name(), rel)?;
+            self.dirs.add(node, rel.name());
         }
         Ok(())
     }
 
     fn file(&mut self, rel: &Rel, data: &mut impl Read, mode: u32) -> Result<(), UploadError> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        // `create_new` (O_EXCL) never opens what is there, not even through a symlink.
-        let mut file = self.create(rel, |target| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(target)
-        })?;
+        use std::os::unix::fs::PermissionsExt;
+        let mut file = self.create(rel, |dir, name| dir.create_file(name, 0o600))?;
         copy(data, &mut file, rel)?;
         // Keep the owner's execute bit; make everything readable by the job (which may run as
         // another uid) and never carry setuid/setgid/sticky bits.
@@ -410,21 +466,35 @@ impl<'a> Unpacker<'a> {
     }
 
     fn symlink(&mut self, rel: &Rel, link: &[u8]) -> Result<(), UploadError> {
-        let escapes = || UploadError::LinkEscapes {
-            path: rel.shown(),
-            target: shown(link),
-        };
         if link.len() > MAX_PATH_BYTES {
             return Err(UploadError::PathTooLong {
                 path: shown(link),
                 len: link.len(),
             });
         }
-        if !link_stays_inside(&rel.path, Path::new(OsStr::from_bytes(link))) {
-            return Err(escapes());
+        // Held to the depth of an entry path as well, `..` counted: checking a target that
+        // climbs out of names walks all of them (`check_links`), which this keeps as cheap as
+        // making an entry at the deepest path allowed.
+        let depth = Path::new(OsStr::from_bytes(link)).components().count();
+        if depth > MAX_DEPTH {
+            return Err(UploadError::TooDeep {
+                path: shown(link),
+                depth,
+            });
         }
-        let link = OsStr::from_bytes(link);
-        self.create(rel, |target| std::os::unix::fs::symlink(link, target))
+        if !symlink_stays_inside(&rel.path, link) {
+            return Err(UploadError::LinkEscapes {
+                path: rel.shown(),
+                target: shown(link),
+            });
+        }
+        let (parent, node) = self.parents(rel)?;
+        let target = OsStr::from_bytes(link);
+        self.replace(&parent, node, rel, |dir, name| dir.symlink(name, target))?;
+        if climbed_names(link).is_some() {
+            self.climbing_links.push((node, rel.name().to_os_string()));
+        }
+        Ok(())
     }
 
     fn hard_link(&mut self, rel: &Rel, link: &[u8]) -> Result<(), UploadError> {
@@ -434,95 +504,146 @@ impl<'a> Unpacker<'a> {
         };
         let source = match checked(link) {
             Ok(Some(source)) => source,
-            Ok(None) | Err(UploadError::PathEscapes(_)) => return Err(escapes()),
+            Ok(None) | Err(UploadError::PathEscapes(_) | UploadError::NulInPath(_)) => {
+                return Err(escapes())
+            }
             Err(e) => return Err(e),
         };
         // Only a regular file already unpacked from this archive may be linked to.
-        let source = self.unpacked_file(&source).ok_or_else(escapes)?;
-        self.create(rel, |target| std::fs::hard_link(&source, target))
+        let (from, name) = self.unpacked_file(&source).ok_or_else(escapes)?;
+        self.create(rel, |dir, new| dir.hard_link(new, &from, name))
     }
 
-    /// The path of a regular file this unpack made at `rel`, found without following a
-    /// symlink: every parent must be a directory of the tree.
-    fn unpacked_file(&self, rel: &Rel) -> Option<PathBuf> {
-        let mut node = ROOT;
-        let count = rel.path.iter().count();
-        for name in rel.names().take(count - 1) {
-            node = self.dirs.child(node, name)?;
-        }
-        let path = self.dest.join(&rel.path);
-        let meta = std::fs::symlink_metadata(&path).ok()?;
-        meta.file_type().is_file().then_some(path)
+    /// The directory and name of a regular file this unpack made at `rel`, reached without
+    /// following a symlink: the destination was empty, so every real directory in it and
+    /// every file is this archive's.
+    fn unpacked_file<'r>(&self, rel: &'r Rel) -> Option<(Dir, &'r OsStr)> {
+        let dir = self.root.open_beneath(rel.parent()).ok()?;
+        (dir.kind(rel.name()).ok()?? == Kind::File).then_some((dir, rel.name()))
     }
 
-    /// Makes what is at `rel` with `make`, replacing what an earlier entry put there as tar
-    /// does, after making its parents directories of the tree. `make` must fail with
-    /// `AlreadyExists` rather than open or follow what is there (`O_EXCL`, `symlink`, `link`
-    /// all do); the path is then cleared and `make` tried once more, so the usual case of a
-    /// new path costs one call.
+    /// Makes what is at `rel` with `make` (which must not follow or open what is there, see
+    /// [`Dir::replace`]), after making its parents directories of the tree.
     fn create<T>(
         &mut self,
         rel: &Rel,
-        make: impl Fn(&Path) -> std::io::Result<T>,
+        make: impl Fn(&Dir, &OsStr) -> std::io::Result<T>,
     ) -> Result<T, UploadError> {
-        let parent = self.parents(rel)?;
-        let target = self.dest.join(&rel.path);
-        if self.dirs.child(parent, rel.name()).is_some() {
-            std::fs::remove_dir_all(&target).map_err(|e| io_error(rel, e))?;
-            self.dirs.forget(parent, rel.name());
-        }
-        match make(&target) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                // Not a directory: every directory here is in the tree, and was removed above.
-                std::fs::remove_file(&target).map_err(|e| io_error(rel, e))?;
-                make(&target)
-            }
-            made => made,
-        }
-        .map_err(|e| io_error(rel, e))
+        let (parent, node) = self.parents(rel)?;
+        self.replace(&parent, node, rel, make)
     }
 
-    /// Makes sure every parent of `rel` is a directory of the tree, making those that are
-    /// missing; returns the node of the last one. Looks at the disk only for a parent that is
-    /// not in the tree yet.
-    fn parents(&mut self, rel: &Rel) -> Result<usize, UploadError> {
+    /// Makes `rel`'s name in `parent` (the node `node`) with `make`, replacing what an earlier
+    /// entry put there, as tar does: a directory goes with all it holds, and its node too.
+    fn replace<T>(
+        &mut self,
+        parent: &Dir,
+        node: usize,
+        rel: &Rel,
+        make: impl Fn(&Dir, &OsStr) -> std::io::Result<T>,
+    ) -> Result<T, UploadError> {
+        self.dirs.forget(node, rel.name());
+        parent
+            .replace(rel.name(), make)
+            .map_err(|e| io_error(rel, e))
+    }
+
+    /// Opens the directory `rel` is in, making every parent that is missing a directory of
+    /// the tree; returns it with its node. The parents already in the tree are opened with
+    /// one [`Dir::open_beneath`], which refuses a symlink anywhere on the way (the tree only
+    /// saves the syscalls of looking at each), and only those not in it are looked at one
+    /// by one.
+    fn parents(&mut self, rel: &Rel) -> Result<(Dir, usize), UploadError> {
+        let names: Vec<&OsStr> = rel.parent().iter().collect();
         let mut node = ROOT;
-        let count = rel.path.iter().count();
-        for (depth, name) in rel.names().take(count - 1).enumerate() {
-            if let Some(child) = self.dirs.child(node, name) {
-                node = child;
-                continue;
-            }
-            let path: PathBuf = self
-                .dest
-                .join(rel.names().take(depth + 1).collect::<PathBuf>());
-            if self.make_dir(&path, rel)? {
+        let mut known = 0;
+        while let Some(child) = names
+            .get(known)
+            .and_then(|name| self.dirs.child(node, name))
+        {
+            node = child;
+            known += 1;
+        }
+        let known_path: PathBuf = names[..known].iter().collect();
+        let mut dir = self
+            .root
+            .open_beneath(&known_path)
+            .map_err(|e| io_error(rel, e))?;
+        for name in &names[known..] {
+            let (next, made) = self.open_or_make(&dir, name, rel)?;
+            if made {
                 self.count()?;
             }
             node = self.dirs.add(node, name);
+            dir = next;
         }
-        Ok(node)
+        Ok((dir, node))
     }
 
-    /// Makes `path` a directory; returns whether it made one. A file there is replaced, as tar
-    /// does; a symlink there is refused, since writing below it would write where it points.
-    fn make_dir(&self, path: &Path, rel: &Rel) -> Result<bool, UploadError> {
+    /// Opens the directory `name` in `dir`, making it when missing; says whether it made one.
+    /// A file there is replaced, as tar does; a symlink there is refused, since writing below
+    /// it would write where it points. The open (`O_NOFOLLOW`) refuses both by itself; the
+    /// look at what is there only picks the answer, and `remove` never follows a link.
+    fn open_or_make(&self, dir: &Dir, name: &OsStr, rel: &Rel) -> Result<(Dir, bool), UploadError> {
         let io = |e| io_error(rel, e);
-        match std::fs::create_dir(path) {
-            Ok(()) => return Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io(e)),
+        match dir.make_or_open_dir(name, DIR_MODE) {
+            Err(e) if is_errno(&e, Errno::ENOTDIR) => {}
+            other => return other.map_err(io),
         }
-        let meta = std::fs::symlink_metadata(path).map_err(io)?;
-        if meta.file_type().is_symlink() {
+        if dir.kind(name).map_err(io)? == Some(Kind::Symlink) {
             return Err(UploadError::ThroughSymlink(rel.shown()));
         }
-        if meta.file_type().is_dir() {
-            return Ok(false);
+        dir.remove(name).map_err(io)?;
+        dir.make_dir(name, DIR_MODE).map_err(io)?;
+        Ok((dir.open_dir(name).map_err(io)?, true))
+    }
+
+    /// Checks, once every entry is in place, the symlinks whose targets climb out of a name
+    /// with `..` ([`climbed_names`]): every name so climbed must be a real directory, or the
+    /// link could lead outside the project (`a/s -> ..` then `t -> a/s/..`), whatever the
+    /// order of the entries. A link no longer there (replaced, or gone with its directory)
+    /// has nothing to check, and one whose climbed names are missing or not directories
+    /// dangles, for the kernel stops at the same name.
+    fn check_links(&self) -> Result<(), UploadError> {
+        let gone = |e: &std::io::Error| {
+            [Errno::ENOENT, Errno::ENOTDIR, Errno::ELOOP]
+                .iter()
+                .any(|&errno| is_errno(e, errno))
+        };
+        for (node, name) in &self.climbing_links {
+            let dir_path = self.dirs.path(*node);
+            let path = || shown(dir_path.join(name).as_os_str().as_bytes());
+            let io = |source| UploadError::Io {
+                path: path(),
+                source,
+            };
+            let dir = match self.root.open_beneath(&dir_path) {
+                Ok(dir) => dir,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(io(e)),
+            };
+            let target = match dir.read_link(name) {
+                Ok(Some(target)) => target,
+                Ok(None) => continue,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(io(e)),
+            };
+            let Some(climbed) = climbed_names(target.as_bytes()) else {
+                continue;
+            };
+            match self.root.open_beneath(&dir_path.join(climbed)) {
+                Ok(_) => {}
+                Err(e) if is_errno(&e, Errno::ELOOP) || is_errno(&e, Errno::EXDEV) => {
+                    return Err(UploadError::LinkThroughLink {
+                        path: path(),
+                        target: shown(target.as_bytes()),
+                    });
+                }
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(io(e)),
+            }
         }
-        std::fs::remove_file(path).map_err(io)?;
-        std::fs::create_dir(path).map_err(io)?;
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -551,73 +672,20 @@ fn copy(data: &mut impl Read, file: &mut std::fs::File, rel: &Rel) -> Result<(),
 /// `None` for the project's root itself (`./`).
 fn checked(raw: &[u8]) -> Result<Option<Rel>, UploadError> {
     let path = || shown(raw);
-    if raw.len() > MAX_PATH_BYTES {
-        return Err(UploadError::PathTooLong {
-            path: path(),
-            len: raw.len(),
-        });
-    }
-    let Some(clean) = clean_relative(Path::new(OsStr::from_bytes(raw))) else {
-        return Err(UploadError::PathEscapes(path()));
-    };
-    let mut depth = 0;
-    for name in clean.iter() {
-        depth += 1;
-        if name.len() > MAX_NAME_BYTES {
-            return Err(UploadError::NameTooLong {
-                path: path(),
-                len: name.len(),
-            });
-        }
-    }
-    if depth > MAX_DEPTH {
-        return Err(UploadError::TooDeep {
+    let clean = RelPath::parse(raw, UPLOAD_PATHS).map_err(|e| match e {
+        PathError::TooLong { len } => UploadError::PathTooLong { path: path(), len },
+        PathError::Nul => UploadError::NulInPath(path()),
+        PathError::Absolute | PathError::DotDot => UploadError::PathEscapes(path()),
+        PathError::NameTooLong { len } => UploadError::NameTooLong { path: path(), len },
+        PathError::TooDeep { depth } => UploadError::TooDeep {
             path: path(),
             depth,
-        });
-    }
-    if depth == 0 {
-        return Ok(None);
-    }
-    Ok(Some(Rel {
+        },
+    })?;
+    Ok((!clean.is_root()).then(|| Rel {
         path: clean,
         raw: raw.to_vec(),
     }))
-}
-
-/// The path with `.` removed, or `None` if it is absolute or has `..` anywhere.
-fn clean_relative(path: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(part) => out.push(part),
-            Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
-}
-
-/// Whether a symlink at `rel` pointing to `link` resolves (lexically) inside the project.
-fn link_stays_inside(rel: &Path, link: &Path) -> bool {
-    if link.is_absolute() || link.as_os_str().is_empty() {
-        return false;
-    }
-    let mut depth: i64 = rel.components().count() as i64 - 1;
-    for c in link.components() {
-        match c {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-    }
-    true
 }
 
 /// What the receiving side hands the unpacker: the body's bytes as they come, then `End` once
@@ -841,6 +909,91 @@ mod tests {
             ]),
             UploadError::ThroughSymlink(_)
         ));
+    }
+
+    #[test]
+    fn links_that_climb_out_of_a_symlink_are_refused_whatever_the_order() {
+        // Each link passes the lexical check alone: `a/s` names the project, and `t` climbs
+        // out of `a/s` to the project's parent.
+        let cases: [&[E]; 4] = [
+            &[
+                E::Dir("a"),
+                E::Symlink("a/s", ".."),
+                E::Symlink("t", "a/s/.."),
+            ],
+            &[
+                E::Symlink("t", "a/s/.."),
+                E::Dir("a"),
+                E::Symlink("a/s", ".."),
+            ],
+            // `a/s` a directory when `t` is made, a symlink once the archive ends.
+            &[
+                E::Dir("a/s"),
+                E::Symlink("t", "a/s/../s/../.."),
+                E::Symlink("a/s", ".."),
+            ],
+            // Refused even where it would stay inside: a symlink is not climbed out of.
+            &[
+                E::Dir("lib"),
+                E::Symlink("src", "lib"),
+                E::Symlink("up", "src/../src"),
+            ],
+        ];
+        for entries in cases {
+            let e = rejected(entries);
+            assert!(matches!(e, UploadError::LinkThroughLink { .. }), "{e:?}");
+            assert_eq!(e.fault(), Fault::Client);
+        }
+        // Climbing out of real directories, or of a name that is not there (the link
+        // dangles, as the kernel stops at the same name), is fine.
+        let (root, r) = unpack_into(&[
+            E::Dir("src/sub"),
+            E::Symlink("up", "src/sub/../../src"),
+            E::Symlink("dangling", "missing/../x"),
+            E::Symlink("gone/l", "a/s/.."),
+            E::File("gone", b"replaces the directory and its link".to_vec()),
+        ]);
+        r.unwrap();
+        let p = project(&root);
+        let up = std::fs::canonicalize(p.join("up")).unwrap();
+        assert_eq!(up, std::fs::canonicalize(p.join("src")).unwrap());
+        // A target is held to the depth of a path, `..` counted.
+        let deep = format!("{}x", "a/../".repeat(128));
+        let e = rejected(&[E::Symlink("l", &deep)]);
+        assert!(e.to_string().contains("is 257 names deep"), "{e}");
+        unpack_into(&[E::Symlink("l", &deep[5..])]).1.unwrap();
+    }
+
+    #[test]
+    fn a_nul_in_a_path_is_the_archives_fault() {
+        // Only a PAX record carries one: `tar` cuts a header's name at its first NUL.
+        let pax = |key: &str, value: &[u8], entry: tar::Header| {
+            raw_archive(
+                |b| {
+                    let mut record = format!(" {key}=").into_bytes();
+                    record.extend_from_slice(value);
+                    record.push(b'\n');
+                    let len = record.len() + 2;
+                    let mut data = len.to_string().into_bytes();
+                    data.extend_from_slice(&record);
+                    assert_eq!(data.len(), len);
+                    let h = header(tar::EntryType::XHeader, "pax", data.len() as u64);
+                    b.append(&h, &data[..]).unwrap();
+                    b.append(&entry, &[][..]).unwrap();
+                },
+                0,
+            )
+        };
+        let file = header(tar::EntryType::Regular, "f", 0);
+        let (_root, r) = unpack_bytes(&pax("path", b"a\0/../../x", file), LIMITS);
+        let e = r.unwrap_err();
+        assert!(matches!(e, UploadError::NulInPath(_)), "{e:?}");
+        assert_eq!(e.fault(), Fault::Client);
+        let mut link = header(tar::EntryType::Symlink, "l", 0);
+        link.set_link_name("x").unwrap();
+        link.set_cksum();
+        let (_root, r) = unpack_bytes(&pax("linkpath", b"x\0/../../..", link), LIMITS);
+        assert!(matches!(r, Err(UploadError::LinkEscapes { .. })), "{r:?}");
     }
 
     #[test]
