@@ -415,17 +415,19 @@ async fn own_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job, Api
     }
 }
 
-fn view(state: &AppState, job: &Job) -> JobView {
+/// A job as the API shows it, with the length of its log (`log_bytes`).
+fn view(state: &AppState, job: &Job, log_bytes: u64) -> JobView {
     let position = if job.status == Status::Queued {
         state.jobs.queue_position(&job.id)
     } else {
         None
     };
-    job_view(
-        job,
-        position,
-        crate::logs::stored_len(&state.logs.path(&job.id)),
-    )
+    job_view(job, position, log_bytes)
+}
+
+/// The length of a job's log; 0 when it cannot be told (the log's own endpoint says why).
+async fn log_len(state: &AppState, id: &str) -> u64 {
+    state.logs.len(id).await.unwrap_or(0)
 }
 
 pub async fn get_job(
@@ -434,7 +436,8 @@ pub async fn get_job(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let job = own_job(&state, &caller, &id).await?;
-    Ok(Json(view(&state, &job)))
+    let log_bytes = log_len(&state, &id).await;
+    Ok(Json(view(&state, &job, log_bytes)))
 }
 
 /// `GET /v1/jobs`: the caller's jobs, newest first.
@@ -446,14 +449,22 @@ pub async fn list_jobs(
     let status = q
         .status()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let jobs = state.store.list().await?;
-    let views = jobs
-        .iter()
+    let jobs: Vec<Job> = state
+        .store
+        .list()
+        .await?
+        .into_iter()
         .rev()
         .filter(|j| j.owner == caller.0.id)
         .filter(|j| status.is_none_or(|s| j.status == s))
         .take(q.limit.unwrap_or(usize::MAX))
-        .map(|j| view(&state, j))
+        .collect();
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    let lens = state.logs.lens(&ids).await;
+    let views = jobs
+        .iter()
+        .zip(lens)
+        .map(|(j, len)| view(&state, j, len.unwrap_or(0)))
         .collect();
     Ok(Json(views))
 }
@@ -475,7 +486,7 @@ pub async fn log(
         )));
     }
     // Past the end is an error (as GitLab answers); at the end, a live log waits for more.
-    let length = crate::logs::stored_len(&state.logs.path(&id));
+    let length = log_len(&state, &id).await;
     if q.offset > length {
         return Err(ApiError::RangeNotSatisfiable {
             message: format!(
@@ -505,7 +516,8 @@ pub async fn cancel(
     let job = own_job(&state, &caller, &id).await?;
     let job = state.jobs.cancel(job).await?;
     tracing::info!(job = %id, user = %caller.0.email, "cancel requested");
-    Ok(Json(view(&state, &job)))
+    let log_bytes = log_len(&state, &id).await;
+    Ok(Json(view(&state, &job, log_bytes)))
 }
 
 pub async fn whoami(caller: Caller) -> Json<UserView> {

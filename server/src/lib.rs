@@ -47,7 +47,8 @@ pub struct AppState {
     pub db: db::Db,
     /// Job records; every status change goes through `jobs`.
     pub store: Arc<dyn store::JobStore>,
-    pub logs: logs::LogStore,
+    /// Job logs; written through `jobs`, read by the API, removed by retention.
+    pub logs: Arc<dyn logs::LogStore>,
     pub jobs: jobs::Jobs,
     /// Who installs dependencies: the submission checks the project's plan for it.
     pub installer: ci_project::Installer,
@@ -100,7 +101,7 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         tokio::task::spawn_blocking(move || {
             let db = db::Db::open(&layout.db())?;
             let logs =
-                logs::LogStore::new(layout.logs()).context("cannot open the log directory")?;
+                logs::FileLogs::new(layout.logs()).context("cannot open the log directory")?;
             perms::tighten(&layout.admin_key()).context("cannot make admin.key private")?;
             layout.create()?;
             anyhow::Ok((db, logs))
@@ -144,7 +145,7 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         cgroup_parent: sandbox.cgroup_parent.clone(),
         sandbox,
     });
-    let state = AppState::new(db, logs, layout, executor, installer, args);
+    let state = AppState::new(db, Arc::new(logs), layout, executor, installer, args);
     api::bootstrap_admin(&state, &state.jobs.layout().admin_key())?;
     // Removes what a previous server process left, and settles its jobs.
     state.jobs.recover().await?;
@@ -155,7 +156,7 @@ impl AppState {
     /// The state for `executor`, with the limits of `args`; sled holds the job records.
     pub fn new(
         db: db::Db,
-        logs: logs::LogStore,
+        logs: Arc<dyn logs::LogStore>,
         layout: layout::DataLayout,
         executor: Arc<dyn executor::Executor>,
         installer: ci_project::Installer,
