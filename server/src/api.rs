@@ -525,8 +525,8 @@ pub async fn whoami(caller: Caller) -> Json<UserView> {
 }
 
 /// Creates the first admin and its key when the database has no user yet.
-pub fn bootstrap_admin(state: &AppState, key_file: &std::path::Path) -> anyhow::Result<()> {
-    if !state.db.users()?.is_empty() {
+pub async fn bootstrap_admin(state: &AppState, key_file: &std::path::Path) -> anyhow::Result<()> {
+    if !state.db.users().await?.is_empty() {
         return Ok(());
     }
     let user = User {
@@ -537,15 +537,18 @@ pub fn bootstrap_admin(state: &AppState, key_file: &std::path::Path) -> anyhow::
         active: true,
         created_ms: now_ms(),
     };
-    let (key, record) = crate::auth::new_key(&user.id, "bootstrap", |_| false);
-    write_secret(key_file, &format!("{key}\n"))?;
-    state.db.put_user(&user)?;
-    state.db.put_key(&record)?;
+    // No user, so no key either: the id is free.
+    let (key, record) = crate::auth::new_key(&user.id, "bootstrap");
+    let (path, content) = (key_file.to_path_buf(), format!("{key}\n"));
+    tokio::task::spawn_blocking(move || write_secret(&path, &content)).await??;
+    state.db.put_user(&user).await?;
+    state.db.put_key(&record).await?;
     tracing::info!(path = %key_file.display(), "created the admin user; its API key is in the key file");
     Ok(())
 }
 
 /// Writes a file only its owner can read, created with that mode (never briefly wider).
+/// Blocking.
 fn write_secret(path: &std::path::Path, content: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -146,7 +146,7 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         sandbox,
     });
     let state = AppState::new(db, Arc::new(logs), layout, executor, installer, args);
-    api::bootstrap_admin(&state, &state.jobs.layout().admin_key())?;
+    api::bootstrap_admin(&state, &state.jobs.layout().admin_key()).await?;
     // Removes what a previous server process left, and settles its jobs.
     state.jobs.recover().await?;
     Ok(state)
