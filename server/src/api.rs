@@ -401,7 +401,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
 async fn new_job_id(state: &AppState) -> Result<String, ApiError> {
     loop {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        if state.store.get(&id).await?.is_none() && !state.jobs.dir_exists(&id) {
+        if state.store.get(&id).await?.is_none() && !state.jobs.dir_exists(&id).await {
             return Ok(id);
         }
     }

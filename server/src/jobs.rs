@@ -457,9 +457,12 @@ impl Jobs {
         &self.layout
     }
 
-    /// Whether a job directory named `id` exists (new ids must not collide).
-    pub fn dir_exists(&self, id: &str) -> bool {
-        self.layout.job(id).exists()
+    /// Whether a job directory named `id` exists (new ids must not collide); one that cannot
+    /// be looked at counts as missing, as `Path::exists` has it.
+    pub async fn dir_exists(&self, id: &str) -> bool {
+        tokio::fs::try_exists(self.layout.job(id))
+            .await
+            .unwrap_or(false)
     }
 
     /// Stops taking jobs, lets running ones go on for `grace`, then stops them (they end as

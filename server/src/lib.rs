@@ -92,8 +92,17 @@ pub fn router(state: AppState, body_timeout: std::time::Duration) -> Router {
 /// Opens the data directory, settles what a previous run left, and builds the state.
 pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppState> {
     let layout = layout::DataLayout::new(std::path::absolute(args.data_dir())?);
-    fs_err::create_dir_all(layout.root()).context("cannot create the data directory")?;
-    let sandbox = start_up_check(args)?;
+    // The checks start processes and look at files: off the async threads, like everything
+    // else that waits for the system here.
+    let (sandbox, ca_bundle) = {
+        let (args, root) = (args.clone(), layout.root().to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            fs_err::create_dir_all(&root).context("cannot create the data directory")?;
+            let sandbox = start_up_check(&args)?;
+            anyhow::Ok((sandbox, args.ca_bundle()))
+        })
+        .await??
+    };
     // The database and the logs are the server's user's only; a data dir of an older
     // version is tightened here, which walks every log once.
     let (db, logs) = {
@@ -118,7 +127,6 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
     let options = ci_rootfs::PullOptions {
         insecure_registries: args.insecure_registries.clone(),
     };
-    let ca_bundle = args.ca_bundle();
     if ca_bundle.is_none() {
         tracing::warn!(
             "no CA bundle found: the installers in the install phase use the image's own certificates"
