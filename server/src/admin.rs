@@ -34,7 +34,7 @@ pub async fn create_user(
     let name = valid_name("name", &new.name)?;
     let email = valid_email(&new.email)?;
     let _guard = WRITES.lock().await;
-    if state.db.user_by_email(&email)?.is_some() {
+    if state.db.user_by_email(&email).await?.is_some() {
         return Err(ApiError::Conflict(format!(
             "a user with email {email} already exists"
         )));
@@ -47,8 +47,7 @@ pub async fn create_user(
         active: true,
         created_ms: now_ms(),
     };
-    state.db.put_user(&user)?;
-    state.db.flush().await?;
+    state.db.put_user(&user).await?;
     tracing::info!(by = %caller.0.email, user = %user.email, role = user.role.as_str(), "user created");
     Ok((StatusCode::CREATED, Json((&user).into())))
 }
@@ -59,7 +58,8 @@ pub async fn list_users(
     caller: Caller,
 ) -> Result<Json<Vec<UserView>>, ApiError> {
     caller.require_admin()?;
-    Ok(Json(state.db.users()?.iter().map(UserView::from).collect()))
+    let users = state.db.users().await?;
+    Ok(Json(users.iter().map(UserView::from).collect()))
 }
 
 /// `POST /v1/admin/users/{email}/disable`: the user's keys answer 403 from the next request on.
@@ -88,11 +88,12 @@ async fn set_active(
 ) -> Result<Json<UserView>, ApiError> {
     caller.require_admin()?;
     let _guard = WRITES.lock().await;
-    let mut user = user_by_email(&state, email)?;
+    let mut user = user_by_email(&state, email).await?;
     if !active && user.active && user.role == Role::Admin {
         let other_admins = state
             .db
-            .users()?
+            .users()
+            .await?
             .iter()
             .filter(|u| u.role == Role::Admin && u.active && u.id != user.id)
             .count();
@@ -105,8 +106,7 @@ async fn set_active(
     }
     if user.active != active {
         user.active = active;
-        state.db.put_user(&user)?;
-        state.db.flush().await?;
+        state.db.put_user(&user).await?;
         let what = if active { "enabled" } else { "disabled" };
         tracing::info!(by = %caller.0.email, user = %user.email, "user {what}");
         if !active {
@@ -130,13 +130,8 @@ pub async fn create_key(
     let new: NewKey = parse(&body)?;
     let name = valid_name("key name", &new.name)?;
     let _guard = WRITES.lock().await;
-    let user = user_by_email(&state, new.email.trim())?;
-    let db = state.db.clone();
-    // A lookup error counts as free: storing the key then fails with that same error.
-    let (key, record) =
-        crate::auth::new_key(&user.id, &name, |id| matches!(db.key(id), Ok(Some(_))));
-    state.db.put_key(&record)?;
-    state.db.flush().await?;
+    let user = user_by_email(&state, new.email.trim()).await?;
+    let (key, record) = crate::auth::create_key(&state.db, &user.id, &name).await?;
     tracing::info!(by = %caller.0.email, user = %user.email, key_id = %record.id, "API key created");
     Ok((
         StatusCode::CREATED,
@@ -154,14 +149,15 @@ pub async fn list_keys(
     ApiQuery(q): ApiQuery<KeyQuery>,
 ) -> Result<Json<Vec<KeyView>>, ApiError> {
     caller.require_admin()?;
-    let users = state.db.users()?;
+    let users = state.db.users().await?;
     let only = match q.email.as_deref() {
-        Some(email) => Some(user_by_email(&state, email)?.id),
+        Some(email) => Some(user_by_email(&state, email).await?.id),
         None => None,
     };
     let views = state
         .db
-        .keys()?
+        .keys()
+        .await?
         .iter()
         .filter(|k| only.as_ref().is_none_or(|id| &k.user_id == id))
         .map(|k| {
@@ -192,16 +188,15 @@ pub async fn revoke_key(
     {
         return Err(not_found());
     }
-    let mut key = state.db.key(&id)?.ok_or_else(not_found)?;
-    let owner = state.db.user(&key.user_id)?;
+    let mut key = state.db.key(&id).await?.ok_or_else(not_found)?;
+    let owner = state.db.user(&key.user_id).await?;
     let email = owner.as_ref().map_or("?".to_string(), |u| u.email.clone());
     if !key.revoked {
         if let Some(owner) = owner.filter(|u| u.role == Role::Admin && u.active) {
-            refuse_admin_lockout(&state, &owner, &key)?;
+            refuse_admin_lockout(&state, &owner, &key).await?;
         }
         key.revoked = true;
-        state.db.put_key(&key)?;
-        state.db.flush().await?;
+        state.db.put_key(&key).await?;
         tracing::info!(by = %caller.0.email, user = %email, key_id = %key.id, "API key revoked");
     }
     Ok(Json(key_view(&key, &email)))
@@ -209,17 +204,23 @@ pub async fn revoke_key(
 
 /// Refuses to revoke the last working key of the last active admin: nobody could administer
 /// the server any more (the database is only reachable through it).
-fn refuse_admin_lockout(state: &AppState, owner: &User, key: &ApiKey) -> Result<(), ApiError> {
+async fn refuse_admin_lockout(
+    state: &AppState,
+    owner: &User,
+    key: &ApiKey,
+) -> Result<(), ApiError> {
     let admins: Vec<String> = state
         .db
-        .users()?
+        .users()
+        .await?
         .into_iter()
         .filter(|u| u.role == Role::Admin && u.active)
         .map(|u| u.id)
         .collect();
     let other_working = state
         .db
-        .keys()?
+        .keys()
+        .await?
         .iter()
         .any(|k| !k.revoked && k.id != key.id && admins.contains(&k.user_id));
     if other_working {
@@ -232,10 +233,11 @@ fn refuse_admin_lockout(state: &AppState, owner: &User, key: &ApiKey) -> Result<
     }
 }
 
-fn user_by_email(state: &AppState, email: &str) -> Result<User, ApiError> {
+async fn user_by_email(state: &AppState, email: &str) -> Result<User, ApiError> {
     state
         .db
-        .user_by_email(email.trim())?
+        .user_by_email(email.trim())
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("user {}", email.trim())))
 }
 

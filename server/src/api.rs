@@ -412,7 +412,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
 async fn new_job_id(state: &AppState) -> Result<String, ApiError> {
     loop {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        if state.store.get(&id).await?.is_none() && !state.jobs.dir_exists(&id) {
+        if state.store.get(&id).await?.is_none() && !state.jobs.dir_exists(&id).await {
             return Ok(id);
         }
     }
@@ -426,17 +426,19 @@ async fn own_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job, Api
     }
 }
 
-fn view(state: &AppState, job: &Job) -> JobView {
+/// A job as the API shows it, with the length of its log (`log_bytes`).
+fn view(state: &AppState, job: &Job, log_bytes: u64) -> JobView {
     let position = if job.status == Status::Queued {
         state.jobs.queue_position(&job.id)
     } else {
         None
     };
-    job_view(
-        job,
-        position,
-        crate::logs::stored_len(&state.logs.path(&job.id)),
-    )
+    job_view(job, position, log_bytes)
+}
+
+/// The length of a job's log; 0 when it cannot be told (the log's own endpoint says why).
+async fn log_len(state: &AppState, id: &str) -> u64 {
+    state.logs.len(id).await.unwrap_or(0)
 }
 
 pub async fn get_job(
@@ -445,7 +447,8 @@ pub async fn get_job(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let job = own_job(&state, &caller, &id).await?;
-    Ok(Json(view(&state, &job)))
+    let log_bytes = log_len(&state, &id).await;
+    Ok(Json(view(&state, &job, log_bytes)))
 }
 
 /// `GET /v1/jobs`: the caller's jobs, newest first.
@@ -457,14 +460,22 @@ pub async fn list_jobs(
     let status = q
         .status()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let jobs = state.store.list().await?;
-    let views = jobs
-        .iter()
+    let jobs: Vec<Job> = state
+        .store
+        .list()
+        .await?
+        .into_iter()
         .rev()
         .filter(|j| j.owner == caller.0.id)
         .filter(|j| status.is_none_or(|s| j.status == s))
         .take(q.limit.unwrap_or(usize::MAX))
-        .map(|j| view(&state, j))
+        .collect();
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    let lens = state.logs.lens(&ids).await;
+    let views = jobs
+        .iter()
+        .zip(lens)
+        .map(|(j, len)| view(&state, j, len.unwrap_or(0)))
         .collect();
     Ok(Json(views))
 }
@@ -486,7 +497,7 @@ pub async fn log(
         )));
     }
     // Past the end is an error (as GitLab answers); at the end, a live log waits for more.
-    let length = crate::logs::stored_len(&state.logs.path(&id));
+    let length = log_len(&state, &id).await;
     if q.offset > length {
         return Err(ApiError::RangeNotSatisfiable {
             message: format!(
@@ -516,7 +527,8 @@ pub async fn cancel(
     let job = own_job(&state, &caller, &id).await?;
     let job = state.jobs.cancel(job).await?;
     tracing::info!(job = %id, user = %caller.0.email, "cancel requested");
-    Ok(Json(view(&state, &job)))
+    let log_bytes = log_len(&state, &id).await;
+    Ok(Json(view(&state, &job, log_bytes)))
 }
 
 pub async fn whoami(caller: Caller) -> Json<UserView> {
@@ -524,8 +536,8 @@ pub async fn whoami(caller: Caller) -> Json<UserView> {
 }
 
 /// Creates the first admin and its key when the database has no user yet.
-pub fn bootstrap_admin(state: &AppState, key_file: &std::path::Path) -> anyhow::Result<()> {
-    if !state.db.users()?.is_empty() {
+pub async fn bootstrap_admin(state: &AppState, key_file: &std::path::Path) -> anyhow::Result<()> {
+    if !state.db.users().await?.is_empty() {
         return Ok(());
     }
     let user = User {
@@ -536,15 +548,18 @@ pub fn bootstrap_admin(state: &AppState, key_file: &std::path::Path) -> anyhow::
         active: true,
         created_ms: now_ms(),
     };
-    let (key, record) = crate::auth::new_key(&user.id, "bootstrap", |_| false);
-    write_secret(key_file, &format!("{key}\n"))?;
-    state.db.put_user(&user)?;
-    state.db.put_key(&record)?;
+    // No user, so no key either: the id is free.
+    let (key, record) = crate::auth::new_key(&user.id, "bootstrap");
+    let (path, content) = (key_file.to_path_buf(), format!("{key}\n"));
+    tokio::task::spawn_blocking(move || write_secret(&path, &content)).await??;
+    state.db.put_user(&user).await?;
+    state.db.put_key(&record).await?;
     tracing::info!(path = %key_file.display(), "created the admin user; its API key is in the key file");
     Ok(())
 }
 
 /// Writes a file only its owner can read, created with that mode (never briefly wider).
+/// Blocking.
 fn write_secret(path: &std::path::Path, content: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

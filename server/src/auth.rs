@@ -12,6 +12,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::db::{Db, DbError};
 use crate::error::ApiError;
 use crate::model::{now_ms, ApiKey, Role, User};
 use crate::AppState;
@@ -19,26 +20,31 @@ use crate::AppState;
 pub const KEY_PREFIX: &str = "ci_";
 const ID_LEN: usize = 8;
 
-/// A fresh key and its stored record (key ids are unique among the given existing ones).
-pub fn new_key(user_id: &str, name: &str, taken: impl Fn(&str) -> bool) -> (String, ApiKey) {
+/// A fresh key and its record, not stored (see [`create_key`]).
+pub fn new_key(user_id: &str, name: &str) -> (String, ApiKey) {
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    let key = format!("{KEY_PREFIX}{}", hex::encode(secret));
+    let id = key[KEY_PREFIX.len()..KEY_PREFIX.len() + ID_LEN].to_string();
+    let record = ApiKey {
+        id,
+        user_id: user_id.to_string(),
+        name: name.to_string(),
+        hash: hash_key(&key),
+        created_ms: now_ms(),
+        last_used_ms: None,
+        revoked: false,
+    };
+    (key, record)
+}
+
+/// A fresh key of the user, stored durably; its id is unique among the stored keys.
+pub async fn create_key(db: &Db, user_id: &str, name: &str) -> Result<(String, ApiKey), DbError> {
     loop {
-        let mut secret = [0u8; 32];
-        rand::rng().fill_bytes(&mut secret);
-        let key = format!("{KEY_PREFIX}{}", hex::encode(secret));
-        let id = key[KEY_PREFIX.len()..KEY_PREFIX.len() + ID_LEN].to_string();
-        if taken(&id) {
-            continue;
+        let (key, record) = new_key(user_id, name);
+        if db.add_key(&record).await? {
+            return Ok((key, record));
         }
-        let record = ApiKey {
-            id,
-            user_id: user_id.to_string(),
-            name: name.to_string(),
-            hash: hash_key(&key),
-            created_ms: now_ms(),
-            last_used_ms: None,
-            revoked: false,
-        };
-        return (key, record);
     }
 }
 
@@ -53,10 +59,10 @@ fn key_id(key: &str) -> Option<&str> {
 }
 
 /// Checks a presented key: the user it belongs to, or why not.
-pub fn authenticate(state: &AppState, presented: &str) -> Result<User, ApiError> {
+pub async fn authenticate(state: &AppState, presented: &str) -> Result<User, ApiError> {
     let unknown = || ApiError::Unauthorized("unknown or revoked API key".into());
     let id = key_id(presented).ok_or_else(unknown)?;
-    let mut record = state.db.key(id)?.ok_or_else(unknown)?;
+    let mut record = state.db.key(id).await?.ok_or_else(unknown)?;
     let matches: bool = hash_key(presented)
         .as_bytes()
         .ct_eq(record.hash.as_bytes())
@@ -64,7 +70,7 @@ pub fn authenticate(state: &AppState, presented: &str) -> Result<User, ApiError>
     if !matches || record.revoked {
         return Err(unknown());
     }
-    let user = state.db.user(&record.user_id)?.ok_or_else(unknown)?;
+    let user = state.db.user(&record.user_id).await?.ok_or_else(unknown)?;
     if !user.active {
         return Err(ApiError::Forbidden(format!(
             "access denied: user {} is disabled (an admin can enable it again)",
@@ -75,7 +81,7 @@ pub fn authenticate(state: &AppState, presented: &str) -> Result<User, ApiError>
     let now = now_ms();
     if record.last_used_ms.is_none_or(|t| now - t > 60_000) {
         record.last_used_ms = Some(now);
-        state.db.put_key(&record)?;
+        state.db.touch_key(&record).await?;
     }
     Ok(user)
 }
@@ -120,7 +126,7 @@ impl FromRequestParts<AppState> for Caller {
         let presented = header.to_str().ok().and_then(bearer_token).ok_or_else(|| {
             ApiError::Unauthorized("malformed Authorization header: expected 'Bearer <key>'".into())
         })?;
-        let user = authenticate(state, presented)?;
+        let user = authenticate(state, presented).await?;
         // The connection stops counting against its address's cap on unauthenticated ones.
         if let Some(connection) = parts.extensions.get::<crate::listener::ConnectionAuth>() {
             connection.authenticated();
@@ -135,8 +141,8 @@ mod tests {
 
     #[test]
     fn keys_are_prefixed_random_and_hashed() {
-        let (a, ra) = new_key("u", "laptop", |_| false);
-        let (b, _) = new_key("u", "laptop", |_| false);
+        let (a, ra) = new_key("u", "laptop");
+        let (b, _) = new_key("u", "laptop");
         assert_ne!(a, b);
         assert!(a.starts_with("ci_") && a.len() == 67);
         assert_eq!(key_id(&a), Some(ra.id.as_str()));

@@ -145,40 +145,110 @@ impl Db {
         Ok(jobs)
     }
 
-    pub fn put_user(&self, user: &User) -> Result<(), DbError> {
-        put(&self.users, &user.id, user)
+    // Users and API keys: like the jobs, every call runs on the blocking pool (a scan reads
+    // every record, a lookup may read the disk, a durable write waits for it).
+
+    /// Stores a user, durably.
+    pub async fn put_user(&self, user: &User) -> Result<(), DbError> {
+        let (db, user) = (self.clone(), user.clone());
+        blocking_db(move || {
+            put(&db.users, &user.id, &user)?;
+            db.db.flush()?;
+            Ok(())
+        })
+        .await
     }
 
-    pub fn user(&self, id: &str) -> Result<Option<User>, DbError> {
-        get(&self.users, "users", id)
+    pub async fn user(&self, id: &str) -> Result<Option<User>, DbError> {
+        let (db, id) = (self.clone(), id.to_string());
+        blocking_db(move || get(&db.users, "users", &id)).await
     }
 
-    pub fn users(&self) -> Result<Vec<User>, DbError> {
+    /// Every user, oldest first.
+    pub async fn users(&self) -> Result<Vec<User>, DbError> {
+        let db = self.clone();
+        blocking_db(move || db.all_users()).await
+    }
+
+    /// The user with `email`, whatever its case.
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, DbError> {
+        let (db, email) = (self.clone(), email.to_string());
+        blocking_db(move || {
+            Ok(db
+                .all_users()?
+                .into_iter()
+                .find(|u| u.email.eq_ignore_ascii_case(&email)))
+        })
+        .await
+    }
+
+    fn all_users(&self) -> Result<Vec<User>, DbError> {
         let mut users: Vec<User> = all(&self.users, "users")?;
         users.sort_by_key(|u| u.created_ms);
         Ok(users)
     }
 
-    pub fn user_by_email(&self, email: &str) -> Result<Option<User>, DbError> {
-        Ok(self
-            .users()?
-            .into_iter()
-            .find(|u| u.email.eq_ignore_ascii_case(email)))
+    /// Stores a new key durably, unless a key with its id exists: then `false`, and nothing
+    /// changed.
+    pub async fn add_key(&self, key: &ApiKey) -> Result<bool, DbError> {
+        let (db, key) = (self.clone(), key.clone());
+        blocking_db(move || {
+            let bytes = serde_json::to_vec(&key).expect("records serialize");
+            let added = db
+                .keys
+                .compare_and_swap(key.id.as_bytes(), None::<&[u8]>, Some(bytes))?
+                .is_ok();
+            if added {
+                db.db.flush()?;
+            }
+            Ok(added)
+        })
+        .await
     }
 
-    pub fn put_key(&self, key: &ApiKey) -> Result<(), DbError> {
-        put(&self.keys, &key.id, key)
+    /// Stores a changed key, durably.
+    pub async fn put_key(&self, key: &ApiKey) -> Result<(), DbError> {
+        let (db, key) = (self.clone(), key.clone());
+        blocking_db(move || {
+            put(&db.keys, &key.id, &key)?;
+            db.db.flush()?;
+            Ok(())
+        })
+        .await
     }
 
-    pub fn key(&self, id: &str) -> Result<Option<ApiKey>, DbError> {
-        get(&self.keys, "keys", id)
+    /// Records a key's last use. Not flushed: a crash loses at most that time.
+    pub async fn touch_key(&self, key: &ApiKey) -> Result<(), DbError> {
+        let (db, key) = (self.clone(), key.clone());
+        blocking_db(move || put(&db.keys, &key.id, &key)).await
     }
 
-    pub fn keys(&self) -> Result<Vec<ApiKey>, DbError> {
-        let mut keys: Vec<ApiKey> = all(&self.keys, "keys")?;
-        keys.sort_by_key(|k| k.created_ms);
-        Ok(keys)
+    pub async fn key(&self, id: &str) -> Result<Option<ApiKey>, DbError> {
+        let (db, id) = (self.clone(), id.to_string());
+        blocking_db(move || get(&db.keys, "keys", &id)).await
     }
+
+    /// Every key, oldest first.
+    pub async fn keys(&self) -> Result<Vec<ApiKey>, DbError> {
+        let db = self.clone();
+        blocking_db(move || {
+            let mut keys: Vec<ApiKey> = all(&db.keys, "keys")?;
+            keys.sort_by_key(|k| k.created_ms);
+            Ok(keys)
+        })
+        .await
+    }
+}
+
+/// Runs sled work on the blocking pool, for the users and keys.
+async fn blocking_db<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DbError> + Send + 'static,
+) -> Result<T, DbError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        DbError::Sled(sled::Error::Io(std::io::Error::other(format!(
+            "database task failed: {e}"
+        ))))
+    })?
 }
 
 fn backend(e: impl Into<DbError>) -> StoreError {
@@ -322,6 +392,57 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(60))
             .expect("concurrent flushes deadlocked");
         assert_eq!(db.jobs().unwrap().len(), 640);
+    }
+
+    #[tokio::test]
+    async fn users_and_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db")).unwrap();
+        for (id, email, created_ms) in [("b", "Bob@Example.com", 2), ("a", "al@example.com", 1)] {
+            let user = User {
+                id: id.into(),
+                name: id.into(),
+                email: email.into(),
+                role: crate::model::Role::User,
+                active: true,
+                created_ms,
+            };
+            db.put_user(&user).await.unwrap();
+        }
+        let ids: Vec<String> = db
+            .users()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.id)
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        let bob = db.user_by_email("bob@example.COM").await.unwrap().unwrap();
+        assert_eq!(bob.id, "b");
+        assert!(db
+            .user_by_email("carol@example.com")
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(db.user("a").await.unwrap().unwrap().email, "al@example.com");
+
+        let (_, key) = crate::auth::new_key("b", "laptop");
+        assert!(db.add_key(&key).await.unwrap());
+        // An id that is taken is refused, and the stored key stays as it was.
+        let mut other = key.clone();
+        other.name = "other".into();
+        assert!(!db.add_key(&other).await.unwrap());
+        assert_eq!(db.key(&key.id).await.unwrap().unwrap().name, "laptop");
+        let mut revoked = key.clone();
+        revoked.revoked = true;
+        db.put_key(&revoked).await.unwrap();
+        let mut used = revoked.clone();
+        used.last_used_ms = Some(5);
+        db.touch_key(&used).await.unwrap();
+        let keys = db.keys().await.unwrap();
+        assert_eq!(keys.len(), 1);
+        assert!(keys[0].revoked);
+        assert_eq!(keys[0].last_used_ms, Some(5));
     }
 
     #[tokio::test]

@@ -70,7 +70,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct Jobs {
     store: Arc<dyn JobStore>,
-    logs: LogStore,
+    logs: Arc<dyn LogStore>,
     executor: Arc<dyn Executor>,
     layout: DataLayout,
     inner: Arc<Mutex<Inner>>,
@@ -83,7 +83,7 @@ pub struct Jobs {
 impl Jobs {
     pub fn new(
         store: Arc<dyn JobStore>,
-        logs: LogStore,
+        logs: Arc<dyn LogStore>,
         executor: Arc<dyn Executor>,
         layout: DataLayout,
         limits: Limits,
@@ -122,7 +122,7 @@ impl Jobs {
                 }
                 Status::Queued => {
                     // Followers wait on the live log until the job runs.
-                    self.open_log(&job.id)?;
+                    self.open_log(&job.id).await?;
                     self.inner.lock().expect("jobs lock").queue.push(
                         &job.owner,
                         &job.id,
@@ -155,9 +155,10 @@ impl Jobs {
         Ok(())
     }
 
-    fn open_log(&self, id: &str) -> Result<Arc<LiveLog>, JobsError> {
+    async fn open_log(&self, id: &str) -> Result<Arc<LiveLog>, JobsError> {
         self.logs
             .open_live(id, self.limits.log_cap)
+            .await
             .map_err(JobsError::Log)
     }
 
@@ -189,9 +190,10 @@ impl Jobs {
         }
         // The log is live from now on, so a client that follows a queued job waits for its
         // output instead of polling. A waiting client is told where it stands.
-        let queued = self
-            .open_log(&job.id)
-            .and_then(|log| self.enqueue(&job, &log));
+        let queued = match self.open_log(&job.id).await {
+            Ok(log) => self.enqueue(&job, &log),
+            Err(e) => Err(e),
+        };
         match queued {
             Ok(position) => {
                 dir.keep();
@@ -247,11 +249,8 @@ impl Jobs {
     /// Forgets a job that was recorded but refused before it was queued: its record and its
     /// log.
     async fn withdraw(&self, id: &str) {
-        self.logs.close(id);
-        let logs = self.logs.clone();
-        let owned = id.to_string();
-        let removed = tokio::task::spawn_blocking(move || logs.remove(&owned)).await;
-        if let Ok(Err(e)) = removed {
+        self.logs.close(id).await;
+        if let Err(e) = self.logs.remove(id).await {
             tracing::warn!(job = %id, error = %e, "cannot remove the log of a refused job");
         }
         if let Err(e) = self.store.withdraw(id).await {
@@ -384,7 +383,7 @@ impl Jobs {
         };
         let job = self.store.apply(&job.id, &cancel).await?;
         self.layout.remove_job_dir(&job.id).await;
-        self.logs.close(&job.id);
+        self.logs.close(&job.id).await;
         Ok(job)
     }
 
@@ -441,7 +440,7 @@ impl Jobs {
     /// Runs a claimed job to its end and records how it ended.
     async fn run(&self, job: Job, control: &Control) {
         tracing::info!(job = %job.id, "job started");
-        let verdict = match self.open_log(&job.id) {
+        let verdict = match self.open_log(&job.id).await {
             Ok(log) => {
                 let events = JobEvents::new(&job.id, log, self.store.clone());
                 let dir = self.layout.job(&job.id);
@@ -472,7 +471,7 @@ impl Jobs {
                 tracing::error!(job = %job.id, error = %chain(&e), "cannot record the job's end")
             }
         }
-        self.logs.close(&job.id);
+        self.logs.close(&job.id).await;
     }
 
     /// A job taken by [`Self::dispatch`] is over: its owner may have the next turn.
@@ -495,9 +494,12 @@ impl Jobs {
         &self.layout
     }
 
-    /// Whether a job directory named `id` exists (new ids must not collide).
-    pub fn dir_exists(&self, id: &str) -> bool {
-        self.layout.job(id).exists()
+    /// Whether a job directory named `id` exists (new ids must not collide); one that cannot
+    /// be looked at counts as missing, as `Path::exists` has it.
+    pub async fn dir_exists(&self, id: &str) -> bool {
+        tokio::fs::try_exists(self.layout.job(id))
+            .await
+            .unwrap_or(false)
     }
 
     /// Stops taking jobs, lets running ones go on for `grace`, then stops them (they end as
@@ -538,7 +540,7 @@ impl Jobs {
         // (they reconnect to the next server) so that the HTTP server can finish.
         let queued = self.inner.lock().expect("jobs lock").queue.ids();
         for id in queued {
-            self.logs.close(&id);
+            self.logs.close(&id).await;
         }
     }
 }

@@ -49,7 +49,8 @@ pub struct AppState {
     pub db: db::Db,
     /// Job records; every status change goes through `jobs`.
     pub store: Arc<dyn store::JobStore>,
-    pub logs: logs::LogStore,
+    /// Job logs; written through `jobs`, read by the API, removed by retention.
+    pub logs: Arc<dyn logs::LogStore>,
     pub jobs: jobs::Jobs,
     /// Who installs dependencies: the submission checks the project's plan for it.
     pub installer: ci_project::Installer,
@@ -93,8 +94,17 @@ pub fn router(state: AppState, body_timeout: std::time::Duration) -> Router {
 /// Opens the data directory, settles what a previous run left, and builds the state.
 pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppState> {
     let layout = layout::DataLayout::new(std::path::absolute(args.data_dir())?);
-    fs_err::create_dir_all(layout.root()).context("cannot create the data directory")?;
-    let sandbox = start_up_check(args)?;
+    // The checks start processes and look at files: off the async threads, like everything
+    // else that waits for the system here.
+    let (sandbox, ca_bundle) = {
+        let (args, root) = (args.clone(), layout.root().to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            fs_err::create_dir_all(&root).context("cannot create the data directory")?;
+            let sandbox = start_up_check(&args)?;
+            anyhow::Ok((sandbox, args.ca_bundle()))
+        })
+        .await??
+    };
     // The database and the logs are the server's user's only; a data dir of an older
     // version is tightened here, which walks every log once.
     let (db, logs) = {
@@ -102,7 +112,7 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         tokio::task::spawn_blocking(move || {
             let db = db::Db::open(&layout.db())?;
             let logs =
-                logs::LogStore::new(layout.logs()).context("cannot open the log directory")?;
+                logs::FileLogs::new(layout.logs()).context("cannot open the log directory")?;
             perms::tighten(&layout.admin_key()).context("cannot make admin.key private")?;
             layout.create()?;
             anyhow::Ok((db, logs))
@@ -119,7 +129,6 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
     let options = ci_rootfs::PullOptions {
         insecure_registries: args.insecure_registries.clone(),
     };
-    let ca_bundle = args.ca_bundle();
     if ca_bundle.is_none() {
         tracing::warn!(
             "no CA bundle found: the installers in the install phase use the image's own certificates"
@@ -144,8 +153,8 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         cgroup_parent: sandbox.cgroup_parent.clone(),
         sandbox,
     });
-    let state = AppState::new(db, logs, layout, executor, installer, args);
-    api::bootstrap_admin(&state, &state.jobs.layout().admin_key())?;
+    let state = AppState::new(db, Arc::new(logs), layout, executor, installer, args);
+    api::bootstrap_admin(&state, &state.jobs.layout().admin_key()).await?;
     // Removes what a previous server process left, and settles its jobs.
     state.jobs.recover().await?;
     Ok(state)
@@ -155,13 +164,26 @@ impl AppState {
     /// The state for `executor`, with the limits of `args`; sled holds the job records.
     pub fn new(
         db: db::Db,
-        logs: logs::LogStore,
+        logs: Arc<dyn logs::LogStore>,
         layout: layout::DataLayout,
         executor: Arc<dyn executor::Executor>,
         installer: ci_project::Installer,
         args: &ServeArgs,
     ) -> AppState {
         let store: Arc<dyn store::JobStore> = Arc::new(db.clone());
+        AppState::with_store(db, store, logs, layout, executor, installer, args)
+    }
+
+    /// [`AppState::new`] with the job records in `store` (tests wrap sled to widen races).
+    pub fn with_store(
+        db: db::Db,
+        store: Arc<dyn store::JobStore>,
+        logs: Arc<dyn logs::LogStore>,
+        layout: layout::DataLayout,
+        executor: Arc<dyn executor::Executor>,
+        installer: ci_project::Installer,
+        args: &ServeArgs,
+    ) -> AppState {
         let jobs = jobs::Jobs::new(
             store.clone(),
             logs.clone(),

@@ -46,7 +46,8 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Doctor(args) => {
-            if !ci_server::doctor::run(&args) {
+            // It starts processes and resolves the registry's name.
+            if !tokio::task::spawn_blocking(move || ci_server::doctor::run(&args)).await? {
                 anyhow::bail!("jobs cannot be isolated as configured (see above)");
             }
             Ok(())

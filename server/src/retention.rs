@@ -37,7 +37,7 @@ pub fn is_due(job: &Job, now_ms: i64, retention: Duration) -> bool {
 /// returns how many. A log that cannot be removed is logged and tried again next round.
 pub async fn collect(
     store: &dyn JobStore,
-    logs: &LogStore,
+    logs: &dyn LogStore,
     retention: Duration,
     now_ms: i64,
 ) -> Result<usize, StoreError> {
@@ -50,12 +50,7 @@ pub async fn collect(
         .collect();
     let mut expired = 0;
     for id in due {
-        let (logs, owned) = (logs.clone(), id.clone());
-        let removed = tokio::task::spawn_blocking(move || logs.remove(&owned))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r);
-        match removed {
+        match logs.remove(&id).await {
             Ok(true) => {}
             // Still live: its job ended a moment ago and is being wound down.
             Ok(false) => continue,
@@ -72,13 +67,13 @@ pub async fn collect(
 }
 
 /// Runs [`collect`] now and then every [`interval`], until the task is aborted.
-pub async fn run(store: Arc<dyn JobStore>, logs: LogStore, retention: Duration) {
+pub async fn run(store: Arc<dyn JobStore>, logs: Arc<dyn LogStore>, retention: Duration) {
     let mut every = tokio::time::interval(interval(retention));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         let now = crate::model::now_ms();
-        match collect(&*store, &logs, retention, now).await {
+        match collect(&*store, &*logs, retention, now).await {
             Ok(0) => {}
             Ok(expired) => {
                 tracing::info!(expired, retention = %describe(retention), "removed the logs of old jobs");
@@ -158,7 +153,7 @@ mod tests {
     async fn collects_the_logs_of_old_jobs_and_keeps_their_records() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::MemoryJobs::default();
-        let logs = LogStore::new(dir.path().join("logs")).unwrap();
+        let logs = crate::logs::FileLogs::new(dir.path().join("logs")).unwrap();
         let now = 10 * 86_400_000;
         for (id, status, finished) in [
             ("old", Status::Passed, Some(0)),
@@ -167,10 +162,10 @@ mod tests {
             ("ending", Status::Error, Some(0)),
         ] {
             db.submit(&job(id, status, finished)).await.unwrap();
-            let log = logs.open_live(id, u64::MAX).unwrap();
+            let log = logs.open_live(id, u64::MAX).await.unwrap();
             log.append(b"output\n").unwrap();
             if id != "running" && id != "ending" {
-                logs.close(id);
+                logs.close(id).await;
             }
         }
         assert_eq!(collect(&db, &logs, DAY, now).await.unwrap(), 1);
@@ -182,7 +177,7 @@ mod tests {
             assert_eq!(record.expired_ms, None, "{kept}");
         }
         // The job whose log was still live goes once it is closed; the rest stays.
-        logs.close("ending");
+        logs.close("ending").await;
         assert_eq!(collect(&db, &logs, DAY, now).await.unwrap(), 1);
         assert!(!logs.path("ending").exists());
         assert_eq!(collect(&db, &logs, DAY, now).await.unwrap(), 0);

@@ -14,10 +14,8 @@ use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use ci_protocol::{CreatedKey, ErrorBody, JobView, NewKey, NewUser};
 use ci_server::executor::{Control, Executor, JobEvents, StopReason};
-use ci_server::jobs::{Jobs, Limits};
 use ci_server::lifecycle::Verdict;
 use ci_server::model::{Job, Phase};
-use ci_server::queue::UserCaps;
 use ci_server::store::JobStore;
 use ci_server::{AppState, ServeArgs};
 use clap::Parser;
@@ -350,7 +348,8 @@ impl TestApp {
             let layout = layout.clone();
             tokio::task::spawn_blocking(move || {
                 let db = ci_server::db::Db::open(&layout.db()).expect("open db");
-                let logs = ci_server::logs::LogStore::new(layout.logs()).expect("open logs");
+                let logs: Arc<dyn ci_server::logs::LogStore> =
+                    Arc::new(ci_server::logs::FileLogs::new(layout.logs()).expect("open logs"));
                 layout.create().expect("create data dirs");
                 (db, logs)
             })
@@ -363,44 +362,12 @@ impl TestApp {
             None => AppState::new(db, logs, layout.clone(), executor, installer, &args),
             Some(wrap) => {
                 let store = wrap(db.clone());
-                let limits = Limits {
-                    max_jobs: args.max_jobs(),
-                    max_timeout: args.job_timeout,
-                    per_user: UserCaps {
-                        queued: args.max_queued_per_user.max(1),
-                        queued_bytes: args.max_queued_size_per_user,
-                        running: args.max_running_per_user(),
-                    },
-                    log_cap: args.max_log_size,
-                };
-                let jobs = Jobs::new(
-                    store.clone(),
-                    logs.clone(),
-                    executor,
-                    layout.clone(),
-                    limits,
-                );
-                AppState {
-                    db,
-                    store,
-                    logs,
-                    jobs,
-                    installer,
-                    upload_limits: ci_server::upload::Limits {
-                        max_compressed_bytes: args.max_upload_size,
-                        max_unpacked_bytes: args.max_unpacked_size,
-                        max_entries: args.max_upload_entries,
-                    },
-                    job_retention: args.job_retention,
-                    uploads: ci_server::upload::Intake::new(
-                        args.max_concurrent_uploads,
-                        args.upload_timeout,
-                        args.min_free_disk,
-                    ),
-                }
+                AppState::with_store(db, store, logs, layout.clone(), executor, installer, &args)
             }
         };
-        ci_server::api::bootstrap_admin(&state, &layout.admin_key()).expect("bootstrap admin");
+        ci_server::api::bootstrap_admin(&state, &layout.admin_key())
+            .await
+            .expect("bootstrap admin");
         let admin_key = std::fs::read_to_string(layout.admin_key())
             .expect("admin key")
             .trim()
