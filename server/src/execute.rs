@@ -25,7 +25,7 @@ use crate::spec::{self, CacheMount, InstallInput, SpecConfig, Venv};
 use crate::supervisor::{self, ContainerRun, Ended, Interruption, OverCap};
 
 /// What every job run needs from the server's configuration.
-pub struct RunContext {
+pub struct ContainerExecutor {
     /// The binary that has the `__container` and `__cleanup` subcommands (this server's own).
     pub helper_exe: PathBuf,
     pub state_root: PathBuf,
@@ -54,7 +54,7 @@ pub struct RunContext {
     pub sandbox: crate::sandbox::Sandbox,
 }
 
-impl RunContext {
+impl ContainerExecutor {
     /// The helper process that runs the containers, for [`supervisor`].
     pub fn helper(&self) -> supervisor::Helper<'_> {
         supervisor::Helper {
@@ -84,7 +84,7 @@ impl Ending {
 
 /// Runs jobs in containers.
 #[async_trait::async_trait]
-impl Executor for RunContext {
+impl Executor for ContainerExecutor {
     async fn run(&self, job: &Job, dir: &Path, events: &JobEvents, stop: &Control) -> Verdict {
         let deadline = Instant::now() + Duration::from_secs(job.timeout_secs);
         let paths = JobPaths::new(dir.to_path_buf());
@@ -174,7 +174,7 @@ impl From<Ending> for Verdict {
 }
 
 async fn execute(
-    ctx: &RunContext,
+    ctx: &ContainerExecutor,
     job: &Job,
     paths: &JobPaths,
     events: &JobEvents,
@@ -588,7 +588,7 @@ async fn install_venv(
     // Taken before the lookup: a layer held is never evicted, one evicted before it is
     // simply missing and built again.
     let layer = ctx.cache.hold(&deps);
-    let cached = deps.is_dir();
+    let cached = tokio::fs::metadata(&deps).await.is_ok_and(|m| m.is_dir());
     let project_command = install::project_command(plan, tool);
     let installs = !cached || project_command.is_some();
     let setup = {
@@ -677,7 +677,7 @@ async fn install_venv(
 /// What a container's end means in words. The limits named are those the sandbox applied:
 /// under `--allow-unlimited` one that could not be enforced was not, and naming the flag's
 /// value would blame a limit that did not exist.
-fn describe(ctx: &RunContext, o: &Outcome) -> String {
+fn describe(ctx: &ContainerExecutor, o: &Outcome) -> String {
     if o.oom_killed {
         match ctx.sandbox.memory_limit {
             Some(limit) => format!("killed: out of memory (limit {})", format_size(limit)),
@@ -701,14 +701,14 @@ fn short_digest(digest: &str) -> &str {
 
 /// What every container of the job is made from, with the server's configuration.
 struct Common<'a> {
-    ctx: &'a RunContext,
+    ctx: &'a ContainerExecutor,
     spec: SpecConfig<'a>,
 }
 
 /// The spec builder's view of the job: the server's configuration and the sandbox as plain
 /// values.
 fn spec_config<'a>(
-    ctx: &'a RunContext,
+    ctx: &'a ContainerExecutor,
     image: &'a ci_rootfs::Image,
     job: &'a str,
     paths: &'a JobPaths,
@@ -897,7 +897,7 @@ impl Install<'_> {
 }
 
 /// How a job ends when its container was stopped before it ended on its own.
-fn interrupted(ctx: &RunContext, job: &Job, why: Interruption) -> Ending {
+fn interrupted(ctx: &ContainerExecutor, job: &Job, why: Interruption) -> Ending {
     let (status, reason) = match why {
         Interruption::Stop(reason @ (StopReason::Cancelled | StopReason::UserDisabled)) => {
             (Status::Cancelled, reason.cancel_reason(true).to_string())
@@ -931,7 +931,12 @@ fn interrupted(ctx: &RunContext, job: &Job, why: Interruption) -> Ending {
 
 /// How a failed install ends the job: the reason in words when the output shows a known
 /// cause, else the installer's exit code. `None` when the install succeeded.
-fn install_failure(ctx: &RunContext, job: &Job, run: &ContainerRun, what: &str) -> Option<Ending> {
+fn install_failure(
+    ctx: &ContainerExecutor,
+    job: &Job,
+    run: &ContainerRun,
+    what: &str,
+) -> Option<Ending> {
     match &run.ended {
         Ended::Finished(Outcome {
             exit_code: Some(0), ..

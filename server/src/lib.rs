@@ -135,7 +135,7 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         );
     }
     let (installer, uv) = installer(args, ca_bundle.clone())?;
-    let executor = Arc::new(execute::RunContext {
+    let executor = Arc::new(execute::ContainerExecutor {
         helper_exe,
         state_root: layout.containers(),
         cache_dir: layout.cache(),

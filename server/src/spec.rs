@@ -3,13 +3,13 @@
 //! tests at the end) without a container or root.
 //!
 //! Where it could be done they hold by construction, not only by test:
-//! - a container writes to a host directory only through [`Writable`] (bind mounts) and
-//!   [`Upper`] (overlay upper layers), whose every variant is a directory of the job's own
+//! - a container writes to a host directory only through `Writable` (bind mounts) and
+//!   `Upper` (overlay upper layers), whose every variant is a directory of the job's own
 //!   ([`JobPaths`]) that exists to be written: never the host's `/`, never the upload
 //!   ([`JobPaths::project`]), never a cache entry other jobs read. A read-only mount can name
 //!   any path; a writable one cannot be given a path at all.
 //! - the test container's `/venv` is a [`Venv`], which has no writable form.
-//! - every spec comes out of [`base`], which always sets the user namespace, the limits and
+//! - every spec comes out of `base`, which always sets the user namespace, the limits and
 //!   the tmpfs mounts; the test spec's network is [`Network::None`] whatever the config says.
 
 use std::collections::BTreeMap;

@@ -7,7 +7,7 @@
 //! container's merged output. libcontainer changes the caller's cwd and forks from whatever
 //! thread calls it, which a multi-threaded server cannot allow (shared/notes/libcontainer.md).
 //!
-//! Where a supervision stands is one [`State`], changed only by [`next`]: a pure function,
+//! Where a supervision stands is one `State`, changed only by `next`: a pure function,
 //! so the stop and kill schedule is tested without a process.
 
 use std::future::Future;
@@ -328,14 +328,26 @@ pub async fn supervise(
     };
     let bundle = paths.bundle(&spec.id);
     let result = paths.outcome(&spec.id);
-    if let Err(e) = ci_runner::ensure_mountpoints(&spec.rootfs, spec) {
-        return failed(format!("cannot prepare the image: {e}"));
-    }
-    if let Err(e) = fs_err::create_dir_all(&bundle) {
-        return failed(format!("cannot create the container's bundle: {e}"));
-    }
-    if let Err(e) = ci_runner::prepare_bundle(&bundle, spec) {
-        return failed(format!("cannot write the container's bundle: {e}"));
+    // Writes into the image's mount points and the bundle: off the async threads.
+    let prepared = {
+        let (spec, bundle) = (spec.clone(), bundle.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = ci_runner::ensure_mountpoints(&spec.rootfs, &spec) {
+                return Err(format!("cannot prepare the image: {e}"));
+            }
+            if let Err(e) = fs_err::create_dir_all(&bundle) {
+                return Err(format!("cannot create the container's bundle: {e}"));
+            }
+            if let Err(e) = ci_runner::prepare_bundle(&bundle, &spec) {
+                return Err(format!("cannot write the container's bundle: {e}"));
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("cannot prepare the container: {e}")))
+    };
+    if let Err(message) = prepared {
+        return failed(message);
     }
     // With die-with-parent a server that dies, even by SIGKILL, takes its containers along.
     let args = ci_runner::container_args(&bundle, helper.state_root, &spec.id, &result, true);
@@ -452,7 +464,8 @@ pub async fn supervise(
     }
     let ended = match why {
         Some(why) => Ended::Interrupted(why),
-        None => match std::fs::read(&result)
+        None => match tokio::fs::read(&result)
+            .await
             .ok()
             .and_then(|b| serde_json::from_slice::<Outcome>(&b).ok())
         {
