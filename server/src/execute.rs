@@ -17,7 +17,8 @@ use crate::cache;
 use crate::config::format_size;
 use crate::executor::{Control, Executor, JobEvents, StopReason};
 use crate::image::ImageProvider;
-use crate::install::{self, Budget, JobPaths, Overrun, Tool};
+use crate::install::{self, Budget, Overrun, Tool};
+use crate::layout::JobPaths;
 use crate::lifecycle::Verdict;
 use crate::logs::LiveLog;
 use crate::model::{Job, Phase, Status};
@@ -85,10 +86,15 @@ impl Ending {
 /// Runs jobs in containers.
 #[async_trait::async_trait]
 impl Executor for ContainerExecutor {
-    async fn run(&self, job: &Job, dir: &Path, events: &JobEvents, stop: &Control) -> Verdict {
+    async fn run(
+        &self,
+        job: &Job,
+        paths: &JobPaths,
+        events: &JobEvents,
+        stop: &Control,
+    ) -> Verdict {
         let deadline = Instant::now() + Duration::from_secs(job.timeout_secs);
-        let paths = JobPaths::new(dir.to_path_buf());
-        execute(self, job, &paths, events, stop, deadline)
+        execute(self, job, paths, events, stop, deadline)
             .await
             .into()
     }

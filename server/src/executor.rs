@@ -6,12 +6,12 @@
 //! The server's executor runs containers ([`crate::execute::ContainerExecutor`]); tests use
 //! fakes, so that the queue, cancel, shutdown and the HTTP routes run without root.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use crate::layout::JobPaths;
 use crate::lifecycle::{Transition, Verdict};
 use crate::logs::LiveLog;
 use crate::model::{Job, Phase};
@@ -20,10 +20,11 @@ use crate::store::JobStore;
 /// Runs claimed jobs.
 #[async_trait]
 pub trait Executor: Send + Sync + 'static {
-    /// Runs `job`, whose files are in `dir`, until it ends: never fails, every failure is a
+    /// Runs `job`, whose files are in `paths`, until it ends: never fails, every failure is a
     /// verdict. Ends early with a `Cancelled` or `Lost` verdict once `stop` asks, and with
     /// `TimedOut` past the job's timeout.
-    async fn run(&self, job: &Job, dir: &Path, events: &JobEvents, stop: &Control) -> Verdict;
+    async fn run(&self, job: &Job, paths: &JobPaths, events: &JobEvents, stop: &Control)
+        -> Verdict;
 
     /// Removes what a previous server process left running, before its jobs are settled.
     async fn reconcile(&self) {}

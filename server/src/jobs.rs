@@ -443,8 +443,8 @@ impl Jobs {
         let verdict = match self.open_log(&job.id).await {
             Ok(log) => {
                 let events = JobEvents::new(&job.id, log, self.store.clone());
-                let dir = self.layout.job(&job.id);
-                self.executor.run(&job, &dir, &events, control).await
+                let paths = self.layout.job_paths(&job.id);
+                self.executor.run(&job, &paths, &events, control).await
             }
             Err(e) => Verdict::error(format!("cannot open the job's log: {}", chain(&e))),
         };

@@ -5,7 +5,7 @@
 //!   admin.key      the first admin's key (0600)
 //!   db/            job records, users, keys (sled; 0700)
 //!   logs/<id>.log  job logs (0700 / 0600)
-//!   jobs/<id>/     what one job holds while it waits and runs (see `install::JobPaths`)
+//!   jobs/<id>/     what one job holds while it waits and runs ([`JobPaths`])
 //!   containers/    the container runtime's state
 //!   cache/         dependency layers and installer caches, per user
 //! ```
@@ -63,6 +63,11 @@ impl DataLayout {
         self.jobs().join(id)
     }
 
+    /// The paths of what job `id` keeps in its directory.
+    pub fn job_paths(&self, id: &str) -> JobPaths {
+        JobPaths::new(self.job(id))
+    }
+
     /// Claims the directory of a job being submitted; it is removed when the claim is
     /// dropped unless handed on with [`JobDir::keep`].
     pub fn new_job_dir(&self, id: &str) -> JobDir {
@@ -105,6 +110,95 @@ impl DataLayout {
             fs_err::create_dir_all(dir)?;
         }
         Ok(())
+    }
+}
+
+/// Everything a job keeps under its directory, which the job manager removes at its end.
+#[derive(Clone, Debug)]
+pub struct JobPaths {
+    root: PathBuf,
+}
+
+impl JobPaths {
+    pub fn new(root: PathBuf) -> JobPaths {
+        JobPaths { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The project as uploaded; only ever mounted read-only.
+    pub fn project(&self) -> PathBuf {
+        self.root.join("project")
+    }
+
+    /// A writable copy of the project that builds may write into (`build/`, `*.egg-info`,
+    /// a generated `_version.py`); seen only by the install containers.
+    pub fn build(&self) -> PathBuf {
+        self.root.join("build")
+    }
+
+    /// The generated scripts and requirement files ([`crate::install::INPUTS`]).
+    pub fn inputs(&self) -> PathBuf {
+        self.root.join("inputs")
+    }
+
+    /// Where a new dependency layer is built before it is moved into the cache.
+    pub fn deps_staging(&self) -> PathBuf {
+        self.root.join("deps")
+    }
+
+    /// The overlay upper directory that receives the project's own install.
+    pub fn venv_upper(&self) -> PathBuf {
+        self.root.join("venv-upper")
+    }
+
+    /// overlayfs's work directory for [`JobPaths::venv_upper`] (same filesystem, empty).
+    pub fn venv_work(&self) -> PathBuf {
+        self.root.join("venv-work")
+    }
+
+    /// Where the test container's pytest writes its report ([`crate::report`]); the only
+    /// place the test container may write besides its tmpfs.
+    pub fn report(&self) -> PathBuf {
+        self.root.join("report")
+    }
+
+    /// The installer cache of a job whose user's own is in use by another job.
+    pub fn installer_cache(&self) -> PathBuf {
+        self.root.join("installer-cache")
+    }
+
+    /// The upper directory of the overlay over the user's installer cache: what the
+    /// installs write there, merged into the cache only when they succeed.
+    pub fn cache_upper(&self) -> PathBuf {
+        self.root.join("cache-upper")
+    }
+
+    /// overlayfs's work directory for [`JobPaths::cache_upper`].
+    pub fn cache_work(&self) -> PathBuf {
+        self.root.join("cache-work")
+    }
+
+    /// The JUnit report pytest writes in the test container (as [`crate::report::IN_CONTAINER`]).
+    pub fn junit(&self) -> PathBuf {
+        self.report().join("junit.xml")
+    }
+
+    /// The bundle and outcome of the job's container `id`.
+    pub fn container(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// The OCI bundle (`config.json` and the files it binds) of the job's container `id`.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.container(id).join("bundle")
+    }
+
+    /// Where the helper writes how the job's container `id` ended (`ci_runner::Outcome`).
+    pub fn outcome(&self, id: &str) -> PathBuf {
+        self.container(id).join("outcome.json")
     }
 }
 

@@ -21,7 +21,8 @@ use ci_runner::{
     UserNamespace,
 };
 
-use crate::install::{self, JobPaths, Tool};
+use crate::install::{self, Tool};
+use crate::layout::JobPaths;
 
 /// Where every container sees the project: the upload read-only, or the install's copy.
 pub const WORKSPACE: &str = "/workspace";

@@ -22,7 +22,8 @@ use tokio::time::Instant;
 
 use crate::config::format_size;
 use crate::executor::StopReason;
-use crate::install::{Budget, JobPaths, Overrun};
+use crate::install::{Budget, Overrun};
+use crate::layout::JobPaths;
 use crate::logs::{Appended, LiveLog};
 
 /// Where a job's output goes: the job's log, or whatever the caller keeps instead.

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use ci_protocol::{CreatedKey, ErrorBody, JobView, NewKey, NewUser};
 use ci_server::executor::{Control, Executor, JobEvents, StopReason};
+use ci_server::layout::JobPaths;
 use ci_server::lifecycle::Verdict;
 use ci_server::model::{Job, Phase};
 use ci_server::store::JobStore;
@@ -195,14 +195,19 @@ impl FakeExecutor {
 
 #[async_trait]
 impl Executor for FakeExecutor {
-    async fn run(&self, job: &Job, dir: &Path, events: &JobEvents, stop: &Control) -> Verdict {
+    async fn run(
+        &self,
+        job: &Job,
+        paths: &JobPaths,
+        events: &JobEvents,
+        stop: &Control,
+    ) -> Verdict {
         let id = job.id.clone();
         let forbidden = {
             let mut s = self.lock();
             s.started.push(id.clone());
             *s.runs.entry(id.clone()).or_default() += 1;
-            s.had_project
-                .insert(id.clone(), dir.join("project").is_dir());
+            s.had_project.insert(id.clone(), paths.project().is_dir());
             let forbidden = s.forbidden.contains(&id);
             if forbidden {
                 s.violations
