@@ -183,20 +183,15 @@ async fn accept(
         (asked, configured) => asked.or(configured.map(|t| t.as_secs().max(1))),
     };
     let job = Job {
-        id: id.clone(),
-        owner: caller.0.id.clone(),
-        seq,
-        status: Status::Queued,
-        phase: None,
-        created_ms: now_ms(),
-        started_ms: None,
-        finished_ms: None,
-        exit_code: None,
-        reason: None,
-        timeout_secs: state.jobs.timeout_for(requested),
         pytest_args: all_args,
         upload_bytes,
-        expired_ms: None,
+        ..Job::queued(
+            &id,
+            &caller.0.id,
+            seq,
+            now_ms(),
+            state.jobs.timeout_for(requested),
+        )
     };
     // From here the job manager owns the directory (and removes it if it refuses the job).
     let position = state.jobs.submit(job.clone(), dir).await?;

@@ -458,20 +458,9 @@ mod tests {
 
     fn job(id: &str, status: Status) -> Job {
         Job {
-            id: id.into(),
-            owner: "u".into(),
-            seq: 1,
             status,
-            phase: None,
-            created_ms: 1,
-            started_ms: None,
             finished_ms: status.is_terminal().then_some(2),
-            exit_code: None,
-            reason: None,
-            timeout_secs: 60,
-            pytest_args: Vec::new(),
-            upload_bytes: 0,
-            expired_ms: None,
+            ..Job::queued(id, "u", 1, 1, 60)
         }
     }
 

@@ -165,20 +165,8 @@ mod tests {
 
     fn job(status: Status) -> Job {
         Job {
-            id: "j".into(),
-            owner: "u".into(),
-            seq: 1,
             status,
-            phase: None,
-            created_ms: 1,
-            started_ms: None,
-            finished_ms: None,
-            exit_code: None,
-            reason: None,
-            timeout_secs: 60,
-            pytest_args: Vec::new(),
-            upload_bytes: 0,
-            expired_ms: None,
+            ..Job::queued("j", "u", 1, 1, 60)
         }
     }
 

@@ -37,6 +37,28 @@ pub struct Job {
     pub expired_ms: Option<i64>,
 }
 
+impl Job {
+    /// A job just submitted: queued, nothing run, no arguments, no upload counted.
+    pub fn queued(id: &str, owner: &str, seq: u64, created_ms: i64, timeout_secs: u64) -> Job {
+        Job {
+            id: id.to_string(),
+            owner: owner.to_string(),
+            seq,
+            status: Status::Queued,
+            phase: None,
+            created_ms,
+            started_ms: None,
+            finished_ms: None,
+            exit_code: None,
+            reason: None,
+            timeout_secs,
+            pytest_args: Vec::new(),
+            upload_bytes: 0,
+            expired_ms: None,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct User {
     pub id: String,

@@ -107,20 +107,9 @@ mod tests {
 
     fn job(id: &str, status: Status, finished_ms: Option<i64>) -> Job {
         Job {
-            id: id.into(),
-            owner: "u".into(),
-            seq: 0,
             status,
-            phase: None,
-            created_ms: 0,
-            started_ms: None,
             finished_ms,
-            exit_code: None,
-            reason: None,
-            timeout_secs: 60,
-            pytest_args: Vec::new(),
-            upload_bytes: 0,
-            expired_ms: None,
+            ..Job::queued(id, "u", 0, 0, 60)
         }
     }
 

@@ -133,20 +133,9 @@ pub mod conformance {
 
     pub fn job(id: &str, seq: u64) -> Job {
         Job {
-            id: id.into(),
-            owner: "u".into(),
-            seq,
-            status: Status::Queued,
-            phase: None,
-            created_ms: 1,
-            started_ms: None,
-            finished_ms: None,
-            exit_code: None,
-            reason: None,
-            timeout_secs: 60,
             pytest_args: vec!["-k".into(), "x".into()],
             upload_bytes: 10,
-            expired_ms: None,
+            ..Job::queued(id, "u", seq, 1, 60)
         }
     }
 

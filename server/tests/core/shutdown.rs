@@ -117,20 +117,8 @@ async fn a_restart_requeues_waiting_jobs_in_order_loses_running_ones_and_removes
         let db = ci_server::db::Db::open(&layout.db()).unwrap();
         let seq = db.next_seq().await.unwrap();
         let job = Job {
-            id: crashed.clone(),
-            owner: me.id.clone(),
-            seq,
-            status: Status::Queued,
-            phase: None,
-            created_ms: 1,
-            started_ms: None,
-            finished_ms: None,
-            exit_code: None,
-            reason: None,
-            timeout_secs: 60,
-            pytest_args: Vec::new(),
             upload_bytes: 1,
-            expired_ms: None,
+            ..Job::queued(&crashed, &me.id, seq, 1, 60)
         };
         db.submit(&job).await.unwrap();
         db.apply(&crashed, &Transition::Claim { at_ms: 2 })
