@@ -15,13 +15,13 @@ use tokio::time::Instant;
 
 use crate::cache;
 use crate::config::format_size;
-use crate::executor::{Control, Executor, JobEvents, StopReason};
+use crate::executor::{Control, Executor, JobEvents};
 use crate::image::ImageProvider;
 use crate::install::{self, Budget, Overrun, Tool};
 use crate::layout::JobPaths;
 use crate::lifecycle::Verdict;
 use crate::logs::LiveLog;
-use crate::model::{Job, Phase, Status};
+use crate::model::{Job, Phase};
 use crate::spec::{self, CacheMount, InstallInput, SpecConfig, Venv};
 use crate::supervisor::{self, ContainerRun, Ended, Interruption, OverCap};
 
@@ -66,23 +66,6 @@ impl ContainerExecutor {
     }
 }
 
-/// How a job ended.
-struct Ending {
-    status: Status,
-    exit_code: Option<i32>,
-    reason: Option<String>,
-}
-
-impl Ending {
-    fn error(reason: impl Into<String>) -> Ending {
-        Ending {
-            status: Status::Error,
-            exit_code: None,
-            reason: Some(reason.into()),
-        }
-    }
-}
-
 /// Runs jobs in containers.
 #[async_trait::async_trait]
 impl Executor for ContainerExecutor {
@@ -94,9 +77,7 @@ impl Executor for ContainerExecutor {
         stop: &Control,
     ) -> Verdict {
         let deadline = Instant::now() + Duration::from_secs(job.timeout_secs);
-        execute(self, job, paths, events, stop, deadline)
-            .await
-            .into()
+        execute(self, job, paths, events, stop, deadline).await
     }
 
     /// Containers of a previous server process (it crashed or was killed) go first, so that
@@ -155,30 +136,6 @@ impl Executor for ContainerExecutor {
     }
 }
 
-impl From<Ending> for Verdict {
-    fn from(ending: Ending) -> Verdict {
-        match ending.status {
-            Status::Passed => Verdict::Passed,
-            Status::Failed => Verdict::Failed,
-            Status::TimedOut => Verdict::TimedOut {
-                reason: ending.reason.unwrap_or_default(),
-            },
-            Status::Cancelled => Verdict::Cancelled {
-                reason: ending.reason.unwrap_or_default(),
-            },
-            Status::Lost => Verdict::Lost {
-                reason: ending.reason.unwrap_or_default(),
-            },
-            Status::Error | Status::Queued | Status::Running => Verdict::Error {
-                exit_code: ending.exit_code,
-                reason: ending
-                    .reason
-                    .unwrap_or_else(|| "the job ended without a verdict".into()),
-            },
-        }
-    }
-}
-
 async fn execute(
     ctx: &ContainerExecutor,
     job: &Job,
@@ -186,7 +143,7 @@ async fn execute(
     events: &JobEvents,
     control: &Control,
     deadline: Instant,
-) -> Ending {
+) -> Verdict {
     let log = events.log();
     // The project is read first: a job that cannot run should not wait for an image. The
     // config was checked at submit; it is read again because the installer is known only
@@ -194,7 +151,7 @@ async fn execute(
     let project = paths.project();
     let config = match blocking(move || ci_project::read_config(&project)).await {
         Ok(config) => config,
-        Err(e) => return Ending::error(e),
+        Err(e) => return Verdict::error(e),
     };
 
     events
@@ -206,7 +163,7 @@ async fn execute(
     let image = match ctx.image.get().await {
         Ok(image) => image,
         Err(e) => {
-            return Ending::error(format!(
+            return Verdict::error(format!(
                 "image {} is not available: {e}",
                 ctx.image.reference()
             ))
@@ -240,7 +197,7 @@ async fn execute(
     let (project, config_for_plan, kind) = (paths.project(), config.clone(), tool.kind);
     let plan = match blocking(move || ci_project::plan(&project, &config_for_plan, kind)).await {
         Ok(plan) => plan,
-        Err(e) => return Ending::error(e),
+        Err(e) => return Verdict::error(e),
     };
     events
         .phase(Phase::Installing, &format!("installing: {}", plan.summary))
@@ -249,7 +206,7 @@ async fn execute(
         let _ = log.note(note);
     }
     if let Some(missing) = install::missing_vcs_tool(&image.rootfs, &plan) {
-        return Ending::error(missing);
+        return Verdict::error(missing);
     }
 
     let job_id = job.id.clone();
@@ -296,7 +253,7 @@ async fn execute(
         .await
     };
     if let Err(e) = ready {
-        return Ending::error(format!("cannot prepare the test report directory: {e}"));
+        return Verdict::error(format!("cannot prepare the test report directory: {e}"));
     }
     let spec = spec::test(&common.spec, &venv, &job.pytest_args, &config.env);
     let run = supervisor::run(
@@ -311,15 +268,14 @@ async fn execute(
     let outcome = match run.ended {
         Ended::Finished(outcome) => outcome,
         Ended::Interrupted(why) => return interrupted(ctx, job, why),
-        Ended::HelperFailed(failure) => return Ending::error(failure.reason()),
+        Ended::HelperFailed(failure) => return Verdict::error(failure.reason()),
     };
     let report_file = paths.junit();
     let report = blocking(move || crate::report::read(&report_file)).await;
     if let Some(reason) = dishonest_pass(outcome.exit_code, &report, &job.pytest_args) {
-        return Ending {
-            status: Status::Error,
+        return Verdict::Error {
             exit_code: outcome.exit_code,
-            reason: Some(reason),
+            reason,
         };
     }
     if let Err(e) = &report {
@@ -328,40 +284,26 @@ async fn execute(
     // A limit that was hit explains a failure better than pytest's exit code does: a test
     // whose child was OOM-killed, or that could not fork, fails for that reason.
     if outcome.exit_code != Some(0) && (outcome.oom_killed || outcome.pids_limit_hit) {
-        return Ending {
-            status: Status::Error,
+        return Verdict::Error {
             exit_code: outcome.exit_code,
-            reason: Some(describe(ctx, &outcome)),
+            reason: describe(ctx, &outcome),
         };
     }
     match outcome.exit_code {
-        Some(0) => Ending {
-            status: Status::Passed,
-            exit_code: Some(0),
-            reason: None,
-        },
-        Some(1) => Ending {
-            status: Status::Failed,
-            exit_code: Some(1),
-            reason: None,
-        },
-        Some(code) => Ending {
-            status: Status::Error,
+        Some(0) => Verdict::Passed,
+        Some(1) => Verdict::Failed,
+        Some(code) => Verdict::Error {
             exit_code: Some(code),
-            reason: Some(match code {
+            reason: match code {
                 2 => "pytest could not collect the tests or was interrupted (exit code 2)"
                     .to_string(),
                 3 => "pytest hit an internal error (exit code 3)".to_string(),
                 4 => "pytest was called wrongly (exit code 4)".to_string(),
                 5 => "pytest collected no tests (exit code 5)".to_string(),
                 _ => describe(ctx, &outcome),
-            }),
+            },
         },
-        None => Ending {
-            status: Status::Error,
-            exit_code: None,
-            reason: Some(describe(ctx, &outcome)),
-        },
+        None => Verdict::error(describe(ctx, &outcome)),
     }
 }
 
@@ -586,7 +528,7 @@ async fn install_venv(
     tool: &Tool,
     uv_dir: Option<&Path>,
     image_digest: &str,
-) -> Result<(Venv, cache::Hold), Ending> {
+) -> Result<(Venv, cache::Hold), Verdict> {
     let ctx = common.ctx;
     // Third-party dependencies: built once per user and key, then shared read-only.
     let key = install::deps_key(image_digest, tool, plan);
@@ -613,7 +555,7 @@ async fn install_venv(
     };
     let (build_size, installer_cache) = match setup {
         Ok(setup) => setup,
-        Err(e) => return Err(Ending::error(format!("cannot prepare the install: {e}"))),
+        Err(e) => return Err(Verdict::error(format!("cannot prepare the install: {e}"))),
     };
     if let Some(InstallerCache::Private(_)) = &installer_cache {
         let _ = step.log.note(
@@ -677,7 +619,7 @@ async fn install_venv(
         format_size(ctx.cache_max_size)
     );
     // An install that failed anyway keeps its own reason.
-    Err(result.err().unwrap_or_else(|| Ending::error(over)))
+    Err(result.err().unwrap_or_else(|| Verdict::error(over)))
 }
 
 /// What a container's end means in words. The limits named are those the sandbox applied:
@@ -767,7 +709,7 @@ impl Install<'_> {
         project_command: Option<String>,
         step: &Step<'_>,
         job: &Job,
-    ) -> (Result<Venv, Ending>, bool) {
+    ) -> (Result<Venv, Verdict>, bool) {
         let mut stored = false;
         if cached {
             cache::touch(deps);
@@ -800,7 +742,7 @@ impl Install<'_> {
     }
 
     /// Builds the dependency layer into `staging` (empty), mounted as `/venv`.
-    async fn deps(&self, staging: &Path, step: &Step<'_>, job: &Job) -> Option<Ending> {
+    async fn deps(&self, staging: &Path, step: &Step<'_>, job: &Job) -> Option<Verdict> {
         let spec = spec::install_deps(&self.common.spec, &self.input());
         let output = vec![staging.to_path_buf()];
         self.run(&spec, "installing the dependencies", step, job, output)
@@ -810,7 +752,7 @@ impl Install<'_> {
     /// Moves a built layer into the cache at `deps`, marked as used now (the job may have
     /// set its mtime) and with its size noted; `false` when another job with the same key
     /// stored one first (then that one is used).
-    async fn store(&self, staging: PathBuf, deps: &Path) -> Result<bool, Ending> {
+    async fn store(&self, staging: PathBuf, deps: &Path) -> Result<bool, Verdict> {
         let (deps, registry) = (deps.to_path_buf(), self.common.ctx.cache.clone());
         let stored = blocking(move || {
             let size = cache::usage(&staging, u64::MAX)?.bytes;
@@ -825,11 +767,11 @@ impl Install<'_> {
             Ok::<_, std::io::Error>(true)
         })
         .await;
-        stored.map_err(|e| Ending::error(format!("cannot store the installed dependencies: {e}")))
+        stored.map_err(|e| Verdict::error(format!("cannot store the installed dependencies: {e}")))
     }
 
     /// Installs the project on top of the layer at `deps`, into the job's upper directory.
-    async fn project(&self, deps: &Path, step: &Step<'_>, job: &Job) -> Option<Ending> {
+    async fn project(&self, deps: &Path, step: &Step<'_>, job: &Job) -> Option<Verdict> {
         let (upper, work) = (self.paths.venv_upper(), self.paths.venv_work());
         let spec = spec::install_project(&self.common.spec, &self.input(), deps);
         self.run(
@@ -862,7 +804,7 @@ impl Install<'_> {
         step: &Step<'_>,
         job: &Job,
         layer: Vec<PathBuf>,
-    ) -> Option<Ending> {
+    ) -> Option<Verdict> {
         let ctx = self.common.ctx;
         let budget = Arc::new(self.budget(layer));
         let watch = supervisor::watch_writes(budget.clone());
@@ -882,8 +824,8 @@ impl Install<'_> {
         // The watcher looks only now and then: the last writes are measured now.
         match tokio::task::spawn_blocking(move || budget.check()).await {
             Ok(Ok(_)) => None,
-            Ok(Err(over)) => Some(Ending::error(over.reason(ctx.max_deps_size))),
-            Err(e) => Some(Ending::error(format!("internal error: {e}"))),
+            Ok(Err(over)) => Some(Verdict::error(over.reason(ctx.max_deps_size))),
+            Err(e) => Some(Verdict::error(format!("internal error: {e}"))),
         }
     }
 
@@ -903,35 +845,20 @@ impl Install<'_> {
 }
 
 /// How a job ends when its container was stopped before it ended on its own.
-fn interrupted(ctx: &ContainerExecutor, job: &Job, why: Interruption) -> Ending {
-    let (status, reason) = match why {
-        Interruption::Stop(reason @ (StopReason::Cancelled | StopReason::UserDisabled)) => {
-            (Status::Cancelled, reason.cancel_reason(true).to_string())
-        }
-        Interruption::Stop(StopReason::Shutdown) => (
-            Status::Lost,
-            "the server shut down while the job was running".into(),
-        ),
-        Interruption::TimedOut => (
-            Status::TimedOut,
-            format!(
+fn interrupted(ctx: &ContainerExecutor, job: &Job, why: Interruption) -> Verdict {
+    match why {
+        Interruption::Stop(reason) => reason.verdict(),
+        Interruption::TimedOut => Verdict::TimedOut {
+            reason: format!(
                 "timed out after {}",
                 humantime::format_duration(Duration::from_secs(job.timeout_secs))
             ),
-        ),
-        Interruption::LogLimit => (
-            Status::Error,
-            format!(
-                "log limit reached: log truncated at {}",
-                format_size(ctx.log_cap)
-            ),
-        ),
-        Interruption::OverCap(OverCap { over, cap }) => (Status::Error, over.reason(cap)),
-    };
-    Ending {
-        status,
-        exit_code: None,
-        reason: Some(reason),
+        },
+        Interruption::LogLimit => Verdict::error(format!(
+            "log limit reached: log truncated at {}",
+            format_size(ctx.log_cap)
+        )),
+        Interruption::OverCap(OverCap { over, cap }) => Verdict::error(over.reason(cap)),
     }
 }
 
@@ -942,7 +869,7 @@ fn install_failure(
     job: &Job,
     run: &ContainerRun,
     what: &str,
-) -> Option<Ending> {
+) -> Option<Verdict> {
     match &run.ended {
         Ended::Finished(Outcome {
             exit_code: Some(0), ..
@@ -950,16 +877,16 @@ fn install_failure(
         Ended::Finished(o) => {
             let tail = String::from_utf8_lossy(&run.tail);
             if install::hit_file_size_limit(o.signal, &tail) {
-                return Some(Ending::error(Overrun::File.reason(ctx.max_deps_size)));
+                return Some(Verdict::error(Overrun::File.reason(ctx.max_deps_size)));
             }
             let said = install::diagnose(&tail);
-            Some(Ending::error(match said {
+            Some(Verdict::error(match said {
                 Some(reason) => reason,
                 None => format!("{what} failed ({})", describe(ctx, o)),
             }))
         }
         Ended::Interrupted(why) => Some(interrupted(ctx, job, *why)),
-        Ended::HelperFailed(failure) => Some(Ending::error(failure.reason())),
+        Ended::HelperFailed(failure) => Some(Verdict::error(failure.reason())),
     }
 }
 
