@@ -205,8 +205,13 @@ async fn execute(
     for note in &plan.notes {
         let _ = log.note(note);
     }
-    if let Some(missing) = install::missing_vcs_tool(&image.rootfs, &plan) {
-        return Verdict::error(missing);
+    let missing = {
+        let (rootfs, plan) = (image.rootfs.clone(), plan.clone());
+        blocking(move || Ok::<_, String>(install::missing_vcs_tool(&rootfs, &plan))).await
+    };
+    match missing {
+        Ok(None) => {}
+        Ok(Some(missing)) | Err(missing) => return Verdict::error(missing),
     }
 
     let job_id = job.id.clone();
@@ -712,7 +717,8 @@ impl Install<'_> {
     ) -> (Result<Venv, Verdict>, bool) {
         let mut stored = false;
         if cached {
-            cache::touch(deps);
+            let deps = deps.to_path_buf();
+            let _ = tokio::task::spawn_blocking(move || cache::touch(&deps)).await;
             let _ = step
                 .log
                 .note("dependencies unchanged since an earlier job: reusing them");
