@@ -32,7 +32,17 @@ impl ImageProvider {
         if let Some(image) = &*current {
             return Ok(image.clone());
         }
-        let image = Arc::new(self.store.ensure(&self.reference, &self.options).await?);
+        // The cache is a few small files, read off the async threads; a pull is the rare case.
+        let cached = {
+            let (store, reference) = (self.store.clone(), self.reference.clone());
+            tokio::task::spawn_blocking(move || store.cached(&reference))
+                .await
+                .unwrap_or(Ok(None))?
+        };
+        let image = match cached {
+            Some(image) => Arc::new(image),
+            None => Arc::new(self.store.pull(&self.reference, &self.options).await?),
+        };
         tracing::info!(image = %self.reference, digest = %image.manifest_digest, rootfs = %image.rootfs.display(), "image ready");
         *current = Some(image.clone());
         Ok(image)
