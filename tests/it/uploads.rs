@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ci_e2e::tarball::{gz as archive, gz_with, Entry as E};
-use ci_e2e::{http, long_lived, Server, ServerOptions};
+use ci_e2e::{http, long_lived, poll, Server, ServerOptions};
 use flate2::Compression;
 
 fn server() -> &'static Server {
@@ -29,11 +29,16 @@ fn server() -> &'static Server {
     })
 }
 
+/// One test at a time on the shared [`server`] where a test looks at its job directories:
+/// another test's upload in flight, or its job still running, has a job directory too.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Posts an upload and expects a 4xx whose message contains `needle`.
 fn refused(body: &[u8], status: u16, needle: &str) {
-    // One upload at a time: another test's upload in flight has a job directory too.
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = one_at_a_time();
     let server = server();
     let (got, reply) = http(
         "POST",
@@ -306,6 +311,7 @@ fn chunked(body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn the_compressed_cap_holds_without_a_content_length() {
+    let _turn = one_at_a_time();
     let server = server();
     // A valid archive of incompressible data over the 4 MiB cap, sent without a length: the
     // server learns the size only while it reads, and stops at the cap.
@@ -333,6 +339,12 @@ fn the_compressed_cap_holds_without_a_content_length() {
         .unwrap()
         .to_string();
     cancel(server, &id);
+    // Its directory goes once it has stopped; the next test that looks sees none.
+    poll(
+        Duration::from_secs(60),
+        "the cancelled job's directory to go",
+        || jobs_left(server).is_empty().then_some(()),
+    );
 }
 
 fn cancel(server: &Server, id: &str) {
