@@ -717,8 +717,13 @@ pub fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
 
 /// Makes /dev/net/tun 0666, as Debian's udev rule does, for the life of the guard, so that
 /// slirp4netns run by a normal user can open it (the kernel's own default is 0600 and a
-/// machine without udev keeps it). The mode is put back when the guard drops.
-pub struct TunOpen(Option<u32>);
+/// machine without udev keeps it). The mode is put back when the last guard of this process
+/// drops: tests run in parallel, and one that put it back while another's slirp4netns was
+/// about to open it failed that one ("open(/dev/net/tun): Permission denied").
+pub struct TunOpen(());
+
+/// How many guards are alive, and the mode to put back after the last.
+static TUN_GUARDS: std::sync::Mutex<(usize, Option<u32>)> = std::sync::Mutex::new((0, None));
 
 impl TunOpen {
     #[expect(
@@ -727,23 +732,33 @@ impl TunOpen {
     )]
     pub fn new() -> TunOpen {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata("/dev/net/tun")
-            .expect("/dev/net/tun exists")
-            .permissions()
-            .mode();
-        if mode & 0o006 == 0o006 {
-            return TunOpen(None);
+        let mut guards = TUN_GUARDS.lock().unwrap_or_else(|e| e.into_inner());
+        if guards.0 == 0 {
+            let mode = std::fs::metadata("/dev/net/tun")
+                .expect("/dev/net/tun exists")
+                .permissions()
+                .mode();
+            if mode & 0o006 != 0o006 {
+                std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666))
+                    .unwrap();
+                guards.1 = Some(mode);
+            }
         }
-        std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(0o666)).unwrap();
-        TunOpen(Some(mode))
+        guards.0 += 1;
+        TunOpen(())
     }
 }
 
 impl Drop for TunOpen {
     fn drop(&mut self) {
         use std::os::unix::fs::PermissionsExt;
-        if let Some(mode) = self.0 {
-            let _ = std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(mode));
+        let mut guards = TUN_GUARDS.lock().unwrap_or_else(|e| e.into_inner());
+        guards.0 -= 1;
+        if guards.0 == 0 {
+            if let Some(mode) = guards.1.take() {
+                let _ =
+                    std::fs::set_permissions("/dev/net/tun", std::fs::Permissions::from_mode(mode));
+            }
         }
     }
 }
