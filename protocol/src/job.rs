@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::report::TestCounts;
+
 /// Where a job is in its life. Terminal statuses never change again.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
@@ -137,6 +139,10 @@ pub struct JobView {
     /// The log was removed after the server's retention period; the record stays.
     #[serde(default)]
     pub expired: bool,
+    /// How many tests passed, failed, ... once the job's tests ended and pytest's report was
+    /// read; `null` before, and for a job whose tests did not run or left no usable report.
+    #[serde(default)]
+    pub tests: Option<TestCounts>,
 }
 
 /// The query of `POST /v1/jobs`.
@@ -148,6 +154,10 @@ pub struct SubmitQuery {
     /// Extra pytest arguments, as a JSON array of strings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pytest_args: Option<String>,
+    /// Run only the tests that failed or errored in this earlier job of the same user (their
+    /// node ids, from its report, after the extra arguments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_from: Option<String>,
 }
 
 impl SubmitQuery {
@@ -157,6 +167,7 @@ impl SubmitQuery {
             timeout_secs,
             pytest_args: (!pytest_args.is_empty())
                 .then(|| serde_json::to_string(pytest_args).expect("strings serialize")),
+            failed_from: None,
         }
     }
 
@@ -251,10 +262,11 @@ mod tests {
             timeout_secs: 60,
             log_bytes: 3,
             expired: false,
+            tests: None,
         };
         assert_eq!(
             serde_json::to_string(&view).unwrap(),
-            r#"{"id":"abc","status":"timed_out","phase":null,"created":"2026-11-21T10:50:54Z","started":null,"finished":null,"duration_secs":1.5,"exit_code":null,"reason":"timed out after 1m","queue_position":null,"timeout_secs":60,"log_bytes":3,"expired":false}"#
+            r#"{"id":"abc","status":"timed_out","phase":null,"created":"2026-11-21T10:50:54Z","started":null,"finished":null,"duration_secs":1.5,"exit_code":null,"reason":"timed out after 1m","queue_position":null,"timeout_secs":60,"log_bytes":3,"expired":false,"tests":null}"#
         );
     }
 
@@ -269,6 +281,7 @@ mod tests {
             (job.timeout_secs, job.log_bytes, job.expired),
             (0, 0, false)
         );
+        assert_eq!(job.tests, None);
     }
 
     #[test]

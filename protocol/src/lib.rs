@@ -1,5 +1,5 @@
 //! The `/v1` HTTP API as data: every type that crosses the wire between `ci-server` and `ci`
-//! (job, user and key views, request bodies, query strings, the error body) and the limits
+//! (job, user and key views, test reports, request bodies, query strings, the error body) and the limits
 //! both sides must agree on. One definition for both ends, so that they cannot drift apart.
 //!
 //! Data only: no I/O, no HTTP client or server, no async runtime. JSON field names are a
@@ -9,8 +9,10 @@ mod admin;
 mod error;
 mod job;
 mod limits;
+mod report;
 
 pub use admin::{CreatedKey, KeyQuery, KeyView, NewKey, NewUser, Role, UserView};
 pub use error::ErrorBody;
 pub use job::{JobView, ListQuery, LogQuery, Phase, Status, SubmitQuery, UnknownStatus};
 pub use limits::DEFAULT_MAX_UPLOAD_BYTES;
+pub use report::{FailedTest, FailureKind, TestCounts, TestReport};

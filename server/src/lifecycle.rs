@@ -2,7 +2,7 @@
 //! function that every store applies atomically ([`crate::store::JobStore::apply`]).
 //!
 //! ```text
-//!            claim             phase*            finish(verdict)
+//!            claim         phase*, tests       finish(verdict)
 //!  queued ─────────▶ running ─────────▶ running ─────────────────▶ passed | failed | error
 //!    │                  │                                          | timed_out | cancelled | lost
 //!    │ cancel           │ lose (the server stopped while it ran)
@@ -13,6 +13,8 @@
 //! Nothing else writes a job's status: the executor reports a [`Verdict`], the job manager
 //! turns it into [`Transition::Finish`], and a finish that arrives after a cancel (or a
 //! cancel after a finish) is refused here instead of overwriting what a client was told.
+
+use ci_protocol::TestCounts;
 
 use crate::model::{Job, Phase, Status};
 
@@ -83,12 +85,14 @@ impl Verdict {
 }
 
 /// A change to a job's record. Times are Unix milliseconds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Transition {
     /// The dispatcher took the job from the queue to run it.
     Claim { at_ms: i64 },
     /// The running job moved on to `phase`.
     Phase(Phase),
+    /// The running job's tests ended and their report was read.
+    Tests(TestCounts),
     /// The running job ended.
     Finish { verdict: Verdict, at_ms: i64 },
     /// A queued job was cancelled before it ran.
@@ -111,6 +115,7 @@ impl Transition {
         match self {
             Transition::Claim { .. } => "start it",
             Transition::Phase(_) => "change its phase",
+            Transition::Tests(_) => "record its tests",
             Transition::Finish { .. } => "finish it",
             Transition::CancelQueued { .. } => "cancel it in the queue",
             Transition::Lose { .. } => "mark it lost",
@@ -133,6 +138,7 @@ pub fn apply(job: &mut Job, transition: &Transition) -> Result<(), Illegal> {
             job.phase = None;
         }
         (Status::Running, Transition::Phase(phase)) => job.phase = Some(*phase),
+        (Status::Running, Transition::Tests(counts)) => job.tests = Some(*counts),
         (Status::Running, Transition::Finish { verdict, at_ms }) => {
             job.status = verdict.status();
             job.exit_code = verdict.exit_code();
@@ -186,6 +192,10 @@ mod tests {
                 reason: "gone".into(),
                 at_ms: 9,
             },
+            Transition::Tests(TestCounts {
+                passed: 3,
+                ..TestCounts::default()
+            }),
         ]
     }
 
@@ -199,6 +209,7 @@ mod tests {
             (Status::Running, 1, Status::Running),
             (Status::Running, 2, Status::Passed),
             (Status::Running, 4, Status::Lost),
+            (Status::Running, 5, Status::Running),
         ];
         for from in Status::ALL {
             for (i, t) in every_transition().iter().enumerate() {

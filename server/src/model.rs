@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use ci_protocol::{JobView, KeyView, UserView};
+use ci_protocol::{JobView, KeyView, TestCounts, UserView};
 pub use ci_protocol::{Phase, Role, Status};
 
 /// One submitted job, as stored in sled.
@@ -35,6 +35,9 @@ pub struct Job {
     /// When the job's log was removed after `--job-retention`; its record stays.
     #[serde(default)]
     pub expired_ms: Option<i64>,
+    /// The counts of its test report, once its tests ended and the report was read.
+    #[serde(default)]
+    pub tests: Option<TestCounts>,
 }
 
 impl Job {
@@ -55,6 +58,7 @@ impl Job {
             pytest_args: Vec::new(),
             upload_bytes: 0,
             expired_ms: None,
+            tests: None,
         }
     }
 }
@@ -124,6 +128,7 @@ pub fn job_view(job: &Job, queue_position: Option<usize>, log_bytes: u64) -> Job
         timeout_secs: job.timeout_secs,
         log_bytes,
         expired: job.expired_ms.is_some(),
+        tests: job.tests,
     }
 }
 

@@ -57,6 +57,7 @@ mod tests {
             timeout_secs: 60,
             log_bytes: 0,
             expired: true,
+            tests: None,
         }
     }
 
