@@ -32,7 +32,11 @@ impl TestCounts {
 
     /// `12/14`: passed of those that ran, as `ci list` shows it.
     pub fn ratio(&self) -> String {
-        format!("{}/{}", self.passed.saturating_add(self.xpassed), self.ran())
+        format!(
+            "{}/{}",
+            self.passed.saturating_add(self.xpassed),
+            self.ran()
+        )
     }
 
     /// `12 passed, 2 failed, 1 skipped in 3.40s`, in pytest's words; counts of 0 are left out.
@@ -40,7 +44,10 @@ impl TestCounts {
         let parts: Vec<String> = [
             (self.passed, "passed"),
             (self.failed, "failed"),
-            (self.errors, if self.errors == 1 { "error" } else { "errors" }),
+            (
+                self.errors,
+                if self.errors == 1 { "error" } else { "errors" },
+            ),
             (self.skipped, "skipped"),
             (self.xfailed, "xfailed"),
             (self.xpassed, "xpassed"),
@@ -129,7 +136,10 @@ mod tests {
             xpassed: 1,
             ..TestCounts::default()
         };
-        assert_eq!(one_error.summary(), "1 error, 2 xfailed, 1 xpassed in 0.00s");
+        assert_eq!(
+            one_error.summary(),
+            "1 error, 2 xfailed, 1 xpassed in 0.00s"
+        );
         assert_eq!(one_error.ratio(), "1/2");
         assert_eq!(TestCounts::default().summary(), "no tests ran in 0.00s");
         assert_eq!(TestCounts::default().ratio(), "0/0");

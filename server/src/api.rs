@@ -56,6 +56,61 @@ fn parse_pytest_args(q: &SubmitQuery) -> Result<Vec<String>, ApiError> {
     Ok(args)
 }
 
+/// The node ids of the tests that failed or errored in the caller's job `earlier`, for
+/// `failed_from`: refused when there are none to rerun, or when one could be taken for an
+/// option or is unfit for an argument.
+async fn failed_tests(
+    state: &AppState,
+    caller: &Caller,
+    earlier: &str,
+) -> Result<Vec<String>, ApiError> {
+    let job = own_job(state, caller, earlier).await?;
+    let report = read_report(state, &job).await.map_err(|e| match e {
+        ApiError::Absent(why) | ApiError::Gone(why) => {
+            ApiError::BadRequest(format!("cannot rerun the failed tests: {why}"))
+        }
+        e => e,
+    })?;
+    if report.counts.not_passed() == 0 {
+        return Err(ApiError::BadRequest(format!(
+            "job {earlier} has no failed or errored tests to rerun"
+        )));
+    }
+    if report.unlisted > 0 {
+        return Err(ApiError::BadRequest(format!(
+            "job {earlier} has {} failed or errored tests, more than the {} its report lists: \
+             rerun the whole suite",
+            report.counts.not_passed(),
+            ci_protocol::TestReport::MAX_LISTED
+        )));
+    }
+    if report.failed.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "job {earlier} has {} failed or errored tests but its report does not say which",
+            report.counts.not_passed()
+        )));
+    }
+    let mut ids: Vec<String> = Vec::with_capacity(report.failed.len());
+    for test in report.failed {
+        let id = test.node_id;
+        if id.is_empty()
+            || id.starts_with('-')
+            || id.contains('\0')
+            || id.len() > MAX_PYTEST_ARG_LEN
+        {
+            let shown: String = id.chars().take(40).collect();
+            return Err(ApiError::BadRequest(format!(
+                "cannot rerun the failed tests of job {earlier}: the test id {shown:?} cannot \
+                 be passed to pytest"
+            )));
+        }
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
 /// `POST /v1/jobs`: the body is the project as tar.gz, unpacked while it arrives.
 ///
 /// In order: the query, the declared size (413), a free upload slot (503), free disk (507),
@@ -108,6 +163,10 @@ async fn accept(
     // A user over a per-user cap is told before sending the upload.
     state.jobs.admits(&caller.0.id)?;
     let pytest_args = parse_pytest_args(&q)?;
+    let rerun = match &q.failed_from {
+        Some(earlier) => failed_tests(state, &caller, earlier).await?,
+        None => Vec::new(),
+    };
     let limits = state.upload_limits;
     match declared_length(headers) {
         Some(0) => return Err(ApiError::BadRequest(UploadError::Empty.to_string())),
@@ -178,6 +237,7 @@ async fn accept(
     };
     let mut all_args = config.pytest_args.clone();
     all_args.extend(pytest_args);
+    all_args.extend(rerun);
     let requested = match (q.timeout_secs, config.timeout) {
         (Some(asked), Some(configured)) => Some(asked.min(configured.as_secs().max(1))),
         (asked, configured) => asked.or(configured.map(|t| t.as_secs().max(1))),
@@ -235,27 +295,11 @@ async fn enough_disk(state: &AppState) -> Result<(), ApiError> {
     if free < min {
         return Err(ApiError::InsufficientStorage(format!(
             "the server's disk is too full for new jobs: {} free, and it keeps at least {} free; try again later",
-            approx_size(free),
-            approx_size(min)
+            crate::config::approx_size(free),
+            crate::config::approx_size(min)
         )));
     }
     Ok(())
-}
-
-/// A byte count for people: `812.4 MiB`, `1 GiB`.
-fn approx_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if value.fract() == 0.0 {
-        format!("{value} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 /// Unpacks the project from the body, then reads what follows the archive; blocking.
@@ -485,12 +529,7 @@ pub async fn log(
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiError> {
     let job = own_job(&state, &caller, &id).await?;
-    if job.expired_ms.is_some() {
-        return Err(ApiError::Gone(format!(
-            "the log of job {id} was removed after the server's retention period ({})",
-            crate::retention::describe(state.job_retention)
-        )));
-    }
+    expired(&state, &job, "log")?;
     // Past the end is an error (as GitLab answers); at the end, a live log waits for more.
     let length = log_len(&state, &id).await;
     if q.offset > length {
@@ -512,6 +551,109 @@ pub async fn log(
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-log-offset", HeaderValue::from(q.offset));
     Ok(response)
+}
+
+/// The report of `job`: 410 when it expired, 404 (said in full) when it has none.
+async fn read_report(state: &AppState, job: &Job) -> Result<ci_protocol::TestReport, ApiError> {
+    expired(state, job, "test report")?;
+    let (results, id) = (state.jobs.results(), job.id.clone());
+    let report = tokio::task::spawn_blocking(move || results.report(&id))
+        .await
+        .map_err(ApiError::internal)??;
+    report.ok_or_else(|| no_report(job))
+}
+
+fn no_report(job: &Job) -> ApiError {
+    let id = &job.id;
+    ApiError::Absent(if job.status.is_terminal() {
+        format!("job {id} has no test report: its tests did not run to the end, or wrote none")
+    } else {
+        format!("no test report of job {id} yet: its tests have not ended")
+    })
+}
+
+/// 410 for what an expired job kept (`what`: "log", "test report", "artifacts").
+fn expired(state: &AppState, job: &Job, what: &str) -> Result<(), ApiError> {
+    if job.expired_ms.is_some() {
+        return Err(ApiError::Gone(format!(
+            "the {what} of job {} was removed after the server's retention period ({})",
+            job.id,
+            crate::retention::describe(state.job_retention)
+        )));
+    }
+    Ok(())
+}
+
+/// `GET /v1/jobs/{id}/report`: the job's test report (counts and the failed tests).
+pub async fn report(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ci_protocol::TestReport>, ApiError> {
+    let job = own_job(&state, &caller, &id).await?;
+    Ok(Json(read_report(&state, &job).await?))
+}
+
+/// `GET /v1/jobs/{id}/junit.xml`: pytest's JUnit report as it wrote it.
+pub async fn junit(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let job = own_job(&state, &caller, &id).await?;
+    expired(&state, &job, "test report")?;
+    let results = state.jobs.results();
+    let file = tokio::task::spawn_blocking(move || results.junit(&id))
+        .await
+        .map_err(ApiError::internal)??;
+    let file = file.ok_or_else(|| no_report(&job))?;
+    Ok(file_response(file, "application/xml", None))
+}
+
+/// `GET /v1/jobs/{id}/artifacts`: what the job's tests wrote to `/artifacts`, as a tar.gz.
+pub async fn artifacts(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let job = own_job(&state, &caller, &id).await?;
+    expired(&state, &job, "artifacts")?;
+    let results = state.jobs.results();
+    let file = {
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || results.artifacts(&id))
+            .await
+            .map_err(ApiError::internal)??
+    };
+    let file = file.ok_or_else(|| {
+        ApiError::Absent(if job.status.is_terminal() {
+            format!("job {id} kept no artifacts: its tests wrote nothing to /artifacts")
+        } else {
+            format!("no artifacts of job {id} yet: its tests have not ended")
+        })
+    })?;
+    let name = format!("attachment; filename=\"ci-artifacts-{id}.tar.gz\"");
+    Ok(file_response(file, "application/gzip", Some(name)))
+}
+
+/// A kept file as a streamed body.
+fn file_response(
+    file: std::fs::File,
+    content_type: &'static str,
+    disposition: Option<String>,
+) -> Response {
+    let len = file.metadata().map(|m| m.len()).ok();
+    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(len) = len {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    if let Some(value) = disposition.and_then(|d| HeaderValue::from_str(&d).ok()) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    response
 }
 
 pub async fn cancel(
@@ -566,18 +708,4 @@ fn write_secret(path: &std::path::Path, content: &str) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(content.as_bytes())?;
     f.sync_all()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_for_people() {
-        assert_eq!(approx_size(0), "0 bytes");
-        assert_eq!(approx_size(1000), "1000 bytes");
-        assert_eq!(approx_size(1 << 30), "1 GiB");
-        assert_eq!(approx_size(1000 << 40), "1000 TiB");
-        assert_eq!(approx_size((1 << 30) + (1 << 29) / 5 * 2), "1.2 GiB");
-    }
 }

@@ -461,21 +461,6 @@ pub fn users(cache_dir: &Path) -> Vec<String> {
     users
 }
 
-/// A size for messages: `1.5 GiB`, `64 MiB`, `812 KiB`.
-pub fn approx_size(bytes: u64) -> String {
-    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if bytes >= 1 << shift {
-            let value = bytes as f64 / (1u64 << shift) as f64;
-            return if value < 10.0 && bytes % (1 << shift) != 0 {
-                format!("{value:.1} {unit}")
-            } else {
-                format!("{value:.0} {unit}")
-            };
-        }
-    }
-    format!("{bytes} bytes")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -704,13 +689,5 @@ mod tests {
         drop(hold);
         assert_eq!(evict(root, "alice", 0, &registry).unwrap().bytes, 0);
         assert_eq!(users(root), ["bob"]);
-    }
-
-    #[test]
-    fn sizes_in_words() {
-        assert_eq!(approx_size(2 << 30), "2 GiB");
-        assert_eq!(approx_size((3 << 30) / 2), "1.5 GiB");
-        assert_eq!(approx_size(64 << 20), "64 MiB");
-        assert_eq!(approx_size(500), "500 bytes");
     }
 }

@@ -154,8 +154,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub max_running_per_user: Option<usize>,
 
-    /// How long a finished job's log is kept; older logs are removed, while the job's record
-    /// stays and lists as `expired`.
+    /// Most bytes of files a job's tests may write to `/artifacts` (kept with the job, fetched
+    /// with `ci artifacts`); past it the tests are stopped with that reason and what fit is kept.
+    #[arg(long, default_value = "100MiB", value_parser = parse_size)]
+    pub max_artifacts_size: u64,
+
+    /// How long a finished job's log, test report and artifacts are kept; older ones are
+    /// removed, while the job's record (and its test counts) stays and lists as `expired`.
     #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
     pub job_retention: Duration,
 
@@ -306,9 +311,36 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes} bytes")
 }
 
+/// A byte count for people, rounded: `812.4 MiB`, `1 GiB`, `42 bytes`.
+pub fn approx_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(approx_size(0), "0 bytes");
+        assert_eq!(approx_size(1000), "1000 bytes");
+        assert_eq!(approx_size(1 << 30), "1 GiB");
+        assert_eq!(approx_size(1000 << 40), "1000 TiB");
+        assert_eq!(approx_size((1 << 30) + (1 << 29) / 5 * 2), "1.2 GiB");
+        assert_eq!(approx_size((3 << 30) / 2), "1.5 GiB");
+        assert_eq!(approx_size(64 << 20), "64 MiB");
+    }
 
     fn check(input: &str, expected: Result<u64, ()>) {
         assert_eq!(parse_size(input).map_err(|_| ()), expected, "{input}");

@@ -15,6 +15,9 @@ pub enum ApiError {
     /// Also what another user's job looks like: its existence is not revealed.
     #[error("{0} not found")]
     NotFound(String),
+    /// 404 for a part of a job that does not exist (yet), said in full.
+    #[error("{0}")]
+    Absent(String),
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
@@ -73,7 +76,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::Absent(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,

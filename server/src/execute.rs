@@ -39,6 +39,8 @@ pub struct ContainerExecutor {
     /// Most an install may write into the layer it builds, and into the installer cache
     /// (`--max-deps-size`); also the largest file it may write.
     pub max_deps_size: u64,
+    /// `--max-artifacts-size`: most bytes of files the tests may keep in `/artifacts`.
+    pub max_artifacts_size: u64,
     /// The cache entries running jobs use, which nothing removes.
     pub cache: cache::Registry,
     pub image: ImageProvider,
@@ -248,43 +250,95 @@ async fn execute(
         .collect();
     let line = format!("running tests: python -m pytest -v {}", shown.join(" "));
     events.phase(Phase::Testing, line.trim_end()).await;
-    let report_dir = paths.report();
+    let writable = [paths.report(), paths.artifacts()];
     let ready = {
-        let (dir, userns) = (report_dir.clone(), ctx.sandbox.user_namespace);
+        let (dirs, userns) = (writable.clone(), ctx.sandbox.user_namespace);
         blocking(move || {
-            fs_err::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            ci_runner::give_to_container(&dir, &userns).map_err(|e| ci_runner::error_chain(&e))
+            for dir in &dirs {
+                fs_err::create_dir_all(dir).map_err(|e| e.to_string())?;
+                ci_runner::give_to_container(dir, &userns)
+                    .map_err(|e| ci_runner::error_chain(&e))?;
+            }
+            Ok::<_, String>(())
         })
         .await
     };
     if let Err(e) = ready {
-        return Verdict::error(format!("cannot prepare the test report directory: {e}"));
+        return Verdict::error(format!(
+            "cannot prepare the test's writable directories: {e}"
+        ));
     }
     let spec = spec::test(&common.spec, &venv, &job.pytest_args, &config.env);
-    let run = supervisor::run(
+    // What the tests may write is capped like what the installs write: the report's
+    // directory and /artifacts are watched, and the tests stopped past either cap.
+    let budgets = [
+        Arc::new(Budget::of(
+            vec![paths.artifacts()],
+            ctx.max_artifacts_size,
+            Overrun::Artifacts,
+        )),
+        Arc::new(Budget::of(
+            vec![paths.report()],
+            crate::report::MAX_REPORT_BYTES,
+            Overrun::Report,
+        )),
+    ];
+    let watch = {
+        let [artifacts, report] = budgets.clone();
+        async move {
+            tokio::select! {
+                over = supervisor::watch_writes(artifacts) => over,
+                over = supervisor::watch_writes(report) => over,
+            }
+        }
+    };
+    let run = supervisor::supervise(
         &ctx.helper(),
         &spec,
         paths,
         log,
         control.stopped(),
         deadline,
+        watch,
     )
     .await;
+    // The watchers look only now and then: the last writes are measured now. What fits of
+    // the artifacts is kept however the tests ended.
+    let over = blocking(move || {
+        Ok::<_, String>(
+            budgets
+                .iter()
+                .find_map(|b| b.check().err().map(|over| (over, b.cap))),
+        )
+    })
+    .await
+    .unwrap_or(None);
+    events
+        .artifacts(paths.artifacts(), ctx.max_artifacts_size)
+        .await;
     let outcome = match run.ended {
         Ended::Finished(outcome) => outcome,
         Ended::Interrupted(why) => return interrupted(ctx, job, why),
         Ended::HelperFailed(failure) => return Verdict::error(failure.reason()),
     };
+    if let Some((over, cap)) = over {
+        return Verdict::Error {
+            exit_code: outcome.exit_code,
+            reason: over.reason(cap),
+        };
+    }
     let report_file = paths.junit();
     let report = blocking(move || crate::report::read(&report_file)).await;
+    match &report {
+        Ok(Some(read)) => events.report(read.clone(), paths.junit()).await,
+        Ok(None) => {}
+        Err(e) => events.note(&format!("no test report: {e}")),
+    }
     if let Some(reason) = dishonest_pass(outcome.exit_code, &report, &job.pytest_args) {
         return Verdict::Error {
             exit_code: outcome.exit_code,
             reason,
         };
-    }
-    if let Err(e) = &report {
-        let _ = log.note(&format!("no test report: {e}"));
     }
     // A limit that was hit explains a failure better than pytest's exit code does: a test
     // whose child was OOM-killed, or that could not fork, fails for that reason.
@@ -299,17 +353,43 @@ async fn execute(
         Some(1) => Verdict::Failed,
         Some(code) => Verdict::Error {
             exit_code: Some(code),
-            reason: match code {
-                2 => "pytest could not collect the tests or was interrupted (exit code 2)"
-                    .to_string(),
-                3 => "pytest hit an internal error (exit code 3)".to_string(),
-                4 => "pytest was called wrongly (exit code 4)".to_string(),
-                5 => "pytest collected no tests (exit code 5)".to_string(),
-                _ => describe(ctx, &outcome),
-            },
+            reason: pytest_exit_reason(code, &run.tail).unwrap_or_else(|| describe(ctx, &outcome)),
         },
         None => Verdict::error(describe(ctx, &outcome)),
     }
+}
+
+/// Why pytest ended with `code` when that is neither a pass nor a failure, in words a
+/// developer can act on; `tail` is the end of its output. `None` for a code pytest does not
+/// use (the test process ended itself).
+fn pytest_exit_reason(code: i32, tail: &[u8]) -> Option<String> {
+    Some(match code {
+        2 => "pytest was interrupted, or could not collect the tests (exit code 2): see the \
+              errors above"
+            .to_string(),
+        3 => "pytest hit an internal error (exit code 3)".to_string(),
+        4 => {
+            let tail = String::from_utf8_lossy(tail);
+            // pytest says what was wrong on a line of its own: `ERROR: Wrong expression
+            // passed to '-k': ...`, `ERROR: file or directory not found: ...`.
+            let said = tail
+                .lines()
+                .rev()
+                .find_map(|l| l.trim().strip_prefix("ERROR: "))
+                .map(|l| {
+                    let cut: String = l.chars().take(200).collect();
+                    format!(": {cut}")
+                })
+                .unwrap_or_default();
+            format!("pytest was called wrongly (usage error, exit code 4){said}")
+        }
+        5 => format!(
+            "no tests collected (exit code 5): pytest looked in {} and found no test_*.py or \
+             *_test.py files, or every test was deselected",
+            spec::WORKSPACE
+        ),
+        _ => return None,
+    })
 }
 
 /// Why an exit status of 0 is not a pass, when the report says otherwise: a test process can
@@ -317,7 +397,7 @@ async fn execute(
 /// a `sitecustomize` planted by a dependency). `None` when the exit status stands.
 fn dishonest_pass(
     exit_code: Option<i32>,
-    report: &Result<Option<crate::report::Counts>, String>,
+    report: &Result<Option<ci_protocol::TestReport>, String>,
     pytest_args: &[String],
 ) -> Option<String> {
     if exit_code != Some(0) {
@@ -328,10 +408,14 @@ fn dishonest_pass(
         .iter()
         .any(|a| a.starts_with("--junitxml") || a.starts_with("--junit-xml"));
     match report {
-        Ok(Some(counts)) if counts.failed() > 0 => Some(format!(
+        Ok(Some(report)) if report.counts.not_passed() > 0 => Some(format!(
             "the test process exited 0 but the report lists {} failed test{}",
-            counts.failed(),
-            if counts.failed() == 1 { "" } else { "s" }
+            report.counts.not_passed(),
+            if report.counts.not_passed() == 1 {
+                ""
+            } else {
+                "s"
+            }
         )),
         Ok(Some(_)) => None,
         Ok(None) if own_report => None,
@@ -620,7 +704,7 @@ async fn install_venv(
     }
     let over = format!(
         "your caches would hold {} with this install, more than {} (--cache-max-size), with every entry no running job uses already removed; nothing of this install is kept",
-        cache::approx_size(eviction.bytes),
+        crate::config::approx_size(eviction.bytes),
         format_size(ctx.cache_max_size)
     );
     // An install that failed anyway keeps its own reason.
@@ -797,6 +881,7 @@ impl Install<'_> {
             layer,
             build: spec::needs_build_copy(self.plan).then(|| (self.paths.build(), self.build_size)),
             cache: self.installer_cache.map(|c| c.writes().to_path_buf()),
+            layer_over: Overrun::Output,
         }
     }
 

@@ -6,15 +6,18 @@
 //! The server's executor runs containers ([`crate::execute::ContainerExecutor`]); tests use
 //! fakes, so that the queue, cancel, shutdown and the HTTP routes run without root.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use ci_protocol::TestReport;
 use tokio::sync::watch;
 
 use crate::layout::JobPaths;
 use crate::lifecycle::{Transition, Verdict};
 use crate::logs::LiveLog;
 use crate::model::{Job, Phase};
+use crate::results::Results;
 use crate::store::JobStore;
 
 /// Runs claimed jobs.
@@ -124,20 +127,80 @@ impl Control {
     }
 }
 
-/// What an executor reports while a job runs: its phases (recorded, and noted in the log)
-/// and its output (into the log).
+/// What an executor reports while a job runs: its phases (recorded, and noted in the log),
+/// its output (into the log), and what it keeps when its tests end (its report, recorded
+/// and kept in the results; its artifacts, kept).
 pub struct JobEvents {
     id: String,
     log: Arc<LiveLog>,
     store: Arc<dyn JobStore>,
+    results: Results,
 }
 
 impl JobEvents {
-    pub(crate) fn new(id: &str, log: Arc<LiveLog>, store: Arc<dyn JobStore>) -> JobEvents {
+    pub(crate) fn new(
+        id: &str,
+        log: Arc<LiveLog>,
+        store: Arc<dyn JobStore>,
+        results: Results,
+    ) -> JobEvents {
         JobEvents {
             id: id.to_string(),
             log,
             store,
+            results,
+        }
+    }
+
+    /// The job's tests ended and pytest's report at `junit` reads as `report`: kept with the
+    /// job (the report and a copy of the file), and its counts recorded on the job.
+    pub async fn report(&self, report: TestReport, junit: PathBuf) {
+        let (results, id, counts) = (self.results.clone(), self.id.clone(), report.counts);
+        let kept =
+            tokio::task::spawn_blocking(move || results.keep_report(&id, &report, &junit)).await;
+        match kept {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.note(&format!("the test report could not be kept: {e}"));
+                return;
+            }
+            Err(e) => {
+                tracing::error!(job = %self.id, error = %e, "keeping the report panicked");
+                return;
+            }
+        }
+        if let Err(e) = self.store.apply(&self.id, &Transition::Tests(counts)).await {
+            tracing::error!(job = %self.id, error = %crate::error::chain(&e), "cannot record the job's tests");
+        }
+    }
+
+    /// The job's tests ended having written `dir` (`/artifacts`): what fits in `cap` bytes is
+    /// kept with the job, and the log says what and how to fetch it.
+    pub async fn artifacts(&self, dir: PathBuf, cap: u64) {
+        let (results, id) = (self.results.clone(), self.id.clone());
+        let kept =
+            tokio::task::spawn_blocking(move || results.keep_artifacts(&id, &dir, cap)).await;
+        match kept {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(packed))) => {
+                let mut line = format!(
+                    "kept {} artifact file{} ({}): ci artifacts {}",
+                    packed.files,
+                    if packed.files == 1 { "" } else { "s" },
+                    crate::config::approx_size(packed.bytes),
+                    self.id
+                );
+                if packed.left_out > 0 {
+                    line.push_str(&format!(
+                        "; {} entr{} left out (links, special files, or past --max-artifacts-size)",
+                        packed.left_out,
+                        if packed.left_out == 1 { "y" } else { "ies" }
+                    ));
+                }
+                self.note(&line);
+            }
+            Ok(Err(e)) => self.note(&format!("the artifacts could not be kept: {e}")),
+            Err(e) => tracing::error!(job = %self.id, error = %e, "keeping artifacts panicked"),
         }
     }
 

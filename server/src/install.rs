@@ -398,6 +398,9 @@ pub struct Budget {
     /// Where what the install writes into the installer cache lands: the upper directory
     /// of the overlay over the user's cache, or a cache of the job's own.
     pub cache: Option<PathBuf>,
+    /// What passing the cap with `layer` is called: [`Overrun::Output`] for an install,
+    /// [`Overrun::Artifacts`] or [`Overrun::Report`] for what the tests write.
+    pub layer_over: Overrun,
 }
 
 /// Which part of an install passed its cap.
@@ -411,12 +414,20 @@ pub enum Overrun {
     /// What it wrote could not be measured (a tree nested deeper than a path may be
     /// long): taken as over, or such a tree would hide any amount.
     Unmeasurable,
+    /// The tests wrote more than `--max-artifacts-size` into `/artifacts`.
+    Artifacts,
+    /// The tests wrote more than a report may hold into the report directory.
+    Report,
 }
 
 impl Overrun {
     /// Why the job ended, in words.
     pub fn reason(self, cap: u64) -> String {
-        format!("{}; nothing of it is kept", self.what(cap))
+        match self {
+            Overrun::Artifacts => format!("{}; what fit is kept", self.what(cap)),
+            Overrun::Report => self.what(cap),
+            _ => format!("{}; nothing of it is kept", self.what(cap)),
+        }
     }
 
     /// What the install did, in words.
@@ -433,11 +444,30 @@ impl Overrun {
             Overrun::Unmeasurable => {
                 "what the install wrote could not be measured (nested too deep)".to_string()
             }
+            Overrun::Artifacts => format!(
+                "the tests wrote more than {cap} into {} (--max-artifacts-size)",
+                crate::spec::ARTIFACTS
+            ),
+            Overrun::Report => format!(
+                "the tests wrote more than {cap} into the test report's directory {}",
+                crate::report::DIR_IN_CONTAINER
+            ),
         }
     }
 }
 
 impl Budget {
+    /// A cap on what is written into `dirs` alone (the test container's writable mounts).
+    pub fn of(dirs: Vec<PathBuf>, cap: u64, over: Overrun) -> Budget {
+        Budget {
+            cap,
+            layer: dirs,
+            build: None,
+            cache: None,
+            layer_over: over,
+        }
+    }
+
     /// Measures what the install wrote so far: the larger of its two parts, or `Err`
     /// naming the part past the cap. Stops walking as soon as a part is past it. Blocking.
     pub fn check(&self) -> Result<u64, Overrun> {
@@ -451,7 +481,7 @@ impl Budget {
             let left = self.cap.saturating_sub(output);
             output += usage(dir, left).map_err(measured)?.bytes;
             if output > self.cap {
-                return Err(Overrun::Output);
+                return Err(self.layer_over);
             }
         }
         if let Some((build, before)) = &self.build {
@@ -690,6 +720,7 @@ mod tests {
             layer: vec![root.join("layer"), root.join("missing-work-dir")],
             build: Some((root.join("build"), before)),
             cache: Some(root.join("cache")),
+            layer_over: Overrun::Output,
         };
         // The copy of the project as uploaded counts for nothing.
         let empty = budget.check().unwrap();

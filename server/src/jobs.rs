@@ -19,6 +19,7 @@ use crate::lifecycle::{Transition, Verdict};
 use crate::logs::{LiveLog, LogStore};
 use crate::model::{now_ms, Job, Status};
 use crate::queue::{FairQueue, Refusal, UserCaps};
+use crate::results::Results;
 use crate::store::{JobStore, StoreError};
 
 /// How much the job manager runs and keeps waiting.
@@ -442,7 +443,7 @@ impl Jobs {
         tracing::info!(job = %job.id, "job started");
         let verdict = match self.open_log(&job.id).await {
             Ok(log) => {
-                let events = JobEvents::new(&job.id, log, self.store.clone());
+                let events = JobEvents::new(&job.id, log, self.store.clone(), self.results());
                 let paths = self.layout.job_paths(&job.id);
                 self.executor.run(&job, &paths, &events, control).await
             }
@@ -492,6 +493,11 @@ impl Jobs {
     /// The directory of a job, for the free-disk check and new ids.
     pub fn layout(&self) -> &DataLayout {
         &self.layout
+    }
+
+    /// What ended jobs keep: their reports and artifacts.
+    pub fn results(&self) -> Results {
+        Results::new(self.layout.results())
     }
 
     /// Whether a job directory named `id` exists (new ids must not collide); one that cannot

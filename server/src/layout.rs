@@ -8,6 +8,7 @@
 //!   jobs/<id>/     what one job holds while it waits and runs ([`JobPaths`])
 //!   containers/    the container runtime's state
 //!   cache/         dependency layers and installer caches, per user
+//!   results/<id>/  a job's test report and artifacts, until it expires (0700)
 //! ```
 //!
 //! A job's directory has one owner at a time: the upload while it is received (a [`JobDir`],
@@ -56,6 +57,11 @@ impl DataLayout {
 
     pub fn cache(&self) -> PathBuf {
         self.root.join("cache")
+    }
+
+    /// What jobs keep after their end: the test report and the artifacts ([`crate::results`]).
+    pub fn results(&self) -> PathBuf {
+        self.root.join("results")
     }
 
     /// The directory of job `id`.
@@ -109,7 +115,8 @@ impl DataLayout {
         for dir in [self.jobs(), self.containers()] {
             fs_err::create_dir_all(dir)?;
         }
-        Ok(())
+        // Reports and artifacts are the jobs' owners' only.
+        crate::perms::private_dir(&self.results())
     }
 }
 
@@ -163,6 +170,12 @@ impl JobPaths {
     /// place the test container may write besides its tmpfs.
     pub fn report(&self) -> PathBuf {
         self.root.join("report")
+    }
+
+    /// What the test container keeps for later (mounted as [`crate::spec::ARTIFACTS`]);
+    /// packed into the job's results when its tests end.
+    pub fn artifacts(&self) -> PathBuf {
+        self.root.join("artifacts")
     }
 
     /// The installer cache of a job whose user's own is in use by another job.

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod artifacts;
 pub mod auth;
 pub mod cache;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod output;
 pub mod perms;
 pub mod queue;
 pub mod report;
+pub mod results;
 pub mod retention;
 pub mod sandbox;
 pub mod spec;
@@ -68,6 +70,9 @@ pub fn router(state: AppState, body_timeout: std::time::Duration) -> Router {
         .route("/v1/jobs", post(api::submit).get(api::list_jobs))
         .route("/v1/jobs/{id}", get(api::get_job))
         .route("/v1/jobs/{id}/log", get(api::log))
+        .route("/v1/jobs/{id}/report", get(api::report))
+        .route("/v1/jobs/{id}/junit.xml", get(api::junit))
+        .route("/v1/jobs/{id}/artifacts", get(api::artifacts))
         .route("/v1/jobs/{id}/cancel", post(api::cancel))
         .route("/v1/whoami", get(api::whoami))
         .route(
@@ -143,6 +148,7 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         cache_max_age: args.cache_max_age.max(args.job_timeout * 2),
         cache_max_size: args.cache_max_size,
         max_deps_size: args.max_deps_size,
+        max_artifacts_size: args.max_artifacts_size,
         cache: cache::Registry::default(),
         image: image::ImageProvider::new(store, reference, options),
         installer,
@@ -289,10 +295,12 @@ pub async fn serve(
         let jobs = state.jobs.clone();
         tokio::spawn(async move { jobs.maintain().await })
     };
-    // Remove the logs of jobs finished longer ago than --job-retention, now and regularly.
+    // Remove the logs, reports and artifacts of jobs finished longer ago than
+    // --job-retention, now and regularly.
     let retention = tokio::spawn(retention::run(
         state.store.clone(),
         state.logs.clone(),
+        state.jobs.results(),
         state.job_retention,
     ));
     let jobs = state.jobs.clone();

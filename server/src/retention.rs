@@ -1,10 +1,12 @@
-//! Job retention (`--job-retention`): the log of a job that finished longer ago than the
-//! retention period is removed and its record marked expired (`Job::expired_ms`). The
-//! record itself stays (it is small): `ci list` still shows the job, as expired, and its
-//! log answers 410 Gone instead of an empty body.
+//! Job retention (`--job-retention`): the log, test report and artifacts of a job that
+//! finished longer ago than the retention period are removed and its record marked expired
+//! (`Job::expired_ms`). The record itself stays (it is small, and keeps the test counts):
+//! `ci list` still shows the job, as expired, and its log, report and artifacts answer
+//! 410 Gone instead of an empty body.
 //!
-//! The log is removed before the record is marked, so a crash in between leaves a job
-//! whose log is gone and that the next round marks; never a marked job with a log left.
+//! The results and the log are removed before the record is marked, so a crash in between
+//! leaves a job whose files are gone and that the next round marks; never a marked job
+//! with files left.
 
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use std::sync::Arc;
 
 use crate::logs::LogStore;
 use crate::model::Job;
+use crate::results::Results;
 use crate::store::{JobStore, StoreError};
 
 /// How often the collector looks: a quarter of the retention (so a log outlives it by at
@@ -38,6 +41,7 @@ pub fn is_due(job: &Job, now_ms: i64, retention: Duration) -> bool {
 pub async fn collect(
     store: &dyn JobStore,
     logs: &dyn LogStore,
+    results: &Results,
     retention: Duration,
     now_ms: i64,
 ) -> Result<usize, StoreError> {
@@ -50,6 +54,21 @@ pub async fn collect(
         .collect();
     let mut expired = 0;
     for id in due {
+        let removed = {
+            let (results, id) = (results.clone(), id.clone());
+            tokio::task::spawn_blocking(move || results.remove(&id)).await
+        };
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(job = %id, error = %e, "cannot remove an expired job's report and artifacts");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "removing an expired job's results panicked");
+                continue;
+            }
+        }
         match logs.remove(&id).await {
             Ok(true) => {}
             // Still live: its job ended a moment ago and is being wound down.
@@ -67,13 +86,18 @@ pub async fn collect(
 }
 
 /// Runs [`collect`] now and then every [`interval`], until the task is aborted.
-pub async fn run(store: Arc<dyn JobStore>, logs: Arc<dyn LogStore>, retention: Duration) {
+pub async fn run(
+    store: Arc<dyn JobStore>,
+    logs: Arc<dyn LogStore>,
+    results: Results,
+    retention: Duration,
+) {
     let mut every = tokio::time::interval(interval(retention));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         let now = crate::model::now_ms();
-        match collect(&*store, &*logs, retention, now).await {
+        match collect(&*store, &*logs, &results, retention, now).await {
             Ok(0) => {}
             Ok(expired) => {
                 tracing::info!(expired, retention = %describe(retention), "removed the logs of old jobs");
@@ -139,10 +163,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn collects_the_logs_of_old_jobs_and_keeps_their_records() {
+    async fn collects_the_logs_and_results_of_old_jobs_and_keeps_their_records() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::MemoryJobs::default();
         let logs = crate::logs::FileLogs::new(dir.path().join("logs")).unwrap();
+        let results = Results::new(dir.path().join("results"));
+        let junit = dir.path().join("junit.xml");
+        std::fs::write(&junit, "<testsuite/>").unwrap();
+        for id in ["old", "new"] {
+            let report = ci_protocol::TestReport::default();
+            results.keep_report(id, &report, &junit).unwrap();
+        }
         let now = 10 * 86_400_000;
         for (id, status, finished) in [
             ("old", Status::Passed, Some(0)),
@@ -157,8 +188,10 @@ mod tests {
                 logs.close(id).await;
             }
         }
-        assert_eq!(collect(&db, &logs, DAY, now).await.unwrap(), 1);
+        assert_eq!(collect(&db, &logs, &results, DAY, now).await.unwrap(), 1);
         assert!(!logs.path("old").exists());
+        assert_eq!(results.report("old").unwrap(), None);
+        assert!(results.report("new").unwrap().is_some());
         assert_eq!(db.get("old").await.unwrap().unwrap().expired_ms, Some(now));
         for kept in ["new", "running", "ending"] {
             assert!(logs.path(kept).exists(), "{kept}");
@@ -167,9 +200,9 @@ mod tests {
         }
         // The job whose log was still live goes once it is closed; the rest stays.
         logs.close("ending").await;
-        assert_eq!(collect(&db, &logs, DAY, now).await.unwrap(), 1);
+        assert_eq!(collect(&db, &logs, &results, DAY, now).await.unwrap(), 1);
         assert!(!logs.path("ending").exists());
-        assert_eq!(collect(&db, &logs, DAY, now).await.unwrap(), 0);
+        assert_eq!(collect(&db, &logs, &results, DAY, now).await.unwrap(), 0);
         assert_eq!(db.list().await.unwrap().len(), 4);
     }
 

@@ -97,14 +97,17 @@ pub fn needs_build_copy(plan: &InstallPlan) -> bool {
 }
 
 /// The test container: pytest over the upload, read-only, with the job's `/venv` read-only, no
-/// network, and the report directory as its one writable bind mount.
+/// network, and two writable bind mounts: the report directory and `/artifacts`.
 pub fn test(
     cfg: &SpecConfig,
     venv: &Venv,
     pytest_args: &[String],
     config_env: &BTreeMap<String, String>,
 ) -> ContainerSpec {
-    let mut extra = vec![("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string())];
+    let mut extra = vec![
+        ("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string()),
+        (ARTIFACTS_ENV.to_string(), ARTIFACTS.to_string()),
+    ];
     // The project's own variables ([tool.ci] env) come last: they are the user's to set.
     extra.extend(config_env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let python = format!("{}/bin/python", install::VENV);
@@ -116,9 +119,10 @@ pub fn test(
         "-p",
         "no:cacheprovider",
     ];
-    // Before the user's arguments, so that a --junitxml of theirs wins.
+    // Before the user's arguments, so that a --junitxml of theirs wins. xunit1 is the
+    // family whose test cases say their file and line, from which node ids are rebuilt.
     let junit = format!("--junitxml={}", crate::report::IN_CONTAINER);
-    args.push(&junit);
+    args.extend(["-o", "junit_family=xunit1", &junit]);
     args.extend(pytest_args.iter().map(String::as_str));
     let workspace = read_only(&cfg.paths.project(), WORKSPACE);
     let env = env(cfg.image_env, &extra);
@@ -137,8 +141,16 @@ pub fn test(
         Writable::Report,
         crate::report::DIR_IN_CONTAINER,
     ));
+    spec.mounts
+        .push(writable(cfg.paths, Writable::Artifacts, ARTIFACTS));
     spec
 }
+
+/// Where a test may put files worth keeping (coverage.xml, htmlcov/): kept with the job.
+pub const ARTIFACTS: &str = "/artifacts";
+
+/// The variable that tells the tests where [`ARTIFACTS`] is.
+pub const ARTIFACTS_ENV: &str = "CI_ARTIFACTS";
 
 /// The container that builds the dependency layer into the job's staging directory
 /// ([`JobPaths::deps_staging`]), mounted writable as `/venv`.
@@ -301,6 +313,8 @@ fn base(
 enum Writable {
     /// The test report ([`JobPaths::report`]).
     Report,
+    /// What the tests keep ([`JobPaths::artifacts`]).
+    Artifacts,
     /// The install's copy of the project ([`JobPaths::build`]).
     Build,
     /// A new dependency layer before it goes into the cache ([`JobPaths::deps_staging`]).
@@ -313,6 +327,7 @@ impl Writable {
     fn source(self, paths: &JobPaths) -> PathBuf {
         match self {
             Writable::Report => paths.report(),
+            Writable::Artifacts => paths.artifacts(),
             Writable::Build => paths.build(),
             Writable::DepsStaging => paths.deps_staging(),
             Writable::InstallerCache => paths.installer_cache(),
@@ -602,7 +617,7 @@ mod tests {
     }
 
     #[test]
-    fn the_test_container_is_offline_and_writes_only_its_report() {
+    fn the_test_container_is_offline_and_writes_only_its_report_and_artifacts() {
         for venv in [Venv::Layer(DEPS.into()), Venv::WithProject(DEPS.into())] {
             let spec = test_spec(&venv, &[], &[]);
             assert_eq!(spec.id, "ci-j1-test");
@@ -611,7 +626,10 @@ mod tests {
             let workspace = mount(&spec, WORKSPACE).unwrap();
             assert_eq!(workspace.source, paths().project());
             assert!(workspace.readonly, "the upload is read-only");
-            assert_eq!(written(&spec), [paths().report()]);
+            assert_eq!(written(&spec), [paths().report(), paths().artifacts()]);
+            let artifacts = mount(&spec, ARTIFACTS).unwrap();
+            assert_eq!(artifacts.source, paths().artifacts());
+            assert_eq!(env_value(&spec, ARTIFACTS_ENV), Some(ARTIFACTS));
             let report = mount(&spec, crate::report::DIR_IN_CONTAINER).unwrap();
             assert!(!report.readonly);
             // Where pytest is told to write is inside the mounted report directory, and is
@@ -634,7 +652,12 @@ mod tests {
             destinations.sort();
             assert_eq!(
                 destinations,
-                [crate::report::DIR_IN_CONTAINER, install::VENV, WORKSPACE]
+                [
+                    ARTIFACTS,
+                    crate::report::DIR_IN_CONTAINER,
+                    install::VENV,
+                    WORKSPACE
+                ]
             );
         }
     }
@@ -705,6 +728,8 @@ mod tests {
                 "-v",
                 "-p",
                 "no:cacheprovider",
+                "-o",
+                "junit_family=xunit1",
                 "--junitxml=/ci-report/junit.xml",
                 "--junitxml=/tmp/mine.xml",
                 "-k",

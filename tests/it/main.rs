@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `ci-server`, the real `ci`, real containers and real pip.
 
 mod abuse_connections;
+mod artifacts;
 mod errors;
 mod fairness;
 mod hostile;
@@ -8,6 +9,7 @@ mod install_network;
 mod lifecycle;
 mod projects;
 mod quotas;
+mod report;
 mod restart;
 mod resume;
 mod retention;

@@ -808,8 +808,9 @@ pub fn unique_email(who: &str) -> String {
     )
 }
 
-/// What `ci` printed of the job's log: its output without the result line it prints last,
-/// from the job's record (the log itself has none).
+/// What `ci` printed of the job's log: its output without what `ci` prints after it from
+/// the job's record (the log itself has neither): the tests' summary, when the job has a
+/// report, and the result line.
 pub fn log_part(stdout: &[u8]) -> &[u8] {
     let text = stdout.strip_suffix(b"\n").unwrap_or(stdout);
     let start = text.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
@@ -818,5 +819,13 @@ pub fn log_part(stdout: &[u8]) -> &[u8] {
         "ci's output does not end with the result line: {:?}",
         String::from_utf8_lossy(&text[start..])
     );
-    &stdout[..start]
+    let summary = b"\n==> tests: ";
+    match stdout[..start]
+        .windows(summary.len())
+        .rposition(|w| w == summary)
+    {
+        Some(at) => &stdout[..at + 1],
+        None if stdout.starts_with(&summary[1..]) => &stdout[..0],
+        None => &stdout[..start],
+    }
 }

@@ -7,6 +7,7 @@ mod caps;
 mod claim;
 mod queue;
 mod race;
+mod report;
 mod shutdown;
 mod submit;
 mod support;

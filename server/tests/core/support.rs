@@ -64,7 +64,17 @@ pub struct Release {
     /// Written to the job's log before it ends.
     pub output: Vec<u8>,
     pub verdict: Verdict,
+    /// A JUnit report the job's "pytest" wrote, read and kept as the real executor does.
+    pub report: Option<String>,
 }
+
+/// pytest's report (xunit1) of one passing and two failing tests, as the seed's failing
+/// project gets it.
+pub const FAKE_JUNIT: &str = r#"<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="0" failures="2" skipped="0" tests="3" time="0.021"><testcase classname="tests.test_math_ops" name="test_add" file="tests/test_math_ops.py" line="3" time="0.001" /><testcase classname="tests.test_math_ops" name="test_divide" file="tests/test_math_ops.py" line="7" time="0.001"><failure message="assert 3.5 == 3&#10; +  where 3.5 = divide(7, 2)">def test_divide():
+&gt;       assert divide(7, 2) == 3
+E       assert 3.5 == 3
+
+tests/test_math_ops.py:9: AssertionError</failure></testcase><testcase classname="tests.test_math_ops" name="test_divide_by_zero" file="tests/test_math_ops.py" line="11" time="0.001"><failure message="ZeroDivisionError: division by zero">tests/test_math_ops.py:13: ZeroDivisionError</failure></testcase></testsuite></testsuites>"#;
 
 /// What the fake writes to every held job's log before it waits: two phases around a line of
 /// output. [`FAKE_LOG_START`] is how that reads in the log.
@@ -85,6 +95,8 @@ struct FakeState {
     stops: HashMap<String, StopReason>,
     /// Verdicts returned, by job.
     verdicts: HashMap<String, Verdict>,
+    /// The pytest arguments each job ran with.
+    args: HashMap<String, Vec<String>>,
     /// Jobs the test saw cancelled before they ran: running one is a bug.
     forbidden: HashSet<String>,
     violations: Vec<String>,
@@ -140,7 +152,22 @@ impl FakeExecutor {
         self.gate(id).send_replace(Some(Release {
             output: output.to_vec(),
             verdict,
+            report: None,
         }));
+    }
+
+    /// [`FakeExecutor::release`] after the job's tests wrote the JUnit report `junit`.
+    pub fn release_with_report(&self, id: &str, junit: &str, verdict: Verdict) {
+        self.gate(id).send_replace(Some(Release {
+            output: b"(tests ran)\n".to_vec(),
+            verdict,
+            report: Some(junit.to_string()),
+        }));
+    }
+
+    /// The pytest arguments job `id` was run with.
+    pub fn args_of(&self, id: &str) -> Option<Vec<String>> {
+        self.lock().args.get(id).cloned()
     }
 
     /// Tells the fake the test saw `id` cancelled before it ran: running it later is a bug.
@@ -208,6 +235,7 @@ impl Executor for FakeExecutor {
             s.started.push(id.clone());
             *s.runs.entry(id.clone()).or_default() += 1;
             s.had_project.insert(id.clone(), paths.project().is_dir());
+            s.args.insert(id.clone(), job.pytest_args.clone());
             let forbidden = s.forbidden.contains(&id);
             if forbidden {
                 s.violations
@@ -236,14 +264,29 @@ impl Executor for FakeExecutor {
             events.log().append(FAKE_OUTPUT).expect("append");
             events.phase(Phase::Testing, "testing (fake)").await;
             let mut gate = self.gate(&id).subscribe();
-            tokio::select! {
+            let released = tokio::select! {
                 reason = stop.stopped() => {
                     self.lock().stops.insert(id.clone(), reason);
-                    reason.verdict()
+                    Err(reason.verdict())
                 }
                 released = gate.wait_for(Option::is_some) => {
-                    let release = released.expect("gate open").clone().expect("released");
+                    Ok(released.expect("gate open").clone().expect("released"))
+                }
+            };
+            match released {
+                Err(stopped) => stopped,
+                Ok(release) => {
                     events.log().append(&release.output).expect("append");
+                    if let Some(junit) = &release.report {
+                        // As the real executor: the file the tests wrote, read when they end.
+                        std::fs::create_dir_all(paths.report()).expect("report dir");
+                        std::fs::write(paths.junit(), junit).expect("write report");
+                        match ci_server::report::read(&paths.junit()) {
+                            Ok(Some(report)) => events.report(report, paths.junit()).await,
+                            Ok(None) => {}
+                            Err(e) => events.note(&format!("no test report: {e}")),
+                        }
+                    }
                     release.verdict
                 }
             }
@@ -477,9 +520,14 @@ impl TestApp {
 
     /// `POST /v1/jobs` with `tarball`.
     pub async fn submit_raw(&self, key: &str, tarball: Vec<u8>) -> Answer {
+        self.submit_to("/v1/jobs", key, tarball).await
+    }
+
+    /// `POST uri` (`/v1/jobs?QUERY`) with `tarball`.
+    pub async fn submit_to(&self, uri: &str, key: &str, tarball: Vec<u8>) -> Answer {
         let request = Request::builder()
             .method(Method::POST)
-            .uri("/v1/jobs")
+            .uri(uri)
             .header(header::AUTHORIZATION, format!("Bearer {key}"))
             .header(header::CONTENT_TYPE, "application/gzip")
             .header(header::CONTENT_LENGTH, tarball.len())
