@@ -4,6 +4,8 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod exit;
+#[cfg(test)]
+mod fake;
 pub mod follow;
 pub mod pack;
 pub mod table;
