@@ -45,13 +45,12 @@ const BUSY_PATIENCE: Duration = Duration::from_secs(120);
 async fn submit_when_free(
     client: &Client,
     archive: &[u8],
-    timeout: Option<u64>,
-    pytest_args: &[String],
+    query: &ci_protocol::SubmitQuery,
 ) -> Result<ci_protocol::JobView, RequestError> {
     let started = std::time::Instant::now();
     let mut pause = Duration::from_secs(1);
     loop {
-        match client.submit(archive.to_vec(), timeout, pytest_args).await {
+        match client.submit(archive.to_vec(), query).await {
             Err(RequestError::Http(503, message)) if started.elapsed() < BUSY_PATIENCE => {
                 eprintln!("ci: {message}; trying again in {}s", pause.as_secs());
                 tokio::time::sleep(pause).await;
@@ -68,8 +67,9 @@ pub async fn run(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
         .canonicalize()
         .with_context(|| format!("cannot open project directory {}", args.dir.display()))?;
     let packed = pack::pack(&dir)?;
-    let timeout = args.timeout.map(|t| t.as_secs().max(1));
-    let job = submit_when_free(client, &packed.archive, timeout, &args.pytest_args).await?;
+    let query =
+        ci_protocol::SubmitQuery::new(args.timeout.map(|t| t.as_secs().max(1)), &args.pytest_args);
+    let job = submit_when_free(client, &packed.archive, &query).await?;
     if args.detach {
         println!("{}", job.id);
         eprintln!(
