@@ -8,6 +8,7 @@ pub mod exit;
 mod fake;
 pub mod follow;
 pub mod pack;
+pub mod summary;
 pub mod table;
 
 use ci_protocol::{JobView, Status};
@@ -42,7 +43,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Pack this project, run it on the server and stream the output.
+    /// Pack this project, run it on the server and stream the output, then the test counts and
+    /// the tests that failed.
     Submit(commands::submit::SubmitArgs),
     /// Follow a job until it ends (new output only, or everything with --all).
     Wait(commands::wait::WaitArgs),
@@ -94,9 +96,17 @@ pub fn result_line(job: &JobView) -> String {
 /// Follows a job's log to its end and returns the exit code its result means. Ctrl+C leaves
 /// the job running and says how to get back to it.
 pub async fn follow_to_end(client: &Client, id: &str, offset: u64) -> anyhow::Result<u8> {
+    let finished = async {
+        let job = follow::follow(client, id, offset).await?;
+        let report = report_if_failed(client, &job).await;
+        anyhow::Ok((job, report))
+    };
     tokio::select! {
-        job = follow::follow(client, id, offset) => {
-            let job = job?;
+        finished = finished => {
+            let (job, report) = finished?;
+            for line in summary::render(&job, report.as_ref()) {
+                println!("{line}");
+            }
             // The result comes from the job's record, never from the log, which holds the
             // job's own output and so could imitate it.
             println!("{}", result_line(&job));
@@ -113,3 +123,19 @@ pub async fn follow_to_end(client: &Client, id: &str, offset: u64) -> anyhow::Re
         }
     }
 }
+
+/// The report of a job whose counts say some tests failed or errored, to list them; `None` for
+/// any other job, and when the report cannot be had (the summary then shows the counts only:
+/// the run's result stands without it).
+async fn report_if_failed(client: &Client, job: &JobView) -> Option<ci_protocol::TestReport> {
+    if job.tests?.not_passed() == 0 {
+        return None;
+    }
+    tokio::time::timeout(REPORT_PATIENCE, client.report(&job.id))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// How long the end of a run waits for the failed tests' list before it goes without.
+const REPORT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
