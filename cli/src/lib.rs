@@ -46,6 +46,9 @@ pub enum Command {
     /// Pack this project, run it on the server and stream the output, then the test counts and
     /// the tests that failed.
     Submit(commands::submit::SubmitArgs),
+    /// Run again, from the project here, the tests that failed or errored in an earlier job
+    /// (--failed, for now the only kind of rerun).
+    Rerun(commands::rerun::RerunArgs),
     /// Follow a job until it ends (new output only, or everything with --all).
     Wait(commands::wait::WaitArgs),
     /// List your jobs, newest first.
@@ -65,6 +68,7 @@ pub async fn run(cli: Cli) -> u8 {
         let client = Client::new(&settings)?;
         match cli.command {
             Command::Submit(args) => commands::submit::run(&client, args).await,
+            Command::Rerun(args) => commands::rerun::run(&client, args).await,
             Command::Wait(args) => commands::wait::run(&client, args).await,
             Command::List(args) => commands::list::run(&client, args).await,
             Command::Cancel(args) => commands::cancel::run(&client, args).await,

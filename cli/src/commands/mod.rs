@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod cancel;
 pub mod list;
+pub mod rerun;
 pub mod submit;
 pub mod wait;
 pub mod whoami;
