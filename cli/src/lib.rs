@@ -55,6 +55,8 @@ pub enum Command {
     List(commands::list::ListArgs),
     /// Cancel a queued or running job.
     Cancel(commands::cancel::CancelArgs),
+    /// Download the files a job's tests wrote to /artifacts, into a new directory.
+    Artifacts(commands::artifacts::ArtifactsArgs),
     /// Show who your API key belongs to.
     Whoami,
     /// Manage users and API keys (needs an admin key).
@@ -72,6 +74,7 @@ pub async fn run(cli: Cli) -> u8 {
             Command::Wait(args) => commands::wait::run(&client, args).await,
             Command::List(args) => commands::list::run(&client, args).await,
             Command::Cancel(args) => commands::cancel::run(&client, args).await,
+            Command::Artifacts(args) => commands::artifacts::run(&client, args).await,
             Command::Whoami => commands::whoami::run(&client).await,
             Command::Admin(args) => commands::admin::run(&client, args).await,
         }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod admin;
+pub mod artifacts;
 pub mod cancel;
 pub mod list;
 pub mod rerun;
