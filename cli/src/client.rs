@@ -1,7 +1,8 @@
 //! The HTTP client of the `/v1` API: one clear line for every way a request can fail.
 
 use anyhow::{anyhow, Context};
-use ci_protocol::{ErrorBody, JobView, LogQuery, SubmitQuery};
+use ci_protocol::{ErrorBody, JobView, LogQuery, SubmitQuery, TestReport};
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -130,23 +131,58 @@ impl Client {
         self.json(self.http.delete(self.url(path))).await
     }
 
+    /// `POST /v1/jobs` with the packed project; `query` carries the timeout, the extra pytest
+    /// arguments and, for a rerun, the job whose failed tests to run (`failed_from`).
     pub async fn submit(
         &self,
         archive: Vec<u8>,
-        timeout_secs: Option<u64>,
-        pytest_args: &[String],
+        query: &SubmitQuery,
     ) -> Result<JobView, RequestError> {
         let req = self
             .http
             .post(self.url("/v1/jobs"))
             .header("content-type", "application/gzip")
-            .query(&SubmitQuery::new(timeout_secs, pytest_args))
+            .query(query)
             .body(archive);
         self.json(req).await
     }
 
     pub async fn job(&self, id: &str) -> Result<JobView, RequestError> {
         self.get_json(&format!("/v1/jobs/{id}")).await
+    }
+
+    /// The test report of a finished job: its counts and the tests that failed or errored.
+    /// A 404 (no report: the tests did not end, or wrote none) keeps its status.
+    pub async fn report(&self, id: &str) -> Result<TestReport, RequestError> {
+        self.get_json(&format!("/v1/jobs/{id}/report")).await
+    }
+
+    /// Streams the tar.gz of the files a job's tests kept in `/artifacts` into `out`, chunk by
+    /// chunk as it arrives; returns the bytes written. A 404 (the job kept none) keeps its
+    /// status.
+    pub async fn artifacts(
+        &self,
+        id: &str,
+        out: &mut impl std::io::Write,
+    ) -> Result<u64, RequestError> {
+        let resp = self
+            .send(self.http.get(self.url(&format!("/v1/jobs/{id}/artifacts"))))
+            .await?;
+        let mut body = resp.bytes_stream();
+        let mut written = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                RequestError::Other(format!("the download of the artifacts broke off: {e}"))
+            })?;
+            out.write_all(&chunk).map_err(|e| {
+                RequestError::Other(format!("cannot write the artifacts' archive: {e}"))
+            })?;
+            written += chunk.len() as u64;
+        }
+        out.flush().map_err(|e| {
+            RequestError::Other(format!("cannot write the artifacts' archive: {e}"))
+        })?;
+        Ok(written)
     }
 
     /// The log from byte `offset` on, as a live response.

@@ -86,49 +86,30 @@ pub async fn follow(client: &Client, id: &str, mut offset: u64) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use crate::fake::{Fake, Reply};
 
-    /// A fake server on loopback: every log request gets 416, every job request `job`.
-    /// Returns its URL and a counter of the log requests it answered.
-    async fn fake(job: &'static str) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let logs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = logs.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut socket, _) = listener.accept().await.unwrap();
-                let mut buf = vec![0u8; 4096];
-                let n = socket.read(&mut buf).await.unwrap();
-                let request = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let (status, headers, body) = if request.contains("/log?") {
-                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let body =
-                        r#"{"error":"offset 5 is past the end of the log of job j (3 bytes)"}"#;
-                    (
-                        "416 Range Not Satisfiable",
-                        "Content-Range: bytes */3\r\n",
-                        body,
-                    )
-                } else {
-                    ("200 OK", "", job)
-                };
-                let reply = format!(
-                    "HTTP/1.1 {status}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(reply.as_bytes()).await;
+    /// A fake server: every log request gets 416, every job request `job`.
+    async fn fake(job: &'static str) -> Fake {
+        Fake::start(move |req| {
+            if req.target.contains("/log?") {
+                Reply::error(
+                    416,
+                    "offset 5 is past the end of the log of job j (3 bytes)",
+                )
+                .header("Content-Range: bytes */3")
+            } else {
+                Reply::json(200, job)
             }
-        });
-        (url, logs)
+        })
+        .await
     }
 
-    fn client(url: String) -> Client {
-        Client::new(&crate::config::Settings {
-            server: url,
-            api_key: "ci_test".into(),
-        })
-        .unwrap()
+    fn logs(fake: &Fake) -> usize {
+        let requests = fake.requests();
+        requests
+            .iter()
+            .filter(|r| r.method == "GET" && r.target.contains("/log?"))
+            .count()
     }
 
     const FINISHED: &str = r#"{"id":"j","status":"passed","phase":null,"created":"t","started":null,"finished":null,"duration_secs":null,"exit_code":0,"reason":null,"queue_position":null,"log_bytes":3}"#;
@@ -137,14 +118,14 @@ mod tests {
     #[tokio::test]
     async fn an_offset_past_the_end_ends_the_follow_once() {
         // A finished job: its result, after one try.
-        let (url, logs) = fake(FINISHED).await;
-        let job = follow(&client(url), "j", 5).await.unwrap();
+        let server = fake(FINISHED).await;
+        let job = follow(&server.client(), "j", 5).await.unwrap();
         assert_eq!(job.status, ci_protocol::Status::Passed);
-        assert_eq!(logs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(logs(&server), 1);
         // A job still running: the server's message, never a loop.
-        let (url, logs) = fake(RUNNING).await;
-        let e = follow(&client(url), "j", 5).await.unwrap_err();
+        let server = fake(RUNNING).await;
+        let e = follow(&server.client(), "j", 5).await.unwrap_err();
         assert!(e.to_string().contains("past the end of the log"), "{e}");
-        assert_eq!(logs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(logs(&server), 1);
     }
 }

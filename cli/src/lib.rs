@@ -4,8 +4,11 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod exit;
+#[cfg(test)]
+mod fake;
 pub mod follow;
 pub mod pack;
+pub mod summary;
 pub mod table;
 
 use ci_protocol::{JobView, Status};
@@ -40,14 +43,20 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Pack this project, run it on the server and stream the output.
+    /// Pack this project, run it on the server and stream the output, then the test counts and
+    /// the tests that failed.
     Submit(commands::submit::SubmitArgs),
+    /// Run again, from the project here, the tests that failed or errored in an earlier job
+    /// (--failed, for now the only kind of rerun).
+    Rerun(commands::rerun::RerunArgs),
     /// Follow a job until it ends (new output only, or everything with --all).
     Wait(commands::wait::WaitArgs),
     /// List your jobs, newest first.
     List(commands::list::ListArgs),
     /// Cancel a queued or running job.
     Cancel(commands::cancel::CancelArgs),
+    /// Download the files a job's tests wrote to /artifacts, into a new directory.
+    Artifacts(commands::artifacts::ArtifactsArgs),
     /// Show who your API key belongs to.
     Whoami,
     /// Manage users and API keys (needs an admin key).
@@ -61,9 +70,11 @@ pub async fn run(cli: Cli) -> u8 {
         let client = Client::new(&settings)?;
         match cli.command {
             Command::Submit(args) => commands::submit::run(&client, args).await,
+            Command::Rerun(args) => commands::rerun::run(&client, args).await,
             Command::Wait(args) => commands::wait::run(&client, args).await,
             Command::List(args) => commands::list::run(&client, args).await,
             Command::Cancel(args) => commands::cancel::run(&client, args).await,
+            Command::Artifacts(args) => commands::artifacts::run(&client, args).await,
             Command::Whoami => commands::whoami::run(&client).await,
             Command::Admin(args) => commands::admin::run(&client, args).await,
         }
@@ -92,9 +103,17 @@ pub fn result_line(job: &JobView) -> String {
 /// Follows a job's log to its end and returns the exit code its result means. Ctrl+C leaves
 /// the job running and says how to get back to it.
 pub async fn follow_to_end(client: &Client, id: &str, offset: u64) -> anyhow::Result<u8> {
+    let finished = async {
+        let job = follow::follow(client, id, offset).await?;
+        let report = report_if_failed(client, &job).await;
+        anyhow::Ok((job, report))
+    };
     tokio::select! {
-        job = follow::follow(client, id, offset) => {
-            let job = job?;
+        finished = finished => {
+            let (job, report) = finished?;
+            for line in summary::render(&job, report.as_ref()) {
+                println!("{line}");
+            }
             // The result comes from the job's record, never from the log, which holds the
             // job's own output and so could imitate it.
             println!("{}", result_line(&job));
@@ -111,3 +130,19 @@ pub async fn follow_to_end(client: &Client, id: &str, offset: u64) -> anyhow::Re
         }
     }
 }
+
+/// The report of a job whose counts say some tests failed or errored, to list them; `None` for
+/// any other job, and when the report cannot be had (the summary then shows the counts only:
+/// the run's result stands without it).
+async fn report_if_failed(client: &Client, job: &JobView) -> Option<ci_protocol::TestReport> {
+    if job.tests?.not_passed() == 0 {
+        return None;
+    }
+    tokio::time::timeout(REPORT_PATIENCE, client.report(&job.id))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// How long the end of a run waits for the failed tests' list before it goes without.
+const REPORT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);

@@ -31,9 +31,9 @@ pub async fn run(client: &Client, args: ListArgs) -> anyhow::Result<u8> {
 
 fn table(jobs: &[JobView]) -> String {
     let header = [
-        "ID", "STATUS", "PHASE", "CREATED", "STARTED", "FINISHED", "DURATION", "RESULT",
+        "ID", "STATUS", "TESTS", "PHASE", "CREATED", "STARTED", "FINISHED", "DURATION", "RESULT",
     ];
-    let rows: Vec<[String; 8]> = jobs
+    let rows: Vec<[String; 9]> = jobs
         .iter()
         .map(|j| {
             let phase = j
@@ -57,6 +57,9 @@ fn table(jobs: &[JobView]) -> String {
             [
                 j.id.clone(),
                 status,
+                // Passed of those that ran; `-` before the tests end, or when they left no
+                // report.
+                j.tests.map_or("-".into(), |t| t.ratio()),
                 phase,
                 crate::table::short_time(Some(&j.created)),
                 crate::table::short_time(j.started.as_deref()),
@@ -73,22 +76,48 @@ fn table(jobs: &[JobView]) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_expired_job_says_so_in_its_status() {
-        let job: JobView = serde_json::from_value(serde_json::json!({
+    fn job() -> JobView {
+        serde_json::from_value(serde_json::json!({
             "id": "abc", "status": "passed", "phase": null, "created": "2026-11-21T10:50:54Z",
             "started": null, "finished": null, "duration_secs": 1.0, "exit_code": 0,
-            "reason": null, "queue_position": null, "log_bytes": 0, "expired": true
+            "reason": null, "queue_position": null, "log_bytes": 0
         }))
-        .unwrap();
-        let fresh = JobView {
-            expired: false,
-            ..job.clone()
+        .unwrap()
+    }
+
+    #[test]
+    fn an_expired_job_says_so_in_its_status() {
+        let expired = JobView {
+            expired: true,
+            ..job()
         };
-        let shown = table(&[job, fresh]);
+        let shown = table(&[expired, job()]);
         let lines: Vec<&str> = shown.lines().collect();
         assert!(lines[1].contains("  passed (expired)  "), "{shown}");
         assert!(lines[2].contains("  passed  "), "{shown}");
         assert!(!lines[2].contains("expired"), "{shown}");
+    }
+
+    #[test]
+    fn tests_column_after_status() {
+        let failed = JobView {
+            id: "def".into(),
+            status: Status::Failed,
+            exit_code: Some(1),
+            tests: Some(ci_protocol::TestCounts {
+                passed: 1,
+                failed: 2,
+                skipped: 4,
+                duration_secs: 0.02,
+                ..Default::default()
+            }),
+            ..job()
+        };
+        assert_eq!(
+            table(&[failed, job()]),
+            "ID   STATUS  TESTS  PHASE  CREATED              STARTED  FINISHED  DURATION  RESULT\n\
+             def  failed  1/3    -      2026-11-21 10:50:54  -        -         1.0s      exit 1\n\
+             abc  passed  -      -      2026-11-21 10:50:54  -        -         1.0s      exit 0\n"
+        );
     }
 }
