@@ -181,6 +181,8 @@ pub struct RunAs {
 /// A running `ci-server`, killed when dropped.
 pub struct Server {
     child: Option<Child>,
+    /// The server process's pid (also on the copy `long_lived` hands out).
+    pid: i32,
     pub addr: String,
     pub data_dir: PathBuf,
     pub admin_key: String,
@@ -213,6 +215,7 @@ impl Server {
         let data_dir = dir.path().join("data");
         let mut server = Server {
             child: None,
+            pid: 0,
             addr: String::new(),
             data_dir,
             admin_key: String::new(),
@@ -281,7 +284,9 @@ impl Server {
                 None => tools_dir(),
             });
         }
-        self.child = Some(cmd.spawn().expect("start ci-server"));
+        let child = cmd.spawn().expect("start ci-server");
+        self.pid = child.id() as i32;
+        self.child = Some(child);
         let addr = self.addr.clone();
         poll(
             Duration::from_secs(60),
@@ -313,7 +318,8 @@ impl Server {
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().expect("running").id() as i32
+        assert!(self.pid > 0, "the server was not started");
+        self.pid
     }
 
     /// Sends a signal and waits for the server to exit.
@@ -476,6 +482,7 @@ pub fn long_lived(options: ServerOptions) -> Server {
         let server = Server::start(options);
         let copy = Server {
             child: None,
+            pid: server.pid,
             addr: server.addr.clone(),
             data_dir: server.data_dir.clone(),
             admin_key: server.admin_key.clone(),
