@@ -33,11 +33,15 @@ fn async_then_wait_all_prints_the_whole_log_and_the_result() {
             server.stored_log(&id),
             "wait --all printed the stored log"
         );
-        // On a finished job, wait without --all prints only the result and keeps the exit code.
+        // On a finished job, wait without --all prints only the tests' summary and the result,
+        // and keeps the exit code.
         let again = server.ci(&fixture(name)).args(["wait", &id]).run();
         again.expect_code(code);
-        assert!(again.stdout().starts_with("==> result: "), "{again}");
-        assert_eq!(again.stdout().lines().count(), 1, "{again}");
+        assert!(again.stdout().starts_with("==> tests: "), "{again}");
+        assert!(ci_e2e::log_part(&again.0.stdout).is_empty(), "{again}");
+        let summary = waited.stdout();
+        let tail = &summary[summary.rfind("==> tests: ").unwrap()..];
+        assert_eq!(again.stdout(), tail, "the same end as after the whole log");
     }
 }
 
