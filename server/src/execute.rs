@@ -377,7 +377,13 @@ fn pytest_exit_reason(code: i32, tail: &[u8]) -> Option<String> {
                 .rev()
                 .find_map(|l| l.trim().strip_prefix("ERROR: "))
                 .map(|l| {
-                    let cut: String = l.chars().take(200).collect();
+                    // The job's own output: nothing a terminal would act on goes into the
+                    // reason `ci` prints.
+                    let cut: String = l
+                        .chars()
+                        .take(200)
+                        .map(|c| if c.is_control() { '?' } else { c })
+                        .collect();
                     format!(": {cut}")
                 })
                 .unwrap_or_default();
@@ -984,6 +990,22 @@ fn install_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pytests_own_codes_say_why_in_words() {
+        let tail = b"collected 2 items\nERROR: Wrong expression passed to '-k': add and\x1b[2J\n";
+        assert_eq!(
+            pytest_exit_reason(4, tail).unwrap(),
+            "pytest was called wrongly (usage error, exit code 4): Wrong expression passed to \
+             '-k': add and?[2J"
+        );
+        assert_eq!(
+            pytest_exit_reason(4, b"").unwrap(),
+            "pytest was called wrongly (usage error, exit code 4)"
+        );
+        assert!(pytest_exit_reason(5, b"").unwrap().contains("/workspace"));
+        assert_eq!(pytest_exit_reason(137, b""), None);
+    }
 
     #[test]
     fn quotes_what_a_shell_would_split() {
