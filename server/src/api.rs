@@ -14,6 +14,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::layout::JobDir;
 use crate::model::{job_view, now_ms, Job, Role, Status, User};
+use crate::results::Results;
 use crate::upload::{self, BodyReader, Chunk, Fault, UploadError};
 use crate::AppState;
 
@@ -553,13 +554,34 @@ pub async fn log(
     Ok(response)
 }
 
-/// The report of `job`: 410 when it expired, 404 (said in full) when it has none.
-async fn read_report(state: &AppState, job: &Job) -> Result<ci_protocol::TestReport, ApiError> {
-    expired(state, job, "test report")?;
+/// What `job` kept in its results, read by `read` off the async threads: 410 when the job
+/// expired (`what` names it in the answer), `None` when it kept none.
+async fn kept<T: Send + 'static>(
+    state: &AppState,
+    job: &Job,
+    what: &str,
+    read: impl FnOnce(&Results, &str) -> std::io::Result<Option<T>> + Send + 'static,
+) -> Result<Option<T>, ApiError> {
+    expired(state, job, what)?;
     let (results, id) = (state.jobs.results(), job.id.clone());
-    let report = tokio::task::spawn_blocking(move || results.report(&id))
+    let found = tokio::task::spawn_blocking(move || read(&results, &id))
         .await
         .map_err(ApiError::internal)??;
+    Ok(found)
+}
+
+/// A kept file and its length, for [`file_response`]. Blocking.
+fn sized(file: Option<std::fs::File>) -> std::io::Result<Option<(std::fs::File, u64)>> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let len = file.metadata()?.len();
+    Ok(Some((file, len)))
+}
+
+/// The report of `job`: 410 when it expired, 404 (said in full) when it has none.
+async fn read_report(state: &AppState, job: &Job) -> Result<ci_protocol::TestReport, ApiError> {
+    let report = kept(state, job, "test report", |r, id| r.report(id)).await?;
     report.ok_or_else(|| no_report(job))
 }
 
@@ -601,11 +623,7 @@ pub async fn junit(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let job = own_job(&state, &caller, &id).await?;
-    expired(&state, &job, "test report")?;
-    let results = state.jobs.results();
-    let file = tokio::task::spawn_blocking(move || results.junit(&id))
-        .await
-        .map_err(ApiError::internal)??;
+    let file = kept(&state, &job, "test report", |r, id| sized(r.junit(id)?)).await?;
     let file = file.ok_or_else(|| no_report(&job))?;
     Ok(file_response(file, "application/xml", None))
 }
@@ -617,14 +635,7 @@ pub async fn artifacts(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let job = own_job(&state, &caller, &id).await?;
-    expired(&state, &job, "artifacts")?;
-    let results = state.jobs.results();
-    let file = {
-        let id = id.clone();
-        tokio::task::spawn_blocking(move || results.artifacts(&id))
-            .await
-            .map_err(ApiError::internal)??
-    };
+    let file = kept(&state, &job, "artifacts", |r, id| sized(r.artifacts(id)?)).await?;
     let file = file.ok_or_else(|| {
         ApiError::Absent(if job.status.is_terminal() {
             format!("job {id} kept no artifacts: its tests wrote nothing to /artifacts")
@@ -636,20 +647,17 @@ pub async fn artifacts(
     Ok(file_response(file, "application/gzip", Some(name)))
 }
 
-/// A kept file as a streamed body.
+/// A kept file of `len` bytes as a streamed body.
 fn file_response(
-    file: std::fs::File,
+    (file, len): (std::fs::File, u64),
     content_type: &'static str,
     disposition: Option<String>,
 ) -> Response {
-    let len = file.metadata().map(|m| m.len()).ok();
     let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if let Some(len) = len {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if let Some(value) = disposition.and_then(|d| HeaderValue::from_str(&d).ok()) {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }

@@ -2,15 +2,15 @@
 //!
 //! The directory was written by the job, so it is read as hostile: only regular files and
 //! directories are packed (a symlink, fifo or device is left out and counted), files are
-//! opened without following a link and never blocking, the walk is bounded in depth and
+//! opened as [`crate::jobfile`] opens what a job wrote, the walk is bounded in depth and
 //! entries, and no more than the cap of file bytes goes in. Entries go in name order, so
 //! which files fit under the cap does not depend on the order the disk lists them in.
 //! Blocking: runs on the blocking pool.
 
-use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+use crate::jobfile::JobFile;
 
 /// Entries (files, directories, and those left out) past which the walk stops.
 pub const MAX_ENTRIES: u64 = 100_000;
@@ -72,7 +72,7 @@ fn walk<W: Write>(
             tar.append_data(&mut header, &rel, std::io::empty())?;
             walk(&path, &rel, depth + 1, cap, tar, packed, seen)?;
         } else if kind.is_file() && packed.bytes.saturating_add(meta.len()) <= cap {
-            let Some(file) = open_file(&path)? else {
+            let JobFile::Regular(file) = crate::jobfile::open(&path)? else {
                 packed.left_out += 1;
                 continue;
             };
@@ -94,21 +94,6 @@ fn walk<W: Write>(
         }
     }
     Ok(())
-}
-
-/// Opens a regular file without following a link and without blocking on a fifo; `None`
-/// when it is something else by now.
-fn open_file(path: &Path) -> std::io::Result<Option<File>> {
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    Ok(file.metadata()?.is_file().then_some(file))
 }
 
 fn mtime(meta: &std::fs::Metadata) -> u64 {

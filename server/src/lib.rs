@@ -14,6 +14,7 @@ pub mod execute;
 pub mod executor;
 pub mod image;
 pub mod install;
+pub mod jobfile;
 pub mod jobs;
 pub mod layout;
 pub mod lifecycle;

@@ -13,6 +13,8 @@ use std::path::Path;
 use ci_protocol::{FailedTest, FailureKind, TestReport};
 use quick_xml::events::{BytesStart, Event};
 
+use crate::jobfile::JobFile;
+
 /// Largest report read; a bigger one is not trusted.
 pub const MAX_REPORT_BYTES: u64 = 64 << 20;
 
@@ -42,23 +44,14 @@ const TEXT_TAIL: usize = 8 << 10;
 /// Longest message kept of a failed test, in characters.
 const MAX_MESSAGE_CHARS: usize = 200;
 
-/// Opens the report at `path` without following a link and without blocking on a fifo:
-/// `None` when there is none, an error when it is not a regular file.
+/// Opens the report at `path` as a file the job wrote ([`crate::jobfile`]): `None` when there
+/// is none, an error when it is not a regular file.
 pub fn open(path: &Path) -> std::io::Result<Option<std::fs::File>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("the report is not a regular file"));
+    match crate::jobfile::open(path)? {
+        JobFile::Missing => Ok(None),
+        JobFile::NotRegular => Err(std::io::Error::other("the report is not a regular file")),
+        JobFile::Regular(file) => Ok(Some(file)),
     }
-    Ok(Some(file))
 }
 
 /// Reads the report at `path`: `None` when there is none.
