@@ -25,7 +25,11 @@ fn counts_of(line: &str) -> String {
 }
 
 fn api_json(server: &Server, path: &str) -> (u16, serde_json::Value) {
-    let (status, body) = http("GET", &server.addr, path, Some(&server.admin_key), b"").unwrap();
+    api_json_as(server, &server.admin_key, path)
+}
+
+fn api_json_as(server: &Server, key: &str, path: &str) -> (u16, serde_json::Value) {
+    let (status, body) = http("GET", &server.addr, path, Some(key), b"").unwrap();
     let value = serde_json::from_slice(&body)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
     (status, value)
@@ -112,8 +116,11 @@ fn the_failing_project_ends_with_its_failed_tests_and_reruns_them() {
 #[test]
 fn a_passing_job_has_nothing_to_rerun() {
     let server = shared_server();
+    // A user of its own: other tests submit as the admin meanwhile.
+    let (_, key) = server.new_user("rerunner", false);
     let run = server
         .ci(&fixture("dummy_project"))
+        .env("CI_API_KEY", &key)
         .args(["submit", "test"])
         .run();
     run.expect_code(0);
@@ -125,20 +132,29 @@ fn a_passing_job_has_nothing_to_rerun() {
         format!("==> tests: 2 passed · job {id}")
     );
 
-    let jobs_before = api_json(server, "/v1/jobs").1.as_array().unwrap().len();
+    let jobs_before = api_json_as(server, &key, "/v1/jobs")
+        .1
+        .as_array()
+        .unwrap()
+        .len();
     let rerun = server
         .ci(&fixture("dummy_project"))
+        .env("CI_API_KEY", &key)
         .args(["rerun", &id, "--failed"])
         .run();
     rerun.expect_code(0).expect_stderr("nothing to rerun");
-    let jobs_after = api_json(server, "/v1/jobs").1.as_array().unwrap().len();
+    let jobs_after = api_json_as(server, &key, "/v1/jobs")
+        .1
+        .as_array()
+        .unwrap()
+        .len();
     assert_eq!(jobs_before, jobs_after, "no job was submitted\n{rerun}");
     // The server refuses it too, before the upload.
     let (status, body) = http(
         "POST",
         &server.addr,
         &format!("/v1/jobs?failed_from={id}"),
-        Some(&server.admin_key),
+        Some(&key),
         b"not read",
     )
     .unwrap();
