@@ -864,6 +864,10 @@ fn bind(source: &Path, destination: &str, readonly: bool) -> Result<Mount, Error
     mount(destination, "bind", source, &options)
 }
 
+/// The longest value fsconfig(2) accepts, its terminating NUL included (`strndup_user(value,
+/// 256)` in fs/fsopen.c).
+const FSCONFIG_VALUE_MAX: usize = 256;
+
 /// An overlayfs mount. libcontainer 0.7 mounts it with the new mount API: the options it
 /// knows as mount flags (`ro`, `nosuid`, `nodev`) are set on the mount with
 /// mount_setattr(2); every other option goes to fsconfig(2), `key=value` as
@@ -874,7 +878,14 @@ fn overlay(o: &OverlayMount, userns: bool) -> Result<Mount, Error> {
     // validate() checked that every path is UTF-8 without separators.
     let path = |p: &Path| p.to_string_lossy().into_owned();
     let lower: Vec<String> = o.lower.iter().map(|l| path(l)).collect();
-    let mut options = vec![format!("lowerdir={}", lower.join(":"))];
+    let joined = lower.join(":");
+    // fsconfig(2) takes a value of at most 255 bytes: past that, one layer per option
+    // (`lowerdir+`, Linux 6.8), where each path has that limit alone.
+    let mut options = if joined.len() < FSCONFIG_VALUE_MAX {
+        vec![format!("lowerdir={joined}")]
+    } else {
+        lower.iter().map(|l| format!("lowerdir+={l}")).collect()
+    };
     if let Some(u) = &o.upper {
         options.push(format!("upperdir={}", path(&u.upper)));
         options.push(format!("workdir={}", path(&u.work)));
@@ -1428,6 +1439,27 @@ pub(crate) mod tests {
                 "nosuid",
                 "nodev",
                 "ro",
+            ]
+        );
+    }
+
+    #[test]
+    fn lower_layers_too_long_for_one_value_go_one_per_option() {
+        let long = |n: usize| PathBuf::from(format!("/srv/{}/{n}", "d".repeat(100)));
+        let overlay = OverlayMount {
+            destination: "/venv".into(),
+            lower: vec![long(1), long(2), long(3)],
+            upper: None,
+        };
+        let oci = with_overlay(overlay, Some(UserNamespace::Caller));
+        let options = options(find_mount(&oci, "/venv"));
+        let d = "d".repeat(100);
+        assert_eq!(
+            options[..3],
+            [
+                format!("lowerdir+=/srv/{d}/1"),
+                format!("lowerdir+=/srv/{d}/2"),
+                format!("lowerdir+=/srv/{d}/3"),
             ]
         );
     }

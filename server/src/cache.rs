@@ -309,6 +309,9 @@ pub fn merge(upper: &Path, lower: &Path) -> io::Result<u64> {
 /// Where the dependency layers are: `deps/<user>/<key>`.
 const LAYERS: &str = "deps";
 
+/// Where the projects' bytecode trees are: `pyc/<user>/<key>` ([`crate::bytecode`]).
+pub const BYTECODE: &str = "pyc";
+
 /// The dependency layer `key` of `user`.
 pub fn layer_dir(cache_dir: &Path, user: &str, key: &str) -> PathBuf {
     cache_dir.join(LAYERS).join(user).join(key)
@@ -330,8 +333,8 @@ fn children(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// The entries of the cache: `deps/<user>/<key>`, `uv/<user>` and `pip/<user>`, with their
-/// user.
+/// The entries of the cache: `deps/<user>/<key>`, `pyc/<user>/<key>`, `uv/<user>` and
+/// `pip/<user>`, with their user.
 fn entries(cache_dir: &Path) -> Vec<(String, PathBuf)> {
     let user = |path: &Path| {
         path.file_name()
@@ -339,9 +342,11 @@ fn entries(cache_dir: &Path) -> Vec<(String, PathBuf)> {
             .unwrap_or_default()
     };
     let mut out = Vec::new();
-    for dir in children(&cache_dir.join(LAYERS)) {
-        let owner = user(&dir);
-        out.extend(children(&dir).into_iter().map(|p| (owner.clone(), p)));
+    for kind in [LAYERS, BYTECODE] {
+        for dir in children(&cache_dir.join(kind)) {
+            let owner = user(&dir);
+            out.extend(children(&dir).into_iter().map(|p| (owner.clone(), p)));
+        }
     }
     for kind in [ci_project::Installer::Uv, ci_project::Installer::Pip] {
         out.extend(
@@ -400,7 +405,11 @@ pub fn evict(
             continue;
         };
         let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        let layer = path.parent().and_then(Path::parent) == Some(cache_dir.join(LAYERS).as_path());
+        // Layers and bytecode trees do not change once stored: measured once.
+        let grandparent = path.parent().and_then(Path::parent);
+        let layer = [LAYERS, BYTECODE]
+            .iter()
+            .any(|kind| grandparent == Some(cache_dir.join(kind).as_path()));
         let bytes = match registry.layer_size(&path).filter(|_| layer) {
             Some(bytes) => bytes,
             None => {

@@ -13,6 +13,7 @@ use ci_project::{InstallPlan, Installer};
 use ci_runner::{ContainerSpec, Outcome};
 use tokio::time::Instant;
 
+use crate::bytecode;
 use crate::cache;
 use crate::config::format_size;
 use crate::executor::{Control, Executor, JobEvents};
@@ -44,6 +45,9 @@ pub struct ContainerExecutor {
     /// The cache entries running jobs use, which nothing removes.
     pub cache: cache::Registry,
     pub image: ImageProvider,
+    /// Held while an image's bytecode is compiled (one compile at a time); the images whose
+    /// compile failed, which are not tried again by this process.
+    pub image_bytecode: tokio::sync::Mutex<std::collections::HashSet<String>>,
     /// Who installs dependencies (`--installer`); pip when uv cannot be had.
     pub installer: Installer,
     /// Where uv comes from; `None` when jobs install with pip.
@@ -106,8 +110,13 @@ impl Executor for ContainerExecutor {
     /// now and every hour.
     async fn maintain(&self) {
         let image = async {
-            if let Err(e) = self.image.get().await {
-                tracing::error!(image = %self.image.reference(), error = %e, "image is not available yet; jobs will retry");
+            match self.image.get().await {
+                Ok(image) => {
+                    image_bytecode(self, &image, None).await;
+                }
+                Err(e) => {
+                    tracing::error!(image = %self.image.reference(), error = %e, "image is not available yet; jobs will retry")
+                }
             }
         };
         let uv = async {
@@ -176,6 +185,7 @@ async fn execute(
         image.reference,
         short_digest(&image.manifest_digest)
     ));
+    let image_tree = image_bytecode(ctx, &image, Some(log)).await;
 
     let (tool, uv_dir) = match &ctx.uv {
         None => (pip_tool(), None),
@@ -250,7 +260,12 @@ async fn execute(
         .collect();
     let line = format!("running tests: python -m pytest -v {}", shown.join(" "));
     events.phase(Phase::Testing, line.trim_end()).await;
-    let writable = [paths.report(), paths.artifacts()];
+    let writable = [
+        paths.report(),
+        paths.artifacts(),
+        paths.bytecode(),
+        paths.bytecode_work(),
+    ];
     let ready = {
         let (dirs, userns) = (writable.clone(), ctx.sandbox.user_namespace);
         blocking(move || {
@@ -268,7 +283,14 @@ async fn execute(
             "cannot prepare the test's writable directories: {e}"
         ));
     }
-    let spec = spec::test(&common.spec, &venv, &job.pytest_args, &config.env);
+    let trees = bytecode_trees(ctx, job, paths, &venv, &image, image_tree, &config.env).await;
+    let spec = spec::test(
+        &common.spec,
+        &venv,
+        &trees.lower,
+        &job.pytest_args,
+        &config.env,
+    );
     // What the tests may write is capped like what the installs write: the report's
     // directory and /artifacts are watched, and the tests stopped past either cap.
     let budgets = [
@@ -282,13 +304,19 @@ async fn execute(
             crate::report::MAX_REPORT_BYTES,
             Overrun::Report,
         )),
+        Arc::new(Budget::of(
+            vec![paths.bytecode()],
+            ctx.max_deps_size,
+            Overrun::Bytecode,
+        )),
     ];
     let watch = {
-        let [artifacts, report] = budgets.clone();
+        let [artifacts, report, bytecode] = budgets.clone();
         async move {
             tokio::select! {
                 over = supervisor::watch_writes(artifacts) => over,
                 over = supervisor::watch_writes(report) => over,
+                over = supervisor::watch_writes(bytecode) => over,
             }
         }
     };
@@ -327,6 +355,7 @@ async fn execute(
             reason: over.reason(cap),
         };
     }
+    trees.keep(ctx, job, paths).await;
     let report_file = paths.junit();
     let report = blocking(move || crate::report::read(&report_file)).await;
     match &report {
@@ -851,6 +880,7 @@ impl Install<'_> {
     async fn store(&self, staging: PathBuf, deps: &Path) -> Result<bool, Verdict> {
         let (deps, registry) = (deps.to_path_buf(), self.common.ctx.cache.clone());
         let stored = blocking(move || {
+            bytecode::prune_install_tree(&staging)?;
             let size = cache::usage(&staging, u64::MAX)?.bytes;
             if let Some(parent) = deps.parent() {
                 fs_err::create_dir_all(parent)?;
@@ -870,14 +900,24 @@ impl Install<'_> {
     async fn project(&self, deps: &Path, step: &Step<'_>, job: &Job) -> Option<Verdict> {
         let (upper, work) = (self.paths.venv_upper(), self.paths.venv_work());
         let spec = spec::install_project(&self.common.spec, &self.input(), deps);
-        self.run(
-            &spec,
-            "installing the project",
-            step,
-            job,
-            vec![upper, work],
-        )
-        .await
+        let failed = self
+            .run(
+                &spec,
+                "installing the project",
+                step,
+                job,
+                vec![upper.clone(), work],
+            )
+            .await;
+        if failed.is_none() {
+            // What the build compiled of the upload belongs to no layer.
+            if let Err(e) = blocking(move || bytecode::prune_install_tree(&upper)).await {
+                return Some(Verdict::error(format!(
+                    "cannot settle the project's install: {e}"
+                )));
+            }
+        }
+        failed
     }
 
     /// What an install container writing into `layer` may write, and where.
@@ -937,6 +977,221 @@ impl Install<'_> {
                 InstallerCache::Private(_) => CacheMount::Private,
             }),
             max_file_size: self.common.ctx.max_deps_size,
+        }
+    }
+}
+
+/// The image's bytecode tree ([`bytecode::image_tree`]), compiled by a container of the
+/// image the first time it is asked for; `None` when it cannot be had, and then jobs compile
+/// what they import, which is slower, not wrong. One compile at a time: a job that asks
+/// meanwhile waits for it. A failed compile is not tried again by this process.
+async fn image_bytecode(
+    ctx: &ContainerExecutor,
+    image: &ci_rootfs::Image,
+    log: Option<&LiveLog>,
+) -> Option<PathBuf> {
+    let tree = bytecode::image_tree(&image.rootfs);
+    let mut failed = ctx.image_bytecode.lock().await;
+    if tokio::fs::metadata(&tree).await.is_ok_and(|m| m.is_dir()) {
+        return Some(tree);
+    }
+    if failed.contains(&image.manifest_digest) {
+        return None;
+    }
+    // No line in the job's log: it is the server's work, once, and the job is still
+    // "preparing image" meanwhile.
+    let started = std::time::Instant::now();
+    match compile_image(ctx, image, &tree).await {
+        Ok(()) => {
+            tracing::info!(image = %image.reference, tree = %tree.display(), secs = started.elapsed().as_secs_f64(), "image bytecode compiled");
+            Some(tree)
+        }
+        Err(e) => {
+            tracing::warn!(image = %image.reference, error = %e, "cannot compile the image's bytecode; jobs compile what they import");
+            if let Some(log) = log {
+                let _ = log.note(&format!(
+                    "cannot compile the image's bytecode ({e}): the tests compile what they import"
+                ));
+            }
+            failed.insert(image.manifest_digest.clone());
+            None
+        }
+    }
+}
+
+/// Runs the compile container of `image` in a directory of its own beside `tree`, then
+/// moves its output to `tree` (unless another server sharing the image cache did first).
+async fn compile_image(
+    ctx: &ContainerExecutor,
+    image: &ci_rootfs::Image,
+    tree: &Path,
+) -> Result<(), String> {
+    let digest = image.manifest_digest.trim_start_matches("sha256:");
+    let id = format!("image-{}", &digest[..digest.len().min(12)]);
+    let root = tree.with_file_name(format!("bytecode.{}", std::process::id()));
+    let paths = JobPaths::new(root.clone());
+    let prepared = {
+        let (paths, userns) = (paths.clone(), ctx.sandbox.user_namespace);
+        blocking(move || {
+            if paths.root().exists() {
+                cache::remove_tree(paths.root()).map_err(|e| e.to_string())?;
+            }
+            fs_err::create_dir_all(paths.project()).map_err(|e| e.to_string())?;
+            fs_err::create_dir_all(paths.bytecode()).map_err(|e| e.to_string())?;
+            ci_runner::give_to_container(&paths.bytecode(), &userns)
+                .map_err(|e| ci_runner::error_chain(&e))
+        })
+        .await
+    };
+    let result = match prepared {
+        Ok(()) => run_compile(ctx, image, &id, &paths, tree).await,
+        Err(e) => Err(e),
+    };
+    let _ = blocking(move || cache::remove_tree(&root)).await;
+    result
+}
+
+async fn run_compile(
+    ctx: &ContainerExecutor,
+    image: &ci_rootfs::Image,
+    id: &str,
+    paths: &JobPaths,
+    tree: &Path,
+) -> Result<(), String> {
+    let spec = spec::compile_bytecode(&spec_config(ctx, image, id, paths));
+    let run = supervisor::supervise(
+        &ctx.helper(),
+        &spec,
+        paths,
+        &supervisor::Discard,
+        std::future::pending(),
+        Instant::now() + COMPILE_TIMEOUT,
+        std::future::pending(),
+    )
+    .await;
+    match run.ended {
+        Ended::Finished(Outcome {
+            exit_code: Some(0), ..
+        }) => {}
+        Ended::Finished(o) => {
+            let tail = String::from_utf8_lossy(&run.tail);
+            let last = tail.lines().last().unwrap_or_default().to_string();
+            return Err(format!("{} {last}", describe(ctx, &o)));
+        }
+        Ended::Interrupted(why) => return Err(format!("interrupted: {why:?}")),
+        Ended::HelperFailed(failure) => return Err(failure.reason()),
+    }
+    let (out, tree) = (paths.bytecode(), tree.to_path_buf());
+    blocking(move || match std::fs::rename(&out, &tree) {
+        Ok(()) => Ok(()),
+        Err(_) if tree.is_dir() => Ok(()),
+        Err(e) => Err(format!("cannot keep it: {e}")),
+    })
+    .await
+}
+
+/// Longest an image's bytecode compile may take.
+const COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The bytecode trees the test container's cache is laid over, and the project's own to
+/// keep when the run had none.
+struct Trees {
+    /// Read-only, first found first: the project's `/venv` layers', the image's, then the
+    /// project's own from an earlier run of the same upload.
+    lower: Vec<PathBuf>,
+    /// The project's tree; `None` when it could not be keyed (the tests then keep nothing).
+    entry: Option<PathBuf>,
+    /// Whether `entry` was there already (then it is not replaced).
+    found: bool,
+    /// Keeps `entry` in the cache while the tests read it.
+    _hold: Option<cache::Hold>,
+}
+
+/// Finds the trees for the test container of `job` ([`crate::bytecode`]). Blocking work off
+/// the async threads; what cannot be read is left out (the tests then compile more).
+async fn bytecode_trees(
+    ctx: &ContainerExecutor,
+    job: &Job,
+    paths: &JobPaths,
+    venv: &Venv,
+    image: &ci_rootfs::Image,
+    image_tree: Option<PathBuf>,
+    env: &std::collections::BTreeMap<String, String>,
+) -> Trees {
+    let layers: Vec<PathBuf> = match venv {
+        Venv::Layer(deps) => vec![deps.join(bytecode::IN_VENV)],
+        Venv::WithProject(deps) => vec![
+            paths.venv_upper().join(bytecode::IN_VENV),
+            deps.join(bytecode::IN_VENV),
+        ],
+    };
+    let venv_id = match venv {
+        Venv::Layer(deps) => format!("layer:{}", deps.display()),
+        Venv::WithProject(deps) => format!("project:{}", deps.display()),
+    };
+    let project = paths.project();
+    let (cache_dir, owner, digest) = (
+        ctx.cache_dir.clone(),
+        job.owner.clone(),
+        image.manifest_digest.clone(),
+    );
+    let (args, env) = (job.pytest_args.clone(), env.clone());
+    let registry = ctx.cache.clone();
+    let found = blocking(move || {
+        let mut lower: Vec<PathBuf> = layers.into_iter().filter(|t| t.is_dir()).collect();
+        lower.extend(image_tree);
+        let entry = match bytecode::content_hash(&project) {
+            Ok(content) => {
+                let key = bytecode::project_key(&owner, &digest, &venv_id, &content, &args, &env);
+                Some(bytecode::project_entry(&cache_dir, &owner, &key))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot key the project's bytecode");
+                None
+            }
+        };
+        let hold = entry.as_ref().map(|e| registry.hold(e));
+        let found = entry.as_ref().is_some_and(|e| e.is_dir());
+        if let (true, Some(entry)) = (found, &entry) {
+            cache::touch(entry);
+            lower.push(entry.clone());
+        }
+        Ok::<_, String>(Trees {
+            lower,
+            entry,
+            found,
+            _hold: hold,
+        })
+    })
+    .await;
+    found.unwrap_or_else(|_| Trees {
+        lower: vec![],
+        entry: None,
+        found: false,
+        _hold: None,
+    })
+}
+
+impl Trees {
+    /// Keeps what the tests compiled as the project's tree when there was none, then brings
+    /// the user's cache entries back under `--cache-max-size`.
+    async fn keep(self, ctx: &ContainerExecutor, job: &Job, paths: &JobPaths) {
+        let Some(entry) = self.entry.filter(|_| !self.found) else {
+            return;
+        };
+        let (upper, owner) = (paths.bytecode(), job.owner.clone());
+        let (cache_dir, registry, max) =
+            (ctx.cache_dir.clone(), ctx.cache.clone(), ctx.cache_max_size);
+        let kept = blocking(move || {
+            let kept = bytecode::keep(&upper, &entry)?;
+            if kept {
+                cache::evict(&cache_dir, &owner, max, &registry)?;
+            }
+            Ok::<_, std::io::Error>(kept)
+        })
+        .await;
+        if let Err(e) = kept {
+            tracing::warn!(job = %job.id, error = %e, "cannot keep the project's bytecode");
         }
     }
 }

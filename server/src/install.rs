@@ -38,7 +38,7 @@ pub fn deps_key(image_digest: &str, tool: &Tool, plan: &InstallPlan) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for part in [
-        "ci-deps-v2",
+        "ci-deps-v3",
         image_digest,
         tool.kind.as_str(),
         &tool.version,
@@ -234,7 +234,11 @@ fn project_script(plan: &InstallPlan, layer: &ProjectLayer, tool: &Tool) -> Stri
 
 /// Environment of both install containers.
 pub fn install_env(tool: &Tool, plan: &InstallPlan, ca: Option<&str>) -> Vec<(String, String)> {
-    let mut env: Vec<(&str, String)> = vec![("VIRTUAL_ENV", VENV.into())];
+    // What the install compiles goes into the layer's bytecode tree (crate::bytecode).
+    let mut env: Vec<(&str, String)> = vec![
+        ("VIRTUAL_ENV", VENV.into()),
+        (crate::bytecode::ENV, crate::bytecode::install_prefix()),
+    ];
     match tool.kind {
         Installer::Uv => env.extend([
             ("UV_CACHE_DIR", UV_CACHE.into()),
@@ -243,7 +247,7 @@ pub fn install_env(tool: &Tool, plan: &InstallPlan, ca: Option<&str>) -> Vec<(St
             ("UV_PROJECT_ENVIRONMENT", VENV.into()),
             // The cache and /venv are different mounts: hard links cannot cross them.
             ("UV_LINK_MODE", "copy".into()),
-            // Tests run with /venv read-only, where Python could not write bytecode.
+            // Tests run with /venv read-only: what they import is compiled once, here.
             ("UV_COMPILE_BYTECODE", "1".into()),
             ("UV_NO_PROGRESS", "1".into()),
         ]),
@@ -418,6 +422,8 @@ pub enum Overrun {
     Artifacts,
     /// The tests wrote more than a report may hold into the report directory.
     Report,
+    /// The tests wrote more than `--max-deps-size` of bytecode ([`crate::bytecode::PREFIX`]).
+    Bytecode,
 }
 
 impl Overrun {
@@ -425,7 +431,7 @@ impl Overrun {
     pub fn reason(self, cap: u64) -> String {
         match self {
             Overrun::Artifacts => format!("{}; what fit is kept", self.what(cap)),
-            Overrun::Report => self.what(cap),
+            Overrun::Report | Overrun::Bytecode => self.what(cap),
             _ => format!("{}; nothing of it is kept", self.what(cap)),
         }
     }
@@ -451,6 +457,10 @@ impl Overrun {
             Overrun::Report => format!(
                 "the tests wrote more than {cap} into the test report's directory {}",
                 crate::report::DIR_IN_CONTAINER
+            ),
+            Overrun::Bytecode => format!(
+                "the tests wrote more than {cap} into the bytecode cache {} (--max-deps-size)",
+                crate::bytecode::PREFIX
             ),
         }
     }

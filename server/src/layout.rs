@@ -194,6 +194,19 @@ impl JobPaths {
         self.root.join("cache-work")
     }
 
+    /// The upper directory of the test container's bytecode cache
+    /// ([`crate::bytecode::PREFIX`]): the `*.pyc` its Python and pytest write, kept for the
+    /// next run of the same project ([`crate::bytecode`]). In the container that compiles an
+    /// image's bytecode, that container's output.
+    pub fn bytecode(&self) -> PathBuf {
+        self.root.join("pycache")
+    }
+
+    /// overlayfs's work directory for [`JobPaths::bytecode`].
+    pub fn bytecode_work(&self) -> PathBuf {
+        self.root.join("pycache-work")
+    }
+
     /// The JUnit report pytest writes in the test container (as [`crate::report::IN_CONTAINER`]).
     pub fn junit(&self) -> PathBuf {
         self.report().join("junit.xml")

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api;
 pub mod artifacts;
 pub mod auth;
+pub mod bytecode;
 pub mod cache;
 pub mod config;
 pub mod db;
@@ -152,6 +153,7 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         max_artifacts_size: args.max_artifacts_size,
         cache: cache::Registry::default(),
         image: image::ImageProvider::new(store, reference, options),
+        image_bytecode: Default::default(),
         installer,
         uv,
         ca_bundle,

@@ -21,6 +21,7 @@ use ci_runner::{
     UserNamespace,
 };
 
+use crate::bytecode;
 use crate::install::{self, Tool};
 use crate::layout::JobPaths;
 
@@ -97,15 +98,18 @@ pub fn needs_build_copy(plan: &InstallPlan) -> bool {
 }
 
 /// The test container: pytest over the upload, read-only, with the job's `/venv` read-only, no
-/// network, and two writable bind mounts: the report directory and `/artifacts`.
+/// network, two writable bind mounts (the report directory and `/artifacts`) and the
+/// bytecode cache: an overlay over the read-only `bytecode` trees, first found first, whose
+/// upper directory is the job's ([`crate::bytecode`]).
 pub fn test(
     cfg: &SpecConfig,
     venv: &Venv,
+    bytecode: &[PathBuf],
     pytest_args: &[String],
     config_env: &BTreeMap<String, String>,
 ) -> ContainerSpec {
     let mut extra = vec![
-        ("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string()),
+        (bytecode::ENV.to_string(), bytecode::PREFIX.to_string()),
         (ARTIFACTS_ENV.to_string(), ARTIFACTS.to_string()),
     ];
     // The project's own variables ([tool.ci] env) come last: they are the user's to set.
@@ -143,6 +147,34 @@ pub fn test(
     ));
     spec.mounts
         .push(writable(cfg.paths, Writable::Artifacts, ARTIFACTS));
+    if bytecode.is_empty() {
+        spec.mounts
+            .push(writable(cfg.paths, Writable::Bytecode, bytecode::PREFIX));
+    } else {
+        spec.overlays.push(overlay(
+            cfg.paths,
+            bytecode::PREFIX,
+            bytecode.to_vec(),
+            Upper::Bytecode,
+        ));
+    }
+    spec
+}
+
+/// The container that compiles an image's bytecode once ([`bytecode::COMPILE`]): the
+/// image's own Python, no network, nothing to read but the image, and one writable
+/// directory, the job's [`JobPaths::bytecode`] at [`bytecode::PREFIX`], which becomes the
+/// image's tree. `cfg.paths` is the compile's own directory, not a job's.
+pub fn compile_bytecode(cfg: &SpecConfig) -> ContainerSpec {
+    let env = env(
+        cfg.image_env,
+        &[(bytecode::ENV.to_string(), bytecode::PREFIX.to_string())],
+    );
+    let args = ["python3", "-c", bytecode::COMPILE];
+    let workspace = read_only(&cfg.paths.project(), WORKSPACE);
+    let mut spec = base(cfg, "bytecode", &args, env, Network::None, workspace);
+    spec.mounts
+        .push(writable(cfg.paths, Writable::Bytecode, bytecode::PREFIX));
     spec
 }
 
@@ -321,6 +353,9 @@ enum Writable {
     DepsStaging,
     /// The job's private installer cache ([`JobPaths::installer_cache`]).
     InstallerCache,
+    /// The bytecode the compile of an image writes ([`JobPaths::bytecode`]), or the tests
+    /// when there is no tree to lay it over.
+    Bytecode,
 }
 
 impl Writable {
@@ -331,6 +366,7 @@ impl Writable {
             Writable::Build => paths.build(),
             Writable::DepsStaging => paths.deps_staging(),
             Writable::InstallerCache => paths.installer_cache(),
+            Writable::Bytecode => paths.bytecode(),
         }
     }
 }
@@ -341,6 +377,7 @@ impl Writable {
 enum Upper {
     Venv,
     Cache,
+    Bytecode,
 }
 
 impl Upper {
@@ -348,6 +385,7 @@ impl Upper {
         let (upper, work) = match self {
             Upper::Venv => (paths.venv_upper(), paths.venv_work()),
             Upper::Cache => (paths.cache_upper(), paths.cache_work()),
+            Upper::Bytecode => (paths.bytecode(), paths.bytecode_work()),
         };
         OverlayUpper { upper, work }
     }
@@ -446,6 +484,8 @@ mod tests {
         }
     }
 
+    const IMAGE_BYTECODE: &str = "/data/images/abc/bytecode";
+
     fn test_spec(venv: &Venv, args: &[&str], config_env: &[(&str, &str)]) -> ContainerSpec {
         let (paths, image_env) = (paths(), image_env());
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -453,7 +493,14 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        test(&config(&paths, &image_env), venv, &args, &config_env)
+        let trees = [PathBuf::from(IMAGE_BYTECODE)];
+        test(
+            &config(&paths, &image_env),
+            venv,
+            &trees,
+            &args,
+            &config_env,
+        )
     }
 
     /// Both install specs of `plan`, with a shared installer cache.
@@ -476,9 +523,13 @@ mod tests {
 
     /// Every spec this module makes, for the invariants that hold for all of them.
     fn all_specs() -> Vec<ContainerSpec> {
+        let (paths, image_env) = (paths(), image_env());
+        let cfg = config(&paths, &image_env);
         let mut specs = vec![
             test_spec(&Venv::Layer(DEPS.into()), &[], &[]),
             test_spec(&Venv::WithProject(DEPS.into()), &["-k", "x"], &[]),
+            test(&cfg, &Venv::Layer(DEPS.into()), &[], &[], &BTreeMap::new()),
+            compile_bytecode(&cfg),
         ];
         for plan in [
             plan(requirements(), None),
@@ -581,7 +632,7 @@ mod tests {
             cpu_quota_us: None,
             ..config(&paths, &image_env)
         };
-        let spec = test(&cfg, &Venv::Layer(DEPS.into()), &[], &BTreeMap::new());
+        let spec = test(&cfg, &Venv::Layer(DEPS.into()), &[], &[], &BTreeMap::new());
         assert_eq!(spec.limits, Limits::default());
     }
 
@@ -608,7 +659,9 @@ mod tests {
             for overlay in &spec.overlays {
                 for lower in &overlay.lower {
                     assert!(
-                        lower.starts_with(JOB) || lower.starts_with("/data/cache"),
+                        lower.starts_with(JOB)
+                            || lower.starts_with("/data/cache")
+                            || lower == Path::new(IMAGE_BYTECODE),
                         "{lower:?}"
                     );
                 }
@@ -617,7 +670,7 @@ mod tests {
     }
 
     #[test]
-    fn the_test_container_is_offline_and_writes_only_its_report_and_artifacts() {
+    fn the_test_container_is_offline_and_writes_only_its_report_artifacts_and_bytecode() {
         for venv in [Venv::Layer(DEPS.into()), Venv::WithProject(DEPS.into())] {
             let spec = test_spec(&venv, &[], &[]);
             assert_eq!(spec.id, "ci-j1-test");
@@ -626,7 +679,15 @@ mod tests {
             let workspace = mount(&spec, WORKSPACE).unwrap();
             assert_eq!(workspace.source, paths().project());
             assert!(workspace.readonly, "the upload is read-only");
-            assert_eq!(written(&spec), [paths().report(), paths().artifacts()]);
+            assert_eq!(
+                written(&spec),
+                [
+                    paths().report(),
+                    paths().artifacts(),
+                    paths().bytecode(),
+                    paths().bytecode_work()
+                ]
+            );
             let artifacts = mount(&spec, ARTIFACTS).unwrap();
             assert_eq!(artifacts.source, paths().artifacts());
             assert_eq!(env_value(&spec, ARTIFACTS_ENV), Some(ARTIFACTS));
@@ -654,12 +715,67 @@ mod tests {
                 destinations,
                 [
                     ARTIFACTS,
+                    bytecode::PREFIX,
                     crate::report::DIR_IN_CONTAINER,
                     install::VENV,
                     WORKSPACE
                 ]
             );
         }
+    }
+
+    #[test]
+    fn bytecode_goes_to_the_prefix_over_the_trees_never_beside_the_sources() {
+        let spec = test_spec(&Venv::Layer(DEPS.into()), &[], &[]);
+        assert_eq!(env_value(&spec, bytecode::ENV), Some(bytecode::PREFIX));
+        assert_eq!(env_value(&spec, "PYTHONDONTWRITEBYTECODE"), None);
+        let cache = spec
+            .overlays
+            .iter()
+            .find(|o| o.destination == bytecode::PREFIX)
+            .unwrap();
+        assert_eq!(cache.lower, [PathBuf::from(IMAGE_BYTECODE)]);
+        assert_eq!(
+            cache.upper,
+            Some(OverlayUpper {
+                upper: paths().bytecode(),
+                work: paths().bytecode_work(),
+            })
+        );
+        // No tree yet: the job's own directory, alone.
+        let (paths, image_env) = (paths(), image_env());
+        let spec = test(
+            &config(&paths, &image_env),
+            &Venv::Layer(DEPS.into()),
+            &[],
+            &[],
+            &BTreeMap::new(),
+        );
+        let cache = mount(&spec, bytecode::PREFIX).unwrap();
+        assert_eq!(
+            (cache.source.clone(), cache.readonly),
+            (paths.bytecode(), false)
+        );
+
+        // Installs compile into the layer's own tree.
+        for spec in install_specs(&plan(requirements(), None), None) {
+            assert_eq!(
+                env_value(&spec, bytecode::ENV),
+                Some(bytecode::install_prefix().as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn the_image_compile_is_offline_and_writes_only_its_output() {
+        let (paths, image_env) = (paths(), image_env());
+        let spec = compile_bytecode(&config(&paths, &image_env));
+        assert_eq!(spec.id, "ci-j1-bytecode");
+        assert_eq!(spec.network, Network::None);
+        assert_eq!(written(&spec), [paths.bytecode()]);
+        assert!(mount(&spec, WORKSPACE).unwrap().readonly);
+        assert_eq!(env_value(&spec, bytecode::ENV), Some(bytecode::PREFIX));
+        assert_eq!(spec.args[..2], ["python3", "-c"]);
     }
 
     #[test]
@@ -670,12 +786,12 @@ mod tests {
             (venv.source.as_path(), venv.readonly),
             (Path::new(DEPS), true)
         );
-        assert!(spec.overlays.is_empty());
+        assert!(spec.overlays.iter().all(|o| o.destination != install::VENV));
 
         let spec = test_spec(&Venv::WithProject(DEPS.into()), &[], &[]);
         assert!(mount(&spec, install::VENV).is_none());
         assert_eq!(
-            spec.overlays,
+            spec.overlays[..1],
             [OverlayMount {
                 destination: install::VENV.into(),
                 lower: vec![paths().venv_upper(), DEPS.into()],
@@ -695,7 +811,6 @@ mod tests {
         assert_eq!(path, "/venv/bin:/usr/local/bin:/usr/bin:/bin");
         assert_eq!(env_value(&spec, "VIRTUAL_ENV"), Some("/venv"));
         assert_eq!(env_value(&spec, "HOME"), Some("/root"));
-        assert_eq!(env_value(&spec, "PYTHONDONTWRITEBYTECODE"), Some("1"));
         // The image's own variables stay unless the server sets them.
         assert_eq!(env_value(&spec, "PYTHON_VERSION"), Some("3.12.4"));
         // [tool.ci] env wins over the server's settings, and comes last.

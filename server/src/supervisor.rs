@@ -35,6 +35,20 @@ pub trait OutputSink: Send + Sync {
     fn note(&self, line: &str) -> std::io::Result<()>;
 }
 
+/// A sink for a container whose output no one reads (the compile of an image's bytecode):
+/// only [`ContainerRun::tail`] keeps its end.
+pub struct Discard;
+
+impl OutputSink for Discard {
+    fn append(&self, _: &[u8]) -> std::io::Result<Appended> {
+        Ok(Appended::All)
+    }
+
+    fn note(&self, _: &str) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl OutputSink for LiveLog {
     fn append(&self, bytes: &[u8]) -> std::io::Result<Appended> {
         LiveLog::append(self, bytes)

@@ -427,7 +427,8 @@ impl Unpacker {
             tar::EntryType::Directory => self.directory(&rel),
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let mode = entry.header().mode().unwrap_or(0o644);
-                self.file(&rel, entry, mode)
+                let mtime = entry.header().mtime().unwrap_or(0);
+                self.file(&rel, entry, mode, mtime)
             }
             tar::EntryType::Symlink => {
                 let link = entry.link_name_bytes().unwrap_or_default().into_owned();
@@ -454,10 +455,20 @@ impl Unpacker {
         Ok(())
     }
 
-    fn file(&mut self, rel: &Rel, data: &mut impl Read, mode: u32) -> Result<(), UploadError> {
+    fn file(
+        &mut self,
+        rel: &Rel,
+        data: &mut impl Read,
+        mode: u32,
+        mtime: u64,
+    ) -> Result<(), UploadError> {
         use std::os::unix::fs::PermissionsExt;
         let mut file = self.create(rel, |dir, name| dir.create_file(name, 0o600))?;
         copy(data, &mut file, rel)?;
+        // The client's mtime, as on the developer's disk: Python and pytest check their
+        // bytecode against it (and the bytecode cache is keyed by it, crate::bytecode).
+        let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
+        file.set_modified(mtime).map_err(|e| io_error(rel, e))?;
         // Keep the owner's execute bit; make everything readable by the job (which may run as
         // another uid) and never carry setuid/setgid/sticky bits.
         let mode = 0o644 | if mode & 0o100 != 0 { 0o111 } else { 0 };

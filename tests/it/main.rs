@@ -2,6 +2,7 @@
 
 mod abuse_connections;
 mod artifacts;
+mod bytecode;
 mod errors;
 mod fairness;
 mod hostile;
