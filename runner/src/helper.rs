@@ -34,6 +34,38 @@ use crate::net;
 use crate::slirp::{self, Slirp};
 use crate::spec::{validate_id, HelperPlan};
 
+/// Set (to anything) in the helper's environment, it prints the time each of its steps took
+/// to stderr, a line each: [`TIMING_PREFIX`] `STEP MS` (`ci-server serve --log-timings`).
+pub const TIMINGS_ENV: &str = "CI_RUNNER_TIMINGS";
+
+/// How a timing line of the helper starts.
+pub const TIMING_PREFIX: &str = "ci-runner timing: ";
+
+/// The helper's steps as they pass, printed when [`TIMINGS_ENV`] is set.
+struct Laps {
+    on: bool,
+    last: std::time::Instant,
+}
+
+impl Laps {
+    fn new() -> Laps {
+        Laps {
+            on: std::env::var_os(TIMINGS_ENV).is_some(),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// The step that ends now.
+    fn lap(&mut self, step: &str) {
+        let now = std::time::Instant::now();
+        if self.on {
+            let ms = (now - self.last).as_secs_f64() * 1000.0;
+            eprintln!("{TIMING_PREFIX}{step} {ms:.2}");
+        }
+        self.last = now;
+    }
+}
+
 /// How a container ended.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -132,6 +164,7 @@ pub fn run_helper(
     id: &str,
     result: &Path,
 ) -> Result<Outcome, Error> {
+    let mut laps = Laps::new();
     validate_id(id)?;
     let signals = block_stop_signals()?;
     // libcontainer chdirs into the state dir during build and start: relative paths
@@ -175,8 +208,9 @@ pub fn run_helper(
         slirp_log: plan.slirp.then(|| bundle_dir.join(slirp::LOG_FILE)),
     };
 
+    laps.lap("load the bundle");
     let run = prepare_cgroups(&plan, cgroup_path.as_deref())
-        .and_then(|()| launch_and_wait(&bundle_dir, &state_root, id, &signals, &network))
+        .and_then(|()| launch_and_wait(&bundle_dir, &state_root, id, &signals, &network, &mut laps))
         .map(|(outcome, mut container, slirp)| {
             // delete() SIGKILLs stragglers and removes the cgroups and the state dir.
             if let Err(err) = container.delete(true) {
@@ -187,9 +221,11 @@ pub fn run_helper(
             drop(slirp);
             outcome
         });
+    laps.lap("delete the container");
     // Always, also after success: a no-op when delete() above worked.
     let cleanup = cleanup::cleanup_with_cgroup(&state_root, id, cgroup_path.as_deref());
     reap_children();
+    laps.lap("check nothing is left");
 
     if let Ok(outcome) = &run {
         write_result(&result, outcome)?;
@@ -230,6 +266,7 @@ fn launch_and_wait(
     id: &str,
     signals: &SignalFd,
     network: &NetworkSetup,
+    laps: &mut Laps,
 ) -> Result<(Outcome, Container, Option<Slirp>), Error> {
     // Read in the helper's own (the host's) namespace, before the container exists.
     let unreachable: Vec<net::Ipv4Net> = if network.slirp_log.is_some() {
@@ -257,6 +294,7 @@ fn launch_and_wait(
             id: id.to_owned(),
             source: Box::new(source),
         })?;
+    laps.lap("build (namespaces, mounts, init waiting)");
     // The state says Created: init is our child (CLONE_PARENT from libcontainer's
     // intermediate process) and blocks on the notify socket until start().
     let pid = container.pid().ok_or_else(|| Error::Wait(Errno::ESRCH))?;
@@ -283,10 +321,12 @@ fn launch_and_wait(
         }
         None => None,
     };
+    laps.lap("network");
     container.start().map_err(|source| Error::Start {
         id: id.to_owned(),
         source: Box::new(source),
     })?;
+    laps.lap("start");
 
     let killed_by_request = wait_for_exit(&mut container, &pidfd, signals)?;
     if let Some(slirp) = &mut slirp {
@@ -305,6 +345,7 @@ fn launch_and_wait(
         .map(|config| cgroup::read_counters(&config.cgroup_path))
         .unwrap_or_default();
     let outcome = outcome(status, counters, killed_by_request);
+    laps.lap("run (the container's process, to its exit)");
     tracing::debug!(id, ?outcome, ?counters, "container exited");
     Ok((outcome, container, slirp))
 }

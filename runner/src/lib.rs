@@ -42,7 +42,7 @@ pub use cli::{
     CLEANUP_SUBCOMMAND, CONTAINER_SUBCOMMAND,
 };
 pub use error::{chain as error_chain, Error};
-pub use helper::{run_helper, Outcome};
+pub use helper::{run_helper, Outcome, TIMINGS_ENV, TIMING_PREFIX};
 pub use spec::{
     build_spec, ensure_mountpoints, prepare_bundle, validate, validate_id, BindMount, CgroupMode,
     ContainerSpec, IdRange, Limits, Network, OverlayMount, OverlayUpper, Tmpfs, UserNamespace,

@@ -183,6 +183,7 @@ async fn accept(
     })?;
     enough_disk(state).await?;
     let id = new_job_id(state).await?;
+    let receive = crate::timing::step(&id, "upload: receive and unpack");
     let deadline = tokio::time::Instant::now() + state.uploads.timeout;
     let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_CHANNEL_CHUNKS);
     let dir = state.jobs.layout().new_job_dir(&id);
@@ -205,6 +206,8 @@ async fn accept(
         Joined::Unpacked(Err(e)) => return Err(upload_error(&id, e)),
         Joined::BodyFailed(failure) => return Err(failure.into_api_error(state)),
     };
+    drop(receive);
+    let check = crate::timing::step(&id, "upload: check and record");
     // The project's own configuration is checked now, so that a mistake in it is one line
     // back at once instead of a job that fails later; it also sets pytest arguments and
     // the timeout.
@@ -256,6 +259,7 @@ async fn accept(
     };
     // From here the job manager owns the directory (and removes it if it refuses the job).
     let position = state.jobs.submit(job.clone(), dir).await?;
+    drop(check);
     tracing::info!(job = %job.id, user = %caller.0.email, upload_bytes, "job submitted");
     Ok((StatusCode::CREATED, Json(job_view(&job, Some(position), 0))).into_response())
 }

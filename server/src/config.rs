@@ -187,6 +187,11 @@ pub struct ServeArgs {
     /// controller), and run jobs without that limit.
     #[arg(long)]
     pub allow_unlimited: bool,
+
+    /// Log where each job's time goes: a line per step (upload, queue, each phase, each
+    /// container's bundle, run and teardown) with its duration in milliseconds.
+    #[arg(long)]
+    pub log_timings: bool,
 }
 
 /// `--installer`.

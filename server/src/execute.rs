@@ -25,6 +25,7 @@ use crate::logs::LiveLog;
 use crate::model::{Job, Phase};
 use crate::spec::{self, CacheMount, InstallInput, SpecConfig, Venv};
 use crate::supervisor::{self, ContainerRun, Ended, Interruption, OverCap};
+use crate::timing;
 
 /// What every job run needs from the server's configuration.
 pub struct ContainerExecutor {
@@ -156,6 +157,7 @@ async fn execute(
     deadline: Instant,
 ) -> Verdict {
     let log = events.log();
+    let step = timing::step(&job.id, "read the project's config");
     // The project is read first: a job that cannot run should not wait for an image. The
     // config was checked at submit; it is read again because the installer is known only
     // now (uv may turn out to be unavailable).
@@ -165,6 +167,8 @@ async fn execute(
         Err(e) => return Verdict::error(e),
     };
 
+    drop(step);
+    let step = timing::step(&job.id, "image (and its bytecode)");
     events
         .phase(
             Phase::PullingImage,
@@ -186,6 +190,8 @@ async fn execute(
         short_digest(&image.manifest_digest)
     ));
     let image_tree = image_bytecode(ctx, &image, Some(log)).await;
+    drop(step);
+    let step = timing::step(&job.id, "plan the install");
 
     let (tool, uv_dir) = match &ctx.uv {
         None => (pip_tool(), None),
@@ -226,6 +232,7 @@ async fn execute(
         Ok(Some(missing)) | Err(missing) => return Verdict::error(missing),
     }
 
+    drop(step);
     let job_id = job.id.clone();
     let common = Common {
         ctx,
@@ -236,6 +243,7 @@ async fn execute(
         control,
         deadline,
     };
+    let install_step = timing::step(&job.id, "install (or reuse) /venv");
     let installed = install_venv(
         &common,
         &step,
@@ -252,6 +260,7 @@ async fn execute(
         Ok(installed) => installed,
         Err(ending) => return ending,
     };
+    drop(install_step);
 
     let shown: Vec<String> = job
         .pytest_args
@@ -260,6 +269,7 @@ async fn execute(
         .collect();
     let line = format!("running tests: python -m pytest -v {}", shown.join(" "));
     events.phase(Phase::Testing, line.trim_end()).await;
+    let setup = timing::step(&job.id, "test setup: directories, bytecode trees, spec");
     let writable = [
         paths.report(),
         paths.artifacts(),
@@ -291,6 +301,7 @@ async fn execute(
         &job.pytest_args,
         &config.env,
     );
+    drop(setup);
     // What the tests may write is capped like what the installs write: the report's
     // directory and /artifacts are watched, and the tests stopped past either cap.
     let budgets = [
@@ -330,6 +341,7 @@ async fn execute(
         watch,
     )
     .await;
+    let results = timing::step(&job.id, "test results: caps, artifacts, bytecode, report");
     // The watchers look only now and then: the last writes are measured now. What fits of
     // the artifacts is kept however the tests ended.
     let over = blocking(move || {
@@ -363,6 +375,7 @@ async fn execute(
         Ok(None) => {}
         Err(e) => events.note(&format!("no test report: {e}")),
     }
+    drop(results);
     if let Some(reason) = dishonest_pass(outcome.exit_code, &report, &job.pytest_args) {
         return Verdict::Error {
             exit_code: outcome.exit_code,

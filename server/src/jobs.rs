@@ -441,6 +441,13 @@ impl Jobs {
     /// Runs a claimed job to its end and records how it ended.
     async fn run(&self, job: Job, control: &Control) {
         tracing::info!(job = %job.id, "job started");
+        let waited = job.started_ms.unwrap_or(0).saturating_sub(job.created_ms);
+        crate::timing::record(
+            &job.id,
+            "queued",
+            std::time::Duration::from_millis(waited.max(0) as u64),
+        );
+        let _whole = crate::timing::step(&job.id, "job (claimed to recorded end)");
         let verdict = match self.open_log(&job.id).await {
             Ok(log) => {
                 let events = JobEvents::new(&job.id, log, self.store.clone(), self.results());
@@ -457,6 +464,7 @@ impl Jobs {
     /// that reaches the log's end reads the final status. The result is not written into the
     /// log, where a job's output could imitate it.
     async fn finish(&self, job: &Job, verdict: Verdict) {
+        let _finish = crate::timing::step(&job.id, "finish: directory removed, end recorded");
         self.layout.remove_job_dir(&job.id).await;
         let finish = Transition::Finish {
             verdict,

@@ -32,6 +32,7 @@ pub mod sandbox;
 pub mod spec;
 pub mod store;
 pub mod supervisor;
+pub mod timing;
 pub mod tools;
 pub mod upload;
 

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         return ExitCode::from(ci_runner::helper_main(args) as u8);
     }
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(matches!(&cli.command, Command::Serve(args) if args.log_timings));
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -71,9 +71,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(timings: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_env("CI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if timings {
+        let directive = format!("{}=debug", ci_server::timing::TARGET);
+        filter = filter.add_directive(directive.parse().expect("a valid directive"));
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -35,6 +35,15 @@ pub trait OutputSink: Send + Sync {
     fn note(&self, line: &str) -> std::io::Result<()>;
 }
 
+/// A timing line of the helper ([`ci_runner::TIMING_PREFIX`]): its step and duration.
+fn helper_timing(line: &str) -> Option<(&str, Duration)> {
+    let (step, ms) = line
+        .strip_prefix(ci_runner::TIMING_PREFIX)?
+        .rsplit_once(' ')?;
+    let ms: f64 = ms.parse().ok()?;
+    Some((step, Duration::from_secs_f64(ms.max(0.0) / 1000.0)))
+}
+
 /// A sink for a container whose output no one reads (the compile of an image's bytecode):
 /// only [`ContainerRun::tail`] keeps its end.
 pub struct Discard;
@@ -343,6 +352,7 @@ pub async fn supervise(
     };
     let bundle = paths.bundle(&spec.id);
     let result = paths.outcome(&spec.id);
+    let step = crate::timing::step(&spec.id, "container: mount points and bundle");
     // Writes into the image's mount points and the bundle: off the async threads.
     let prepared = {
         let (spec, bundle) = (spec.clone(), bundle.clone());
@@ -364,9 +374,18 @@ pub async fn supervise(
     if let Err(message) = prepared {
         return failed(message);
     }
+    drop(step);
+    let step = crate::timing::step(
+        &spec.id,
+        "container: helper run (create, start, run, remove)",
+    );
     // With die-with-parent a server that dies, even by SIGKILL, takes its containers along.
     let args = ci_runner::container_args(&bundle, helper.state_root, &spec.id, &result, true);
-    let mut child = match tokio::process::Command::new(helper.exe)
+    let mut command = tokio::process::Command::new(helper.exe);
+    if tracing::enabled!(target: "ci_server::timing", tracing::Level::DEBUG) {
+        command.env(ci_runner::TIMINGS_ENV, "1");
+    }
+    let mut child = match command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -464,6 +483,7 @@ pub async fn supervise(
             None => {}
         }
     };
+    drop(step);
     let held = relay.finish();
     if !held.is_empty() && why != Some(Interruption::LogLimit) {
         let _ = sink.append(&held);
@@ -476,6 +496,9 @@ pub async fn supervise(
         .unwrap_or_default();
     if !helper_ok {
         tracing::warn!(container = %spec.id, status = ?exit, stderr = %stderr.trim(), "container helper failed");
+    }
+    for (step, ms) in stderr.lines().filter_map(helper_timing) {
+        crate::timing::record(&spec.id, &format!("helper: {step}"), ms);
     }
     let ended = match why {
         Some(why) => Ended::Interrupted(why),
@@ -504,6 +527,15 @@ pub fn keep_tail(tail: &mut Vec<u8>, more: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_helpers_timing_lines_are_read_and_the_rest_left() {
+        let stderr = "ci-runner timing: build (namespaces, mounts) 16.29\nwarning: x\nci-runner timing: start nan-ish\n";
+        let laps: Vec<_> = stderr.lines().filter_map(super::helper_timing).collect();
+        assert_eq!(laps.len(), 1);
+        assert_eq!(laps[0].0, "build (namespaces, mounts)");
+        assert_eq!(laps[0].1.as_micros(), 16_290);
+    }
+
     use super::*;
     use std::os::unix::process::ExitStatusExt;
     use std::path::PathBuf;
