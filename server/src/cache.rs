@@ -312,6 +312,14 @@ const LAYERS: &str = "deps";
 /// Where the projects' bytecode trees are: `pyc/<user>/<key>` ([`crate::bytecode`]).
 pub const BYTECODE: &str = "pyc";
 
+/// Where the projects' own installs are: `proj/<user>/<key>` ([`crate::install::project_key`]).
+const PROJECTS: &str = "proj";
+
+/// The install of a project (the upper layer over its dependency layer) under `key`.
+pub fn project_dir(cache_dir: &Path, user: &str, key: &str) -> PathBuf {
+    cache_dir.join(PROJECTS).join(user).join(key)
+}
+
 /// The dependency layer `key` of `user`.
 pub fn layer_dir(cache_dir: &Path, user: &str, key: &str) -> PathBuf {
     cache_dir.join(LAYERS).join(user).join(key)
@@ -333,8 +341,8 @@ fn children(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// The entries of the cache: `deps/<user>/<key>`, `pyc/<user>/<key>`, `uv/<user>` and
-/// `pip/<user>`, with their user.
+/// The entries of the cache: `deps/<user>/<key>`, `proj/<user>/<key>`, `pyc/<user>/<key>`,
+/// `uv/<user>` and `pip/<user>`, with their user.
 fn entries(cache_dir: &Path) -> Vec<(String, PathBuf)> {
     let user = |path: &Path| {
         path.file_name()
@@ -342,7 +350,7 @@ fn entries(cache_dir: &Path) -> Vec<(String, PathBuf)> {
             .unwrap_or_default()
     };
     let mut out = Vec::new();
-    for kind in [LAYERS, BYTECODE] {
+    for kind in [LAYERS, PROJECTS, BYTECODE] {
         for dir in children(&cache_dir.join(kind)) {
             let owner = user(&dir);
             out.extend(children(&dir).into_iter().map(|p| (owner.clone(), p)));
@@ -407,7 +415,7 @@ pub fn evict(
         let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         // Layers and bytecode trees do not change once stored: measured once.
         let grandparent = path.parent().and_then(Path::parent);
-        let layer = [LAYERS, BYTECODE]
+        let layer = [LAYERS, PROJECTS, BYTECODE]
             .iter()
             .any(|kind| grandparent == Some(cache_dir.join(kind).as_path()));
         let bytes = match registry.layer_size(&path).filter(|_| layer) {

@@ -243,6 +243,15 @@ async fn execute(
         control,
         deadline,
     };
+    // What the upload is, to the byte: the key of its install and of its bytecode.
+    let content = {
+        let project = paths.project();
+        blocking(move || bytecode::content_hash(&project)).await
+    };
+    let content = match content {
+        Ok(content) => content,
+        Err(e) => return Verdict::error(format!("cannot read the upload: {e}")),
+    };
     let install_step = timing::step(&job.id, "install (or reuse) /venv");
     let installed = install_venv(
         &common,
@@ -253,10 +262,11 @@ async fn execute(
         &tool,
         uv_dir.as_deref(),
         &image.manifest_digest,
+        &content,
     )
     .await;
-    // The hold keeps the dependency layer in the cache while the tests mount it.
-    let (venv, _layer) = match installed {
+    // The holds keep the layers in the cache while the tests mount them.
+    let (venv, _layers) = match installed {
         Ok(installed) => installed,
         Err(ending) => return ending,
     };
@@ -293,7 +303,7 @@ async fn execute(
             "cannot prepare the test's writable directories: {e}"
         ));
     }
-    let trees = bytecode_trees(ctx, job, paths, &venv, &image, image_tree, &config.env).await;
+    let trees = bytecode_trees(ctx, job, &content, &venv, &image, image_tree, &config.env).await;
     let spec = spec::test(
         &common.spec,
         &venv,
@@ -526,6 +536,14 @@ fn prepare_job_dirs(
     Ok(copy.bytes)
 }
 
+/// A project's own install: how, and where it is kept for the next job of the same upload.
+struct ProjectInstall {
+    command: String,
+    entry: PathBuf,
+    /// Kept by an earlier job: nothing to install.
+    cached: bool,
+}
+
 /// The installer cache a job's installs see.
 enum InstallerCache {
     /// The user's own, claimed by this job alone (no other job mounts it, nothing evicts
@@ -665,16 +683,38 @@ async fn install_venv(
     tool: &Tool,
     uv_dir: Option<&Path>,
     image_digest: &str,
-) -> Result<(Venv, cache::Hold), Verdict> {
+    content: &str,
+) -> Result<(Venv, Vec<cache::Hold>), Verdict> {
     let ctx = common.ctx;
     // Third-party dependencies: built once per user and key, then shared read-only.
     let key = install::deps_key(image_digest, tool, plan);
     let deps = cache::layer_dir(&ctx.cache_dir, &job.owner, &key);
     // Taken before the lookup: a layer held is never evicted, one evicted before it is
     // simply missing and built again.
-    let layer = ctx.cache.hold(&deps);
+    let mut layers = vec![ctx.cache.hold(&deps)];
     let cached = tokio::fs::metadata(&deps).await.is_ok_and(|m| m.is_dir());
-    let project_command = install::project_command(plan, tool);
+    // The project's own install, kept for the next job of the byte-identical upload.
+    let project = match install::project_command(plan, tool) {
+        None => None,
+        Some(command) => {
+            let entry = cache::project_dir(
+                &ctx.cache_dir,
+                &job.owner,
+                &install::project_key(&key, content, &command),
+            );
+            layers.push(ctx.cache.hold(&entry));
+            let cached = tokio::fs::metadata(&entry).await.is_ok_and(|m| m.is_dir());
+            Some(ProjectInstall {
+                command,
+                entry,
+                cached,
+            })
+        }
+    };
+    let project_command = project
+        .as_ref()
+        .filter(|p| !p.cached)
+        .map(|p| p.command.clone());
     let installs = !cached || project_command.is_some();
     let setup = {
         let (paths, plan, tool) = (paths.clone(), plan.clone(), tool.clone());
@@ -708,7 +748,7 @@ async fn install_venv(
         installer_cache: installer_cache.as_ref(),
         build_size,
     }
-    .layers(&deps, cached, project_command, step, job)
+    .layers(&deps, cached, project.as_ref(), step, job)
     .await;
 
     let settled = {
@@ -732,7 +772,7 @@ async fn install_venv(
         }
     };
     let Some(eviction) = eviction else {
-        return result.map(|venv| (venv, layer));
+        return result.map(|venv| (venv, layers));
     };
     if !eviction.removed.is_empty() {
         let _ = step.log.note(&format!(
@@ -742,10 +782,10 @@ async fn install_venv(
         ));
     }
     if eviction.bytes <= ctx.cache_max_size {
-        return result.map(|venv| (venv, layer));
+        return result.map(|venv| (venv, layers));
     }
     // Every entry left is in use, this job's among them: its own new layer goes.
-    drop(layer);
+    drop(layers);
     if stored {
         let (registry, cache_dir) = (ctx.cache.clone(), ctx.cache_dir.clone());
         let _ = blocking(move || registry.remove_unless_used(&cache_dir, &deps)).await;
@@ -843,7 +883,7 @@ impl Install<'_> {
         &self,
         deps: &Path,
         cached: bool,
-        project_command: Option<String>,
+        project: Option<&ProjectInstall>,
         step: &Step<'_>,
         job: &Job,
     ) -> (Result<Venv, Verdict>, bool) {
@@ -865,15 +905,31 @@ impl Install<'_> {
             }
         }
 
-        // The project itself, per job, from this job's source, into an overlay over the layer.
-        let venv = match project_command {
-            None => Venv::Layer(deps.to_path_buf()),
-            Some(command) => {
-                let _ = step.log.note(&format!("installing the project: {command}"));
-                if let Some(ending) = self.project(deps, step, job).await {
+        // The project itself, from this job's source, into an overlay over the layer: kept
+        // for the next job of the byte-identical upload.
+        let deps = deps.to_path_buf();
+        let venv = match project {
+            None => Venv::Layer(deps),
+            Some(p) if p.cached => {
+                let entry = p.entry.clone();
+                let _ = tokio::task::spawn_blocking(move || cache::touch(&entry)).await;
+                let _ = step
+                    .log
+                    .note("the project is unchanged since an earlier job: reusing its install");
+                Venv::WithProject {
+                    upper: p.entry.clone(),
+                    deps,
+                }
+            }
+            Some(p) => {
+                let _ = step
+                    .log
+                    .note(&format!("installing the project: {}", p.command));
+                if let Some(ending) = self.project(&deps, step, job).await {
                     return (Err(ending), stored);
                 }
-                Venv::WithProject(deps.to_path_buf())
+                let upper = self.store_project(&p.entry).await;
+                Venv::WithProject { upper, deps }
             }
         };
         (Ok(venv), stored)
@@ -907,6 +963,38 @@ impl Install<'_> {
         })
         .await;
         stored.map_err(|e| Verdict::error(format!("cannot store the installed dependencies: {e}")))
+    }
+
+    /// Moves the project's install (the job's upper directory) into the cache at `entry` and
+    /// returns where it is now: the job's own directory still when another job stored the
+    /// same first, or it cannot be moved (the next job then installs again).
+    async fn store_project(&self, entry: &Path) -> PathBuf {
+        let (upper, entry) = (self.paths.venv_upper(), entry.to_path_buf());
+        let registry = self.common.ctx.cache.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let size = cache::usage(&upper, u64::MAX)?.bytes;
+            if let Some(parent) = entry.parent() {
+                fs_err::create_dir_all(parent)?;
+            }
+            match std::fs::rename(&upper, &entry) {
+                Ok(()) => {
+                    cache::touch(&entry);
+                    registry.set_layer_size(&entry, size);
+                    Ok::<_, std::io::Error>(entry)
+                }
+                Err(_) if entry.is_dir() => Ok(upper),
+                Err(e) => Err(e),
+            }
+        })
+        .await;
+        match stored {
+            Ok(Ok(dir)) => dir,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot keep the project's install");
+                self.paths.venv_upper()
+            }
+            Err(_) => self.paths.venv_upper(),
+        }
     }
 
     /// Installs the project on top of the layer at `deps`, into the job's upper directory.
@@ -1125,7 +1213,7 @@ struct Trees {
 async fn bytecode_trees(
     ctx: &ContainerExecutor,
     job: &Job,
-    paths: &JobPaths,
+    content: &str,
     venv: &Venv,
     image: &ci_rootfs::Image,
     image_tree: Option<PathBuf>,
@@ -1133,16 +1221,16 @@ async fn bytecode_trees(
 ) -> Trees {
     let layers: Vec<PathBuf> = match venv {
         Venv::Layer(deps) => vec![deps.join(bytecode::IN_VENV)],
-        Venv::WithProject(deps) => vec![
-            paths.venv_upper().join(bytecode::IN_VENV),
-            deps.join(bytecode::IN_VENV),
-        ],
+        Venv::WithProject { upper, deps } => {
+            vec![upper.join(bytecode::IN_VENV), deps.join(bytecode::IN_VENV)]
+        }
     };
+    // The project's own install comes from the same upload (whichever job made it).
     let venv_id = match venv {
         Venv::Layer(deps) => format!("layer:{}", deps.display()),
-        Venv::WithProject(deps) => format!("project:{}", deps.display()),
+        Venv::WithProject { deps, .. } => format!("project:{}", deps.display()),
     };
-    let project = paths.project();
+    let content = content.to_string();
     let (cache_dir, owner, digest) = (
         ctx.cache_dir.clone(),
         job.owner.clone(),
@@ -1153,16 +1241,8 @@ async fn bytecode_trees(
     let found = blocking(move || {
         let mut lower: Vec<PathBuf> = layers.into_iter().filter(|t| t.is_dir()).collect();
         lower.extend(image_tree);
-        let entry = match bytecode::content_hash(&project) {
-            Ok(content) => {
-                let key = bytecode::project_key(&owner, &digest, &venv_id, &content, &args, &env);
-                Some(bytecode::project_entry(&cache_dir, &owner, &key))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot key the project's bytecode");
-                None
-            }
-        };
+        let key = bytecode::project_key(&owner, &digest, &venv_id, &content, &args, &env);
+        let entry = Some(bytecode::project_entry(&cache_dir, &owner, &key));
         let hold = entry.as_ref().map(|e| registry.hold(e));
         let found = entry.as_ref().is_some_and(|e| e.is_dir());
         if let (true, Some(entry)) = (found, &entry) {

@@ -50,6 +50,19 @@ pub fn deps_key(image_digest: &str, tool: &Tool, plan: &InstallPlan) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
+/// The key of a project's own install over the dependency layer `deps_key`: the upload's
+/// content ([`crate::bytecode::content_hash`]) and the command that installs it. Nothing
+/// else goes in: the layer's key covers the image, the installer and the dependencies.
+pub fn project_key(deps_key: &str, content: &str, command: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in ["ci-project-v1", deps_key, content, command] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
 /// Single-quotes `s` for `/bin/sh` unless it is plainly safe.
 pub fn sh_quote(s: &str) -> String {
     let plain = !s.is_empty()

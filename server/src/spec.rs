@@ -87,8 +87,9 @@ pub enum CacheMount<'a> {
 pub enum Venv {
     /// The dependency layer alone (nothing per job).
     Layer(PathBuf),
-    /// The project's own install ([`JobPaths::venv_upper`]) over the dependency layer.
-    WithProject(PathBuf),
+    /// The project's own install (an upper layer: the job's [`JobPaths::venv_upper`], or
+    /// the same upload's from the cache) over the dependency layer.
+    WithProject { upper: PathBuf, deps: PathBuf },
 }
 
 /// A build writes into the source tree: any install that builds the project or reads it as
@@ -134,9 +135,9 @@ pub fn test(
     let mut spec = base(cfg, "test", &args, env, Network::None, workspace);
     match venv {
         Venv::Layer(dir) => spec.mounts.push(read_only(dir, install::VENV)),
-        Venv::WithProject(deps) => spec.overlays.push(OverlayMount {
+        Venv::WithProject { upper, deps } => spec.overlays.push(OverlayMount {
             destination: install::VENV.into(),
-            lower: vec![cfg.paths.venv_upper(), deps.clone()],
+            lower: vec![upper.clone(), deps.clone()],
             upper: None,
         }),
     }
@@ -527,7 +528,23 @@ mod tests {
         let cfg = config(&paths, &image_env);
         let mut specs = vec![
             test_spec(&Venv::Layer(DEPS.into()), &[], &[]),
-            test_spec(&Venv::WithProject(DEPS.into()), &["-k", "x"], &[]),
+            test_spec(
+                &Venv::WithProject {
+                    upper: paths.venv_upper(),
+                    deps: DEPS.into(),
+                },
+                &["-k", "x"],
+                &[],
+            ),
+            // The same upload's install, kept in the cache.
+            test_spec(
+                &Venv::WithProject {
+                    upper: "/data/cache/proj/alice/key".into(),
+                    deps: DEPS.into(),
+                },
+                &[],
+                &[],
+            ),
             test(&cfg, &Venv::Layer(DEPS.into()), &[], &[], &BTreeMap::new()),
             compile_bytecode(&cfg),
         ];
@@ -671,7 +688,13 @@ mod tests {
 
     #[test]
     fn the_test_container_is_offline_and_writes_only_its_report_artifacts_and_bytecode() {
-        for venv in [Venv::Layer(DEPS.into()), Venv::WithProject(DEPS.into())] {
+        for venv in [
+            Venv::Layer(DEPS.into()),
+            Venv::WithProject {
+                upper: paths().venv_upper(),
+                deps: DEPS.into(),
+            },
+        ] {
             let spec = test_spec(&venv, &[], &[]);
             assert_eq!(spec.id, "ci-j1-test");
             assert_eq!(spec.network, Network::None);
@@ -788,7 +811,14 @@ mod tests {
         );
         assert!(spec.overlays.iter().all(|o| o.destination != install::VENV));
 
-        let spec = test_spec(&Venv::WithProject(DEPS.into()), &[], &[]);
+        let spec = test_spec(
+            &Venv::WithProject {
+                upper: paths().venv_upper(),
+                deps: DEPS.into(),
+            },
+            &[],
+            &[],
+        );
         assert!(mount(&spec, install::VENV).is_none());
         assert_eq!(
             spec.overlays[..1],

@@ -236,7 +236,14 @@ fn edited_code_is_tested_while_dependencies_are_reused() {
     let good = std::fs::read_to_string(&source).unwrap();
     assert!(good.contains("return a + b"), "{good}");
 
-    submit(dir.path()).expect_code(0);
+    submit(dir.path())
+        .expect_code(0)
+        .expect_stdout("==> installing the project: ");
+    // The same upload again: its install is reused, and the tests still pass.
+    submit(dir.path())
+        .expect_code(0)
+        .expect_stdout("==> the project is unchanged since an earlier job: reusing its install")
+        .expect_stdout("tests/test_core.py::test_add PASSED");
 
     std::fs::write(&source, good.replace("return a + b", "return a - b")).unwrap();
     let broken = submit(dir.path());
