@@ -12,7 +12,7 @@ use crate::{names, pyproject, Config, Error, InstallProject};
 pub(crate) const PYPROJECT: &str = "pyproject.toml [tool.ci]";
 pub(crate) const CI_TOML: &str = "ci.toml";
 
-const KNOWN_KEYS: [&str; 7] = [
+const KNOWN_KEYS: [&str; 8] = [
     "groups",
     "extras",
     "requirements",
@@ -20,6 +20,7 @@ const KNOWN_KEYS: [&str; 7] = [
     "pytest-args",
     "env",
     "timeout",
+    "shards",
 ];
 
 pub fn read(root: &Path) -> Result<Config, Error> {
@@ -65,6 +66,14 @@ fn parse(table: &Table, file: &'static str) -> Result<Config, Error> {
                 });
             }
             "env" => config.env = env(value).map_err(error)?,
+            "shards" => {
+                let text = match value {
+                    Value::Integer(n) => n.to_string(),
+                    Value::String(s) => s.clone(),
+                    _ => return Err(must("a number of test containers or \"auto\"")),
+                };
+                config.shards = Some(text.parse().map_err(error)?);
+            }
             "timeout" => {
                 config.timeout =
                     Some(timeout(value).ok_or_else(|| {
@@ -149,7 +158,7 @@ mod tests {
     fn reads_every_key() {
         let config = read_in(&[(
             "pyproject.toml",
-            "[tool.ci]\ngroups = ['test']\nextras = ['a']\nrequirements = ['r.txt']\ninstall-project = 'editable'\npytest-args = ['-x', '-k', 'not slow']\nenv = { A_1 = 'v' }\ntimeout = '10m'\n",
+            "[tool.ci]\ngroups = ['test']\nextras = ['a']\nrequirements = ['r.txt']\ninstall-project = 'editable'\npytest-args = ['-x', '-k', 'not slow']\nenv = { A_1 = 'v' }\ntimeout = '10m'\nshards = 'auto'\n",
         )])
         .unwrap();
         assert_eq!(
@@ -163,6 +172,7 @@ mod tests {
                 pytest_args: vec!["-x".into(), "-k".into(), "not slow".into()],
                 env: BTreeMap::from([("A_1".into(), "v".into())]),
                 timeout: Some(Duration::from_secs(600)),
+                shards: Some(ci_protocol::Shards::Auto),
             }
         );
         assert!(config.decides_install());
@@ -186,6 +196,13 @@ mod tests {
             "timeout = 90",
             Config {
                 timeout: Some(Duration::from_secs(90)),
+                ..Config::default()
+            },
+        );
+        check(
+            "shards = 3",
+            Config {
+                shards: Some(ci_protocol::Shards::Count(3)),
                 ..Config::default()
             },
         );
@@ -240,7 +257,15 @@ mod tests {
 
     #[test]
     fn key_errors() {
-        check_key_error("grups = ['test']", "unknown key \"grups\" (known keys: groups, extras, requirements, install-project, pytest-args, env, timeout)");
+        check_key_error("grups = ['test']", "unknown key \"grups\" (known keys: groups, extras, requirements, install-project, pytest-args, env, timeout, shards)");
+        check_key_error(
+            "shards = 0",
+            "shards must be a number from 1 to 32 or \"auto\", not \"0\"",
+        );
+        check_key_error(
+            "shards = true",
+            "\"shards\" must be a number of test containers or \"auto\"",
+        );
         check_key_error("groups = 'test'", "\"groups\" must be an array of strings");
         check_key_error(
             "groups = ['test', 1]",

@@ -69,6 +69,8 @@ pub struct Config {
     pub env: BTreeMap<String, String>,
     /// `timeout = "10m"` (humantime) or `timeout = 600` (seconds).
     pub timeout: Option<Duration>,
+    /// `shards = 2` or `shards = "auto"`: test containers the suite is split across.
+    pub shards: Option<ci_protocol::Shards>,
 }
 
 impl Config {
@@ -84,6 +86,14 @@ impl Config {
 
 /// Reads and validates `[tool.ci]` in `pyproject.toml` or `ci.toml`. Unknown keys, wrong
 /// types, an invalid TOML file or both files configuring CI are errors naming the key/file.
+/// The project's name (`[project] name` of its pyproject.toml, normalized), if it has one.
+pub fn project_name(root: &Path) -> Option<String> {
+    let files = files::Files::new(root).ok()?;
+    let pyproject = pyproject::load(&files, "pyproject.toml").ok()??;
+    let name = pyproject.name().ok()??;
+    Some(names::normalize(name))
+}
+
 pub fn read_config(root: &Path) -> Result<Config, Error> {
     config::read(root)
 }

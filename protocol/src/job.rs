@@ -158,6 +158,63 @@ pub struct SubmitQuery {
     /// node ids, from its report, after the extra arguments).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_from: Option<String>,
+    /// Split the suite across this many test containers (`--shards`); wins over the
+    /// project's `[tool.ci] shards`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<Shards>,
+}
+
+/// How many test containers a job's suite is split across (`ci submit test --shards N|auto`,
+/// `[tool.ci] shards`): each collects the whole suite as pytest would and keeps its share of
+/// the test files, balanced by the durations of earlier runs of the project. `auto` takes as
+/// many as there are free job slots; a count takes at most that many.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Shards {
+    Auto,
+    Count(u32),
+}
+
+/// The most shards a job may ask for.
+pub const MAX_SHARDS: u32 = 32;
+
+impl std::str::FromStr for Shards {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Shards, String> {
+        if s == "auto" {
+            return Ok(Shards::Auto);
+        }
+        match s.parse::<u32>() {
+            Ok(n) if (1..=MAX_SHARDS).contains(&n) => Ok(Shards::Count(n)),
+            _ => Err(format!(
+                "shards must be a number from 1 to {MAX_SHARDS} or \"auto\", not {s:?}"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Shards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shards::Auto => f.write_str("auto"),
+            Shards::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl TryFrom<String> for Shards {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Shards, String> {
+        s.parse()
+    }
+}
+
+impl From<Shards> for String {
+    fn from(s: Shards) -> String {
+        s.to_string()
+    }
 }
 
 impl SubmitQuery {
@@ -168,6 +225,7 @@ impl SubmitQuery {
             pytest_args: (!pytest_args.is_empty())
                 .then(|| serde_json::to_string(pytest_args).expect("strings serialize")),
             failed_from: None,
+            shards: None,
         }
     }
 
@@ -216,6 +274,18 @@ pub struct LogQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_by_name_and_count() {
+        assert_eq!("auto".parse::<Shards>(), Ok(Shards::Auto));
+        assert_eq!("2".parse::<Shards>(), Ok(Shards::Count(2)));
+        for bad in ["0", "33", "-1", "two", ""] {
+            let err = bad.parse::<Shards>().unwrap_err();
+            assert!(err.contains("from 1 to 32"), "{err}");
+        }
+        assert_eq!(Shards::Count(4).to_string(), "4");
+        assert_eq!(Shards::Auto.to_string(), "auto");
+    }
 
     #[test]
     fn statuses_by_name() {

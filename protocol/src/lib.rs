@@ -13,6 +13,8 @@ mod report;
 
 pub use admin::{CreatedKey, KeyQuery, KeyView, NewKey, NewUser, Role, UserView};
 pub use error::ErrorBody;
-pub use job::{JobView, ListQuery, LogQuery, Phase, Status, SubmitQuery, UnknownStatus};
+pub use job::{
+    JobView, ListQuery, LogQuery, Phase, Shards, Status, SubmitQuery, UnknownStatus, MAX_SHARDS,
+};
 pub use limits::DEFAULT_MAX_UPLOAD_BYTES;
 pub use report::{FailedTest, FailureKind, TestCounts, TestReport};

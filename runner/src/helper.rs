@@ -59,8 +59,11 @@ impl Laps {
     fn lap(&mut self, step: &str) {
         let now = std::time::Instant::now();
         if self.on {
+            // Never eprintln!: it panics when stderr is gone (the server died), and the
+            // helper must go on to remove its container.
+            use std::io::Write;
             let ms = (now - self.last).as_secs_f64() * 1000.0;
-            eprintln!("{TIMING_PREFIX}{step} {ms:.2}");
+            let _ = writeln!(std::io::stderr(), "{TIMING_PREFIX}{step} {ms:.2}");
         }
         self.last = now;
     }

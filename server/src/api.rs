@@ -249,6 +249,7 @@ async fn accept(
     let job = Job {
         pytest_args: all_args,
         upload_bytes,
+        shards: q.shards.or(config.shards),
         ..Job::queued(
             &id,
             &caller.0.id,

@@ -23,9 +23,11 @@ use crate::layout::JobPaths;
 use crate::lifecycle::Verdict;
 use crate::logs::LiveLog;
 use crate::model::{Job, Phase};
+use crate::shards;
 use crate::spec::{self, CacheMount, InstallInput, SpecConfig, Venv};
 use crate::supervisor::{self, ContainerRun, Ended, Interruption, OverCap};
 use crate::timing;
+use ci_protocol::Shards;
 
 /// What every job run needs from the server's configuration.
 pub struct ContainerExecutor {
@@ -144,7 +146,12 @@ impl Executor for ContainerExecutor {
                 .await;
             }
         };
-        let ((), (), ()) = tokio::join!(image, uv, caches);
+        // What the warm-up allocated (an image pull, uv's wheel) is given back once it is done.
+        let warm = async {
+            let ((), ()) = tokio::join!(image, uv);
+            let _ = tokio::task::spawn_blocking(crate::listener::trim_heap).await;
+        };
+        let ((), ()) = tokio::join!(warm, caches);
     }
 }
 
@@ -280,19 +287,48 @@ async fn execute(
     let line = format!("running tests: python -m pytest -v {}", shown.join(" "));
     events.phase(Phase::Testing, line.trim_end()).await;
     let setup = timing::step(&job.id, "test setup: directories, bytecode trees, spec");
-    let writable = [
-        paths.report(),
-        paths.artifacts(),
-        paths.bytecode(),
-        paths.bytecode_work(),
-    ];
+    // The shards beyond the first run in job slots of their own, as many as are free.
+    let asked = match job.shards {
+        None => 1,
+        Some(Shards::Count(n)) => n,
+        Some(Shards::Auto) => ci_protocol::MAX_SHARDS,
+    };
+    let _more_slots = (asked > 1).then(|| control.more_slots(asked - 1)).flatten();
+    let count = 1 + _more_slots.as_ref().map_or(0, |p| p.num_permits() as u32);
+    if asked > 1 {
+        let _ = log.note(&shards_line(job.shards, asked, count));
+    }
+    let shard_paths: Vec<JobPaths> = if count == 1 {
+        vec![paths.clone()]
+    } else {
+        (1..=count).map(|k| paths.shard(k)).collect()
+    };
     let ready = {
-        let (dirs, userns) = (writable.clone(), ctx.sandbox.user_namespace);
+        let mut dirs = vec![paths.artifacts()];
+        for p in &shard_paths {
+            dirs.extend([p.report(), p.bytecode(), p.bytecode_work()]);
+        }
+        let userns = ctx.sandbox.user_namespace;
+        let (project, cache_dir, owner) =
+            (paths.project(), ctx.cache_dir.clone(), job.owner.clone());
+        let inputs = (count > 1).then(|| paths.shard_inputs());
         blocking(move || {
             for dir in &dirs {
                 fs_err::create_dir_all(dir).map_err(|e| e.to_string())?;
                 ci_runner::give_to_container(dir, &userns)
                     .map_err(|e| ci_runner::error_chain(&e))?;
+            }
+            if let Some(inputs) = inputs {
+                let name = ci_project::project_name(&project);
+                let known = shards::Durations::of(&cache_dir, &owner, name.as_deref()).load();
+                fs_err::create_dir_all(&inputs).map_err(|e| e.to_string())?;
+                fs_err::write(
+                    inputs.join(format!("{}.py", shards::PLUGIN_MODULE)),
+                    shards::PLUGIN,
+                )
+                .map_err(|e| e.to_string())?;
+                let known = serde_json::to_vec(&known).map_err(|e| e.to_string())?;
+                fs_err::write(inputs.join("durations.json"), known).map_err(|e| e.to_string())?;
             }
             Ok::<_, String>(())
         })
@@ -304,54 +340,88 @@ async fn execute(
         ));
     }
     let trees = bytecode_trees(ctx, job, &content, &venv, &image, image_tree, &config.env).await;
-    let spec = spec::test(
-        &common.spec,
-        &venv,
-        &trees.lower,
-        &job.pytest_args,
-        &config.env,
-    );
     drop(setup);
-    // What the tests may write is capped like what the installs write: the report's
-    // directory and /artifacts are watched, and the tests stopped past either cap.
-    let budgets = [
-        Arc::new(Budget::of(
-            vec![paths.artifacts()],
-            ctx.max_artifacts_size,
-            Overrun::Artifacts,
-        )),
-        Arc::new(Budget::of(
-            vec![paths.report()],
+    // What the tests may write is capped like what the installs write: /artifacts (shared
+    // by the shards), and each shard's report directory and bytecode are watched, and the
+    // tests stopped past a cap.
+    let artifacts = Arc::new(Budget::of(
+        vec![paths.artifacts()],
+        ctx.max_artifacts_size,
+        Overrun::Artifacts,
+    ));
+    let mut budgets = vec![artifacts.clone()];
+    let mut runs = Vec::new();
+    let mut sinks: Vec<Box<dyn supervisor::OutputSink>> = Vec::new();
+    for k in 2..=count {
+        match supervisor::FileSink::create(&paths.shard_log(k), ctx.log_cap) {
+            Ok(sink) => sinks.push(Box::new(sink)),
+            Err(e) => return Verdict::error(format!("cannot prepare shard {k}'s output: {e}")),
+        }
+    }
+    for (i, shard) in shard_paths.iter().enumerate() {
+        let cfg = SpecConfig {
+            paths: shard,
+            ..common.spec.clone()
+        };
+        let which = (count > 1).then_some(spec::Shard {
+            index: i as u32 + 1,
+            count,
+        });
+        let spec = spec::test(
+            &cfg,
+            &venv,
+            &trees.lower,
+            &job.pytest_args,
+            &config.env,
+            which,
+        );
+        let report = Arc::new(Budget::of(
+            vec![shard.report()],
             crate::report::MAX_REPORT_BYTES,
             Overrun::Report,
-        )),
-        Arc::new(Budget::of(
-            vec![paths.bytecode()],
+        ));
+        let bytecode = Arc::new(Budget::of(
+            vec![shard.bytecode()],
             ctx.max_deps_size,
             Overrun::Bytecode,
-        )),
-    ];
-    let watch = {
-        let [artifacts, report, bytecode] = budgets.clone();
-        async move {
+        ));
+        budgets.extend([report.clone(), bytecode.clone()]);
+        let artifacts = artifacts.clone();
+        let watch = async move {
             tokio::select! {
                 over = supervisor::watch_writes(artifacts) => over,
                 over = supervisor::watch_writes(report) => over,
                 over = supervisor::watch_writes(bytecode) => over,
             }
+        };
+        runs.push((spec, watch));
+    }
+    let started = runs.into_iter().enumerate().map(|(i, (spec, watch))| {
+        let sink: &dyn supervisor::OutputSink = if i == 0 { log } else { &*sinks[i - 1] };
+        let shard = &shard_paths[i];
+        async move {
+            supervisor::supervise(
+                &ctx.helper(),
+                &spec,
+                shard,
+                sink,
+                control.stopped(),
+                deadline,
+                watch,
+            )
+            .await
         }
-    };
-    let run = supervisor::supervise(
-        &ctx.helper(),
-        &spec,
-        paths,
-        log,
-        control.stopped(),
-        deadline,
-        watch,
-    )
-    .await;
+    });
+    let mut ended = futures_util::future::join_all(started).await;
+    drop(_more_slots);
     let results = timing::step(&job.id, "test results: caps, artifacts, bytecode, report");
+    // The other shards' output, after the first's, each under a header.
+    for k in 2..=count {
+        let _ = log.note(&format!("shard {k}/{count}"));
+        if let Err(e) = copy_into_log(&paths.shard_log(k), log).await {
+            let _ = log.note(&format!("shard {k}'s output is lost: {e}"));
+        }
+    }
     // The watchers look only now and then: the last writes are measured now. What fits of
     // the artifacts is kept however the tests ended.
     let over = blocking(move || {
@@ -366,24 +436,91 @@ async fn execute(
     events
         .artifacts(paths.artifacts(), ctx.max_artifacts_size)
         .await;
-    let outcome = match run.ended {
-        Ended::Finished(outcome) => outcome,
-        Ended::Interrupted(why) => return interrupted(ctx, job, why),
-        Ended::HelperFailed(failure) => return Verdict::error(failure.reason()),
-    };
+    let mut outcomes = Vec::new();
+    for run in &ended {
+        match &run.ended {
+            Ended::Finished(outcome) => outcomes.push(outcome.clone()),
+            Ended::Interrupted(why) => return interrupted(ctx, job, *why),
+            Ended::HelperFailed(failure) => return Verdict::error(failure.reason()),
+        }
+    }
+    // One outcome for the job: the shard whose exit code is the combined one speaks for it
+    // (its output tail explains pytest's code), with every shard's limits hit.
+    let codes: Vec<i32> = outcomes.iter().map(|o| o.exit_code.unwrap_or(-1)).collect();
+    let combined = shards::combined_exit(&codes);
+    let speaker = codes.iter().position(|c| *c == combined).unwrap_or(0);
+    let mut outcome = outcomes[speaker].clone();
+    outcome.oom_killed = outcomes.iter().any(|o| o.oom_killed);
+    outcome.pids_limit_hit = outcomes.iter().any(|o| o.pids_limit_hit);
+    let run = ended.swap_remove(speaker);
     if let Some((over, cap)) = over {
         return Verdict::Error {
             exit_code: outcome.exit_code,
             reason: over.reason(cap),
         };
     }
-    trees.keep(ctx, job, paths).await;
+    if count > 1 {
+        // One bytecode tree for the project: the other shards' merged into the first's.
+        let dirs: Vec<PathBuf> = shard_paths.iter().map(JobPaths::bytecode).collect();
+        let merged = blocking(move || {
+            for other in &dirs[1..] {
+                cache::merge(other, &dirs[0])?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        if merged.is_ok() {
+            trees.keep(ctx, job, &shard_paths[0]).await;
+        }
+    } else {
+        trees.keep(ctx, job, paths).await;
+    }
     let report_file = paths.junit();
-    let report = blocking(move || crate::report::read(&report_file)).await;
+    let report = {
+        let parts: Vec<PathBuf> = shard_paths.iter().map(JobPaths::junit).collect();
+        let (out, many) = (report_file.clone(), count > 1);
+        blocking(move || {
+            if !many {
+                return crate::report::read(&out);
+            }
+            // The job's own report directory, which no shard mounts, holds the merged one.
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            shards::merge_junit(&parts, &out, crate::report::MAX_REPORT_BYTES)?;
+            let wall = parts
+                .iter()
+                .filter_map(|p| crate::report::read(p).ok().flatten())
+                .map(|r| r.counts.duration_secs)
+                .fold(0.0, f64::max);
+            // The shards ran side by side: the run took as long as the longest.
+            Ok(crate::report::read(&out)?.map(|mut r| {
+                r.counts.duration_secs = wall;
+                r
+            }))
+        })
+        .await
+    };
     match &report {
         Ok(Some(read)) => events.report(read.clone(), paths.junit()).await,
         Ok(None) => {}
         Err(e) => events.note(&format!("no test report: {e}")),
+    }
+    // What each file took, for the next split of this project.
+    let record = {
+        let (project, cache_dir, owner) =
+            (paths.project(), ctx.cache_dir.clone(), job.owner.clone());
+        blocking(move || {
+            let ran = crate::report::file_durations(&report_file).map_err(|e| e.to_string())?;
+            let name = ci_project::project_name(&project);
+            shards::Durations::of(&cache_dir, &owner, name.as_deref())
+                .update(ran)
+                .map_err(|e| e.to_string())
+        })
+        .await
+    };
+    if let Err(e) = record {
+        tracing::warn!(job = %job.id, error = %e, "cannot record the tests' durations");
     }
     drop(results);
     if let Some(reason) = dishonest_pass(outcome.exit_code, &report, &job.pytest_args) {
@@ -1285,6 +1422,40 @@ impl Trees {
         .await;
         if let Err(e) = kept {
             tracing::warn!(job = %job.id, error = %e, "cannot keep the project's bytecode");
+        }
+    }
+}
+
+/// The line that says how the suite is split.
+fn shards_line(asked: Option<Shards>, wanted: u32, count: u32) -> String {
+    match asked {
+        Some(Shards::Auto) => format!(
+            "shards: auto: {count} test container{} (the job slots free now); the others' output follows the first's",
+            if count == 1 { "" } else { "s" }
+        ),
+        _ if count < wanted => format!(
+            "shards: {wanted} asked, {count} job slot{} free: {count} test container{}",
+            if count == 1 { "" } else { "s" },
+            if count == 1 { "" } else { "s" }
+        ),
+        _ => format!(
+            "shards: {count} test containers, by test file; the others' output follows the first's"
+        ),
+    }
+}
+
+/// Appends a shard's output file to the job's log, in chunks.
+async fn copy_into_log(file: &Path, log: &LiveLog) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(file).await?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if let crate::logs::Appended::CapReached = log.append(&buf[..n])? {
+            return Ok(());
         }
     }
 }

@@ -75,6 +75,8 @@ pub struct Control {
     stop: watch::Sender<Option<StopReason>>,
     /// Whether the dispatcher has recorded the claim (or failed to).
     claimed: watch::Sender<bool>,
+    /// The server's job slots, of which the job holds one: more are taken for its shards.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Control {
@@ -82,7 +84,27 @@ impl Control {
         Arc::new(Control {
             stop: watch::channel(None).0,
             claimed: watch::channel(false).0,
+            slots: None,
         })
+    }
+
+    /// A control whose job may take more of `slots` ([`Control::more_slots`]).
+    pub fn with_slots(slots: Arc<tokio::sync::Semaphore>) -> Arc<Control> {
+        Arc::new(Control {
+            stop: watch::channel(None).0,
+            claimed: watch::channel(false).0,
+            slots: Some(slots),
+        })
+    }
+
+    /// Up to `want` more job slots, as many as are free now (never waits): the job's shards
+    /// beyond its first run in them, so that a sharded job never runs more containers than
+    /// the server has slots. Released when the permit drops.
+    pub fn more_slots(&self, want: u32) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let slots = self.slots.as_ref()?;
+        (1..=want)
+            .rev()
+            .find_map(|n| slots.clone().try_acquire_many_owned(n).ok())
     }
 
     /// The dispatcher is done recording the job's claim.

@@ -393,28 +393,41 @@ impl Jobs {
     /// so a cancel always finds it in one of the two.
     pub async fn dispatch(self) {
         loop {
-            let Ok(permit) = self.slots.clone().acquire_owned().await else {
-                return;
-            };
-            let (id, owner, control, token) = loop {
+            // A slot is taken only once a job can run: an idle dispatcher holds none, so
+            // that a running job may take the free ones for its shards.
+            loop {
                 let notified = self.wake.notified();
                 {
-                    let mut inner = self.inner.lock().expect("jobs lock");
+                    let inner = self.inner.lock().expect("jobs lock");
                     if !inner.accepting {
                         return;
                     }
-                    if let Some((owner, id)) = inner.queue.pop(self.limits.per_user) {
-                        let control = Control::new();
-                        inner
-                            .running
-                            .insert(id.clone(), (owner.clone(), control.clone()));
-                        // Counted by the tracker from here, under the lock that shutdown
-                        // takes too: a shutdown that begins while the claim is recorded
-                        // waits for this job like for any running one.
-                        break (id, owner, control, self.tasks.token());
+                    if inner.queue.ready(self.limits.per_user) {
+                        break;
                     }
                 }
                 notified.await;
+            }
+            let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (id, owner, control, token) = {
+                let mut inner = self.inner.lock().expect("jobs lock");
+                if !inner.accepting {
+                    return;
+                }
+                // Cancelled, or its user at the cap, while the slot was awaited.
+                let Some((owner, id)) = inner.queue.pop(self.limits.per_user) else {
+                    continue;
+                };
+                let control = Control::with_slots(self.slots.clone());
+                inner
+                    .running
+                    .insert(id.clone(), (owner.clone(), control.clone()));
+                // Counted by the tracker from here, under the lock that shutdown takes
+                // too: a shutdown that begins while the claim is recorded waits for this
+                // job like for any running one.
+                (id, owner, control, self.tasks.token())
             };
             // Claims are recorded one at a time, in the queue's order, so jobs start in it.
             let claim = Transition::Claim { at_ms: now_ms() };

@@ -124,11 +124,41 @@ impl DataLayout {
 #[derive(Clone, Debug)]
 pub struct JobPaths {
     root: PathBuf,
+    /// The shard (1-based) whose report and bytecode directories these are, when the job's
+    /// tests are split ([`crate::shards`]); every other directory is the job's.
+    shard: Option<u32>,
 }
 
 impl JobPaths {
     pub fn new(root: PathBuf) -> JobPaths {
-        JobPaths { root }
+        JobPaths { root, shard: None }
+    }
+
+    /// The paths of the job's shard `index` (1-based): its own report and bytecode
+    /// directories, the job's others.
+    pub fn shard(&self, index: u32) -> JobPaths {
+        JobPaths {
+            root: self.root.clone(),
+            shard: Some(index),
+        }
+    }
+
+    /// `name`, or `name-K` for shard K.
+    fn own(&self, name: &str) -> PathBuf {
+        match self.shard {
+            None => self.root.join(name),
+            Some(k) => self.root.join(format!("{name}-{k}")),
+        }
+    }
+
+    /// The plugin and durations the shards read ([`crate::shards`]).
+    pub fn shard_inputs(&self) -> PathBuf {
+        self.root.join("shard-inputs")
+    }
+
+    /// The output of shard `index` while the first shard's is the live log.
+    pub fn shard_log(&self, index: u32) -> PathBuf {
+        self.root.join(format!("shard-{index}.log"))
     }
 
     pub fn root(&self) -> &Path {
@@ -169,7 +199,7 @@ impl JobPaths {
     /// Where the test container's pytest writes its report ([`crate::report`]); the only
     /// place the test container may write besides its tmpfs.
     pub fn report(&self) -> PathBuf {
-        self.root.join("report")
+        self.own("report")
     }
 
     /// What the test container keeps for later (mounted as [`crate::spec::ARTIFACTS`]);
@@ -199,12 +229,12 @@ impl JobPaths {
     /// next run of the same project ([`crate::bytecode`]). In the container that compiles an
     /// image's bytecode, that container's output.
     pub fn bytecode(&self) -> PathBuf {
-        self.root.join("pycache")
+        self.own("pycache")
     }
 
     /// overlayfs's work directory for [`JobPaths::bytecode`].
     pub fn bytecode_work(&self) -> PathBuf {
-        self.root.join("pycache-work")
+        self.own("pycache-work")
     }
 
     /// The JUnit report pytest writes in the test container (as [`crate::report::IN_CONTAINER`]).

@@ -29,6 +29,7 @@ pub mod report;
 pub mod results;
 pub mod retention;
 pub mod sandbox;
+pub mod shards;
 pub mod spec;
 pub mod store;
 pub mod supervisor;

@@ -569,8 +569,10 @@ async fn return_freed_memory(census: Arc<Census>) {
     }
 }
 
+/// Hands freed heap memory back to the system (glibc's `malloc_trim`); blocking. Also after
+/// the start-up's image pull and uv download, which peak at several times the idle size.
 #[cfg(target_env = "gnu")]
-fn trim_heap() {
+pub fn trim_heap() {
     // SAFETY: malloc_trim has no preconditions; it takes each arena's lock as it goes.
     unsafe {
         libc::malloc_trim(0);
@@ -578,7 +580,7 @@ fn trim_heap() {
 }
 
 #[cfg(not(target_env = "gnu"))]
-fn trim_heap() {}
+pub fn trim_heap() {}
 
 /// Answers a connection over its address's cap with a 429 and closes it, at once.
 async fn refuse(mut stream: TcpStream, ip: IpAddr, shared: &Shared, admission: Admission) {

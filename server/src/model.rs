@@ -38,6 +38,9 @@ pub struct Job {
     /// The counts of its test report, once its tests ended and the report was read.
     #[serde(default)]
     pub tests: Option<TestCounts>,
+    /// Test containers asked for (`--shards`, `[tool.ci] shards`); `None`: one.
+    #[serde(default)]
+    pub shards: Option<ci_protocol::Shards>,
 }
 
 impl Job {
@@ -59,6 +62,7 @@ impl Job {
             upload_bytes: 0,
             expired_ms: None,
             tests: None,
+            shards: None,
         }
     }
 }

@@ -111,6 +111,13 @@ impl FairQueue {
         Some((owner, job.id))
     }
 
+    /// Whether [`Self::pop`] would return a job now.
+    pub fn ready(&self, caps: UserCaps) -> bool {
+        self.waiting
+            .keys()
+            .any(|owner| self.running_of(owner) < caps.running)
+    }
+
     /// A job of `owner` that [`Self::pop`] returned has ended.
     pub fn finished(&mut self, owner: &str) {
         if let Some(n) = self.running.get_mut(owner) {

@@ -67,6 +67,66 @@ pub fn read(path: &Path) -> Result<Option<TestReport>, ReportError> {
     parse(reader).map(Some)
 }
 
+/// The time and number of tests per test file of a JUnit report (xunit1: each `<testcase>`
+/// says its `file`), for balancing shards ([`crate::shards`]); test cases without a file
+/// are left out. A test case's time is its own (set-up, call, tear-down), not what pytest
+/// spends around it (collection, hooks, reporting), which on a suite of many fast tests is
+/// most of the run: that rest, the suites' time less their cases', is spread over the tests,
+/// so that a file's figure is what it costs the run. Missing: empty. Streamed and bounded
+/// like [`read`]. Blocking.
+pub fn file_durations(
+    path: &Path,
+) -> Result<std::collections::BTreeMap<String, crate::shards::FileTime>, ReportError> {
+    let mut times = std::collections::BTreeMap::new();
+    let Some(file) = open(path)? else {
+        return Ok(times);
+    };
+    use std::io::Read;
+    let reader = std::io::BufReader::new(file.take(MAX_REPORT_BYTES));
+    let mut reader = quick_xml::Reader::from_reader(reader);
+    let mut buf = Vec::new();
+    let seconds = |t: Option<String>| {
+        t.and_then(|t| t.parse().ok())
+            .filter(|t: &f64| t.is_finite() && *t >= 0.0)
+            .unwrap_or(0.0)
+    };
+    let mut suites_secs = 0.0;
+    loop {
+        let event = reader
+            .read_event_into(&mut buf)
+            .map_err(|e| ReportError::Invalid(e.to_string()))?;
+        match event {
+            Event::Start(e) | Event::Empty(e) if e.local_name().as_ref() == b"testsuite" => {
+                suites_secs += seconds(attr(&e, b"time")?);
+            }
+            Event::Start(e) | Event::Empty(e) if e.local_name().as_ref() == b"testcase" => {
+                let Some(file) = attr(&e, b"file")? else {
+                    continue;
+                };
+                let secs = seconds(attr(&e, b"time")?);
+                if times.len() >= crate::shards::MAX_FILES && !times.contains_key(&file) {
+                    continue;
+                }
+                let entry: &mut crate::shards::FileTime = times.entry(file).or_default();
+                entry.secs += secs;
+                entry.tests += 1;
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+        buf.clear();
+    }
+    let cases_secs: f64 = times.values().map(|t| t.secs).sum();
+    let tests: u64 = times.values().map(|t| t.tests).sum();
+    if tests > 0 && suites_secs > cases_secs {
+        let per_test = (suites_secs - cases_secs) / tests as f64;
+        for t in times.values_mut() {
+            t.secs += per_test * t.tests as f64;
+        }
+    }
+    Ok(times)
+}
+
 /// What the `<testsuite>` elements say of themselves.
 #[derive(Default)]
 struct Declared {

@@ -24,6 +24,7 @@ use ci_runner::{
 use crate::bytecode;
 use crate::install::{self, Tool};
 use crate::layout::JobPaths;
+use crate::shards;
 
 /// Where every container sees the project: the upload read-only, or the install's copy.
 pub const WORKSPACE: &str = "/workspace";
@@ -108,13 +109,39 @@ pub fn test(
     bytecode: &[PathBuf],
     pytest_args: &[String],
     config_env: &BTreeMap<String, String>,
+    shard: Option<Shard>,
 ) -> ContainerSpec {
     let mut extra = vec![
         (bytecode::ENV.to_string(), bytecode::PREFIX.to_string()),
         (ARTIFACTS_ENV.to_string(), ARTIFACTS.to_string()),
     ];
-    // The project's own variables ([tool.ci] env) come last: they are the user's to set.
-    extra.extend(config_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if let Some(s) = shard {
+        // The plugin is found on PYTHONPATH, before whatever the project puts there.
+        let path = match config_env.get("PYTHONPATH") {
+            Some(theirs) => format!("{}:{theirs}", shards::DIR_IN_CONTAINER),
+            None => shards::DIR_IN_CONTAINER.to_string(),
+        };
+        extra.extend([
+            (
+                shards::SHARD_ENV.to_string(),
+                format!("{}/{}", s.index, s.count),
+            ),
+            (
+                shards::DURATIONS_ENV.to_string(),
+                format!("{}/durations.json", shards::DIR_IN_CONTAINER),
+            ),
+            ("PYTHONPATH".to_string(), path.clone()),
+        ]);
+        extra.extend(
+            config_env
+                .iter()
+                .filter(|(k, _)| *k != "PYTHONPATH")
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+    } else {
+        // The project's own variables ([tool.ci] env) come last: they are the user's to set.
+        extra.extend(config_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
     let python = format!("{}/bin/python", install::VENV);
     let mut args = vec![
         python.as_str(),
@@ -128,11 +155,24 @@ pub fn test(
     // family whose test cases say their file and line, from which node ids are rebuilt.
     let junit = format!("--junitxml={}", crate::report::IN_CONTAINER);
     args.extend(["-o", "junit_family=xunit1", &junit]);
+    if shard.is_some() {
+        args.extend(["-p", shards::PLUGIN_MODULE]);
+    }
     args.extend(pytest_args.iter().map(String::as_str));
     let workspace = read_only(&cfg.paths.project(), WORKSPACE);
     let env = env(cfg.image_env, &extra);
+    let phase = match shard {
+        None => "test".to_string(),
+        Some(s) => format!("test-{}", s.index),
+    };
     // No network, whatever the sandbox gives the installs: the tests are the untrusted part.
-    let mut spec = base(cfg, "test", &args, env, Network::None, workspace);
+    let mut spec = base(cfg, &phase, &args, env, Network::None, workspace);
+    if shard.is_some() {
+        spec.mounts.push(read_only(
+            &cfg.paths.shard_inputs(),
+            shards::DIR_IN_CONTAINER,
+        ));
+    }
     match venv {
         Venv::Layer(dir) => spec.mounts.push(read_only(dir, install::VENV)),
         Venv::WithProject { upper, deps } => spec.overlays.push(OverlayMount {
@@ -177,6 +217,14 @@ pub fn compile_bytecode(cfg: &SpecConfig) -> ContainerSpec {
     spec.mounts
         .push(writable(cfg.paths, Writable::Bytecode, bytecode::PREFIX));
     spec
+}
+
+/// One of the test containers of a job whose suite is split ([`crate::shards`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// 1-based.
+    pub index: u32,
+    pub count: u32,
 }
 
 /// Where a test may put files worth keeping (coverage.xml, htmlcov/): kept with the job.
@@ -501,6 +549,7 @@ mod tests {
             &trees,
             &args,
             &config_env,
+            None,
         )
     }
 
@@ -525,6 +574,7 @@ mod tests {
     /// Every spec this module makes, for the invariants that hold for all of them.
     fn all_specs() -> Vec<ContainerSpec> {
         let (paths, image_env) = (paths(), image_env());
+        let shard_paths = paths.shard(2);
         let cfg = config(&paths, &image_env);
         let mut specs = vec![
             test_spec(&Venv::Layer(DEPS.into()), &[], &[]),
@@ -545,8 +595,23 @@ mod tests {
                 &[],
                 &[],
             ),
-            test(&cfg, &Venv::Layer(DEPS.into()), &[], &[], &BTreeMap::new()),
+            test(
+                &cfg,
+                &Venv::Layer(DEPS.into()),
+                &[],
+                &[],
+                &BTreeMap::new(),
+                None,
+            ),
             compile_bytecode(&cfg),
+            test(
+                &config(&shard_paths, &image_env),
+                &Venv::Layer(DEPS.into()),
+                &[],
+                &[],
+                &BTreeMap::new(),
+                Some(Shard { index: 2, count: 3 }),
+            ),
         ];
         for plan in [
             plan(requirements(), None),
@@ -649,7 +714,14 @@ mod tests {
             cpu_quota_us: None,
             ..config(&paths, &image_env)
         };
-        let spec = test(&cfg, &Venv::Layer(DEPS.into()), &[], &[], &BTreeMap::new());
+        let spec = test(
+            &cfg,
+            &Venv::Layer(DEPS.into()),
+            &[],
+            &[],
+            &BTreeMap::new(),
+            None,
+        );
         assert_eq!(spec.limits, Limits::default());
     }
 
@@ -773,6 +845,7 @@ mod tests {
             &[],
             &[],
             &BTreeMap::new(),
+            None,
         );
         let cache = mount(&spec, bytecode::PREFIX).unwrap();
         assert_eq!(
@@ -787,6 +860,37 @@ mod tests {
                 Some(bytecode::install_prefix().as_str())
             );
         }
+    }
+
+    #[test]
+    fn a_shard_has_its_own_report_and_bytecode_and_the_plugin_read_only() {
+        let (paths, image_env) = (paths(), image_env());
+        let shard = paths.shard(2);
+        let env = BTreeMap::from([("PYTHONPATH".to_string(), "src".to_string())]);
+        let spec = test(
+            &config(&shard, &image_env),
+            &Venv::Layer(DEPS.into()),
+            &[],
+            &["-x".to_string()],
+            &env,
+            Some(Shard { index: 2, count: 3 }),
+        );
+        assert_eq!(spec.id, "ci-j1-test-2");
+        assert_eq!(env_value(&spec, shards::SHARD_ENV), Some("2/3"));
+        assert_eq!(env_value(&spec, "PYTHONPATH"), Some("/opt/ci-shard:src"));
+        let plugin = mount(&spec, shards::DIR_IN_CONTAINER).unwrap();
+        assert_eq!(
+            (plugin.source.clone(), plugin.readonly),
+            (paths.shard_inputs(), true)
+        );
+        assert_eq!(mount(&spec, WORKSPACE).unwrap().source, paths.project());
+        assert_eq!(mount(&spec, ARTIFACTS).unwrap().source, paths.artifacts());
+        let report = mount(&spec, crate::report::DIR_IN_CONTAINER).unwrap();
+        assert_eq!(report.source, Path::new(JOB).join("report-2"));
+        assert_ne!(shard.bytecode(), paths.bytecode());
+        // The plugin comes before the user's arguments, which stay last.
+        let tail: Vec<_> = spec.args.iter().rev().take(3).rev().collect();
+        assert_eq!(tail, ["-p", "ci_shard", "-x"]);
     }
 
     #[test]

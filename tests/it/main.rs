@@ -17,6 +17,7 @@ mod retention;
 mod rootless;
 mod sandbox;
 mod seed;
+mod shards;
 mod snapshots;
 mod uploads;
 mod users;

@@ -358,6 +358,20 @@ impl Server {
         serde_json::from_slice(&body).unwrap()
     }
 
+    /// `GET /v1/jobs/{id}/report` as the admin.
+    pub fn report(&self, id: &str) -> serde_json::Value {
+        let (status, body) = http(
+            "GET",
+            &self.addr,
+            &format!("/v1/jobs/{id}/report"),
+            Some(&self.admin_key),
+            b"",
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+
     /// Polls the job until `pred` holds for it.
     pub fn wait_job(
         &self,

@@ -40,6 +40,12 @@ pub struct RunOptions {
     #[arg(long, short = 'C', default_value = ".")]
     pub dir: PathBuf,
 
+    /// Split the suite across N test containers (or `auto`: as many as the server has free
+    /// job slots), by test file, balanced by the durations of earlier runs; the log shows
+    /// one shard after another and the report is merged. Overrides `[tool.ci] shards`.
+    #[arg(long, value_name = "N|auto")]
+    pub shards: Option<ci_protocol::Shards>,
+
     /// Extra arguments for pytest, after `--` (e.g. `-- -k add -x`).
     #[arg(last = true, value_name = "PYTEST_ARGS")]
     pub pytest_args: Vec<String>,
@@ -102,6 +108,7 @@ pub async fn submit(
     let packed = pack::pack(&dir)?;
     let query = SubmitQuery {
         failed_from: failed_from.map(str::to_string),
+        shards: options.shards,
         ..SubmitQuery::new(
             options.timeout.map(|t| t.as_secs().max(1)),
             &options.pytest_args,
