@@ -501,9 +501,14 @@ impl Jobs {
         let mut inner = self.inner.lock().expect("jobs lock");
         inner.running.remove(id);
         inner.queue.finished(owner);
+        let idle = inner.running.is_empty() && inner.queue.is_empty();
         drop(inner);
         // A user held back by the per-user running cap may go now.
         self.wake.notify_one();
+        // The server goes idle: what the jobs' logs, reports and uploads took is given back.
+        if idle {
+            tokio::task::spawn_blocking(crate::listener::trim_heap);
+        }
     }
 
     /// The executor's upkeep, until the server aborts it.
