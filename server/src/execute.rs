@@ -293,8 +293,8 @@ async fn execute(
         Some(Shards::Count(n)) => n,
         Some(Shards::Auto) => ci_protocol::MAX_SHARDS,
     };
-    let _more_slots = (asked > 1).then(|| control.more_slots(asked - 1)).flatten();
-    let count = 1 + _more_slots.as_ref().map_or(0, |p| p.num_permits() as u32);
+    let extra_slots = (asked > 1).then(|| control.more_slots(asked - 1)).flatten();
+    let count = 1 + extra_slots.as_ref().map_or(0, |p| p.num_permits() as u32);
     if asked > 1 {
         let _ = log.note(&shards_line(job.shards, asked, count));
     }
@@ -351,13 +351,20 @@ async fn execute(
     ));
     let mut budgets = vec![artifacts.clone()];
     let mut runs = Vec::new();
-    let mut sinks: Vec<Box<dyn supervisor::OutputSink>> = Vec::new();
-    for k in 2..=count {
-        match supervisor::FileSink::create(&paths.shard_log(k), ctx.log_cap) {
-            Ok(sink) => sinks.push(Box::new(sink)),
-            Err(e) => return Verdict::error(format!("cannot prepare shard {k}'s output: {e}")),
-        }
-    }
+    // Where the shards after the first write, while the first's output is the live log.
+    let sinks = {
+        let (paths, cap) = (paths.clone(), ctx.log_cap);
+        blocking(move || {
+            (2..=count)
+                .map(|k| supervisor::FileSink::create(&paths.shard_log(k), cap))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+    };
+    let sinks = match sinks {
+        Ok(sinks) => sinks,
+        Err(e) => return Verdict::error(format!("cannot prepare the shards' output: {e}")),
+    };
     for (i, shard) in shard_paths.iter().enumerate() {
         let cfg = SpecConfig {
             paths: shard,
@@ -397,7 +404,7 @@ async fn execute(
         runs.push((spec, watch));
     }
     let started = runs.into_iter().enumerate().map(|(i, (spec, watch))| {
-        let sink: &dyn supervisor::OutputSink = if i == 0 { log } else { &*sinks[i - 1] };
+        let sink: &dyn supervisor::OutputSink = if i == 0 { log } else { &sinks[i - 1] };
         let shard = &shard_paths[i];
         async move {
             supervisor::supervise(
@@ -413,7 +420,7 @@ async fn execute(
         }
     });
     let mut ended = futures_util::future::join_all(started).await;
-    drop(_more_slots);
+    drop(extra_slots);
     let results = timing::step(&job.id, "test results: caps, artifacts, bytecode, report");
     // The other shards' output, after the first's, each under a header.
     for k in 2..=count {
@@ -458,6 +465,18 @@ async fn execute(
             exit_code: outcome.exit_code,
             reason: over.reason(cap),
         };
+    }
+    if count > 1 && matches!(combined, 0 | 1) {
+        let files: Vec<PathBuf> = shard_paths
+            .iter()
+            .map(|p| p.report().join(shards::COUNTS_FILE))
+            .collect();
+        if let Err(reason) = blocking(move || shards::check_counts(&files)).await {
+            return Verdict::Error {
+                exit_code: outcome.exit_code,
+                reason,
+            };
+        }
     }
     if count > 1 {
         // One bytecode tree for the project: the other shards' merged into the first's.

@@ -50,6 +50,9 @@ def pytest_collection_modifyitems(session, config, items):
     files = {}
     for item in items:
         files.setdefault(item.location[0], []).append(item)
+    # Every shard must cut the same way whatever order its plugins left the items in.
+    for its in files.values():
+        its.sort(key=lambda item: item.nodeid)
     secs = sum(known[f]["secs"] for f in files if f in known)
     tests = sum(known[f]["tests"] for f in files if f in known)
     per_test = secs / tests if tests else 1.0
@@ -74,10 +77,59 @@ def pytest_collection_modifyitems(session, config, items):
             kept.extend(part)
     mine = set(map(id, kept))
     dropped = [item for item in items if id(item) not in mine]
+    # What the server checks: together the shards kept every test collected, once.
+    try:
+        with open(os.environ["CI_SHARD_COUNTS"], "w") as f:
+            json.dump({"collected": len(items), "kept": len(kept)}, f)
+    except OSError:
+        pass
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [item for item in items if id(item) in mine]
 "#;
+
+/// Where a shard's plugin writes how many tests were collected and how many it kept.
+pub const COUNTS_ENV: &str = "CI_SHARD_COUNTS";
+
+/// The counts file's name, in the shard's report directory.
+pub const COUNTS_FILE: &str = "shard.json";
+
+/// What a shard's plugin says it collected and kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct Counts {
+    pub collected: u64,
+    pub kept: u64,
+}
+
+/// Checks that the shards together kept every collected test once: they all collected the
+/// same tests and their shares add up. `Err` says why not, for the job's reason: a split
+/// that lost a test must never read as a pass. Blocking.
+pub fn check_counts(files: &[PathBuf]) -> Result<(), String> {
+    let mut counts = Vec::new();
+    for (i, path) in files.iter().enumerate() {
+        let read = open_report(path)
+            .ok()
+            .flatten()
+            .and_then(|f| serde_json::from_reader::<_, Counts>(f.take(4096)).ok());
+        match read {
+            Some(c) => counts.push(c),
+            None => return Err(format!("shard {} did not say which tests it ran", i + 1)),
+        }
+    }
+    let collected = counts.first().map_or(0, |c| c.collected);
+    let kept: u64 = counts.iter().map(|c| c.kept).sum();
+    if counts.iter().any(|c| c.collected != collected) || kept != collected {
+        let each: Vec<String> = counts
+            .iter()
+            .map(|c| format!("{} of {}", c.kept, c.collected))
+            .collect();
+        return Err(format!(
+            "the shards did not split the suite exactly (each kept {}): the tests' collection differs between runs",
+            each.join(", ")
+        ));
+    }
+    Ok(())
+}
 
 /// What a run of the project took per test file: seconds and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -237,6 +289,29 @@ mod tests {
         assert_eq!(combined_exit(&[1, 2]), 2);
         assert_eq!(combined_exit(&[0, 137]), 137);
         assert_eq!(combined_exit(&[5, 5]), 5);
+    }
+
+    #[test]
+    fn the_shards_must_keep_every_collected_test_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, body: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, body).unwrap();
+            path
+        };
+        let a = write("a", r#"{"collected": 10, "kept": 6}"#);
+        let b = write("b", r#"{"collected": 10, "kept": 4}"#);
+        assert_eq!(check_counts(&[a.clone(), b.clone()]), Ok(()));
+        // A test in no shard, or in two, or shards that collected differently.
+        let short = write("c", r#"{"collected": 10, "kept": 3}"#);
+        let other = write("d", r#"{"collected": 11, "kept": 4}"#);
+        for files in [[a.clone(), short], [a.clone(), other]] {
+            let err = check_counts(&files).unwrap_err();
+            assert!(err.contains("did not split the suite exactly"), "{err}");
+        }
+        let err = check_counts(&[a, dir.path().join("missing")]).unwrap_err();
+        assert_eq!(err, "shard 2 did not say which tests it ran");
+        let _ = b;
     }
 
     #[test]

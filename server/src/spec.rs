@@ -131,6 +131,14 @@ pub fn test(
                 format!("{}/durations.json", shards::DIR_IN_CONTAINER),
             ),
             ("PYTHONPATH".to_string(), path.clone()),
+            (
+                shards::COUNTS_ENV.to_string(),
+                format!(
+                    "{}/{}",
+                    crate::report::DIR_IN_CONTAINER,
+                    shards::COUNTS_FILE
+                ),
+            ),
         ]);
         extra.extend(
             config_env

@@ -71,6 +71,23 @@ fn a_suite_split_in_two_runs_every_test_once_and_reads_as_one_run() {
         report["failed"][0]["node_id"],
         "tests/test_d.py::test_three"
     );
+
+    // A suite that collects differently in each shard cannot be split: never a pass for
+    // tests that no shard ran.
+    let shifty = project(&[
+        ("requirements.txt", "pytest==7.4.3\n"),
+        (
+            "tests/test_shifty.py",
+            "import os, pytest\n\nN = 2 * int(os.environ['CI_SHARD'].split('/')[0])\n\n@pytest.mark.parametrize('i', range(N))\ndef test_n(i):\n    assert i >= 0\n",
+        ),
+        ("tests/test_plain.py", "def test_plain():\n    assert True\n"),
+    ]);
+    let run = server
+        .ci(shifty.path())
+        .args(["submit", "test", "--shards", "2"])
+        .run();
+    run.expect_code(1)
+        .expect_stdout("==> result: error: the shards did not split the suite exactly");
 }
 
 #[test]
