@@ -7,7 +7,11 @@
 //!   `Upper` (overlay upper layers), whose every variant is a directory of the job's own
 //!   ([`JobPaths`]) that exists to be written: never the host's `/`, never the upload
 //!   ([`JobPaths::project`]), never a cache entry other jobs read. A read-only mount can name
-//!   any path; a writable one cannot be given a path at all.
+//!   any path; a writable one cannot be given a path at all. What a job's directories hold
+//!   may become a cache entry once its containers are gone (a new layer, the project's
+//!   install, its bytecode tree), never while one is mounted. The compile of an image's
+//!   bytecode ([`compile_bytecode`]) is the server's own container, not a job's: its
+//!   [`JobPaths`] is a directory of its own beside the image.
 //! - the test container's `/venv` is a [`Venv`], which has no writable form.
 //! - every spec comes out of `base`, which always sets the user namespace, the limits and
 //!   the tmpfs mounts; the test spec's network is [`Network::None`] whatever the config says.
