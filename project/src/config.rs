@@ -12,7 +12,7 @@ use crate::{names, pyproject, Config, Error, InstallProject};
 pub(crate) const PYPROJECT: &str = "pyproject.toml [tool.ci]";
 pub(crate) const CI_TOML: &str = "ci.toml";
 
-const KNOWN_KEYS: [&str; 8] = [
+const KNOWN_KEYS: [&str; 9] = [
     "groups",
     "extras",
     "requirements",
@@ -21,6 +21,7 @@ const KNOWN_KEYS: [&str; 8] = [
     "env",
     "timeout",
     "shards",
+    "python",
 ];
 
 pub fn read(root: &Path) -> Result<Config, Error> {
@@ -73,6 +74,20 @@ fn parse(table: &Table, file: &'static str) -> Result<Config, Error> {
                     _ => return Err(must("a number of test containers or \"auto\"")),
                 };
                 config.shards = Some(text.parse().map_err(error)?);
+            }
+            "python" => {
+                let names = match value {
+                    Value::String(s) => ci_protocol::parse_python_list(s),
+                    other => strings(other).ok_or_else(|| {
+                        must("a list of Python versions such as [\"3.11\", \"3.13\"]")
+                    })?,
+                };
+                if names.is_empty() {
+                    return Err(must(
+                        "a list of Python versions such as [\"3.11\", \"3.13\"]",
+                    ));
+                }
+                config.python = Some(names);
             }
             "timeout" => {
                 config.timeout =
@@ -158,7 +173,7 @@ mod tests {
     fn reads_every_key() {
         let config = read_in(&[(
             "pyproject.toml",
-            "[tool.ci]\ngroups = ['test']\nextras = ['a']\nrequirements = ['r.txt']\ninstall-project = 'editable'\npytest-args = ['-x', '-k', 'not slow']\nenv = { A_1 = 'v' }\ntimeout = '10m'\nshards = 'auto'\n",
+            "[tool.ci]\ngroups = ['test']\nextras = ['a']\nrequirements = ['r.txt']\ninstall-project = 'editable'\npytest-args = ['-x', '-k', 'not slow']\nenv = { A_1 = 'v' }\ntimeout = '10m'\nshards = 'auto'\npython = ['3.11', '3.13']\n",
         )])
         .unwrap();
         assert_eq!(
@@ -173,6 +188,7 @@ mod tests {
                 env: BTreeMap::from([("A_1".into(), "v".into())]),
                 timeout: Some(Duration::from_secs(600)),
                 shards: Some(ci_protocol::Shards::Auto),
+                python: Some(vec!["3.11".into(), "3.13".into()]),
             }
         );
         assert!(config.decides_install());
@@ -257,7 +273,7 @@ mod tests {
 
     #[test]
     fn key_errors() {
-        check_key_error("grups = ['test']", "unknown key \"grups\" (known keys: groups, extras, requirements, install-project, pytest-args, env, timeout, shards)");
+        check_key_error("grups = ['test']", "unknown key \"grups\" (known keys: groups, extras, requirements, install-project, pytest-args, env, timeout, shards, python)");
         check_key_error(
             "shards = 0",
             "shards must be a number from 1 to 32 or \"auto\", not \"0\"",

@@ -14,6 +14,7 @@ mod ini;
 mod metadata;
 mod names;
 mod pyproject;
+pub mod python;
 mod requirements;
 mod tox;
 mod uvlock;
@@ -71,6 +72,8 @@ pub struct Config {
     pub timeout: Option<Duration>,
     /// `shards = 2` or `shards = "auto"`: test containers the suite is split across.
     pub shards: Option<ci_protocol::Shards>,
+    /// `python = ["3.11", "3.13"]`: the server's Pythons to run on, one job each.
+    pub python: Option<Vec<String>>,
 }
 
 impl Config {

@@ -85,6 +85,15 @@ impl Pyproject {
         }
     }
 
+    /// `[project] requires-python`, when it is there.
+    pub(crate) fn requires_python(&self) -> Result<Option<&str>, Error> {
+        match self.project()?.and_then(|p| p.get("requires-python")) {
+            None => Ok(None),
+            Some(Value::String(spec)) => Ok(Some(spec)),
+            Some(_) => Err(self.invalid("[project] requires-python", "a string")),
+        }
+    }
+
     fn strings(&self, value: &Value, what: &str) -> Result<Vec<String>, Error> {
         strings(value).ok_or_else(|| self.invalid(what, "an array of strings"))
     }

@@ -143,6 +143,25 @@ pub struct JobView {
     /// read; `null` before, and for a job whose tests did not run or left no usable report.
     #[serde(default)]
     pub tests: Option<TestCounts>,
+    /// The interpreter the job runs on, by the name `GET /v1/pythons` gives it (`3.13`);
+    /// `null` for jobs of a server older than several images.
+    #[serde(default)]
+    pub python: Option<String>,
+    /// The run it belongs to when one submission asked for several Pythons: one job per
+    /// version, all with this id (`ci wait <run id>`, `GET /v1/jobs?run=<run id>`).
+    #[serde(default)]
+    pub run_id: Option<String>,
+}
+
+/// The id of the run of several Pythons whose first job is `first_job`: `r` and the job's id
+/// (job ids are hex, so the two never meet).
+pub fn run_id_for(first_job: &str) -> String {
+    format!("r{first_job}")
+}
+
+/// Whether `id` names a run (see [`run_id_for`]) rather than a job.
+pub fn is_run_id(id: &str) -> bool {
+    id.len() > 1 && id.starts_with('r') && id[1..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The query of `POST /v1/jobs`.
@@ -162,6 +181,11 @@ pub struct SubmitQuery {
     /// project's `[tool.ci] shards`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<Shards>,
+    /// The Pythons to run on, by name, comma-separated (`3.11,3.13`): one job per version,
+    /// grouped in a run. Wins over the project's `[tool.ci] python`; without either, the
+    /// default image, or the newest whose Python the project's `requires-python` allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<String>,
 }
 
 /// How many test containers a job's suite is split across (`ci submit test --shards N|auto`,
@@ -226,6 +250,7 @@ impl SubmitQuery {
                 .then(|| serde_json::to_string(pytest_args).expect("strings serialize")),
             failed_from: None,
             shards: None,
+            python: None,
         }
     }
 
@@ -248,6 +273,9 @@ pub struct ListQuery {
     /// answer an unknown one with the names it knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Only the jobs of this run (all of them, oldest first, whatever `limit` says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 impl ListQuery {
@@ -255,6 +283,15 @@ impl ListQuery {
         ListQuery {
             limit,
             status: status.map(|s| s.as_str().to_string()),
+            run: None,
+        }
+    }
+
+    /// The jobs of one run.
+    pub fn run(run_id: &str) -> ListQuery {
+        ListQuery {
+            run: Some(run_id.to_string()),
+            ..ListQuery::default()
         }
     }
 
@@ -285,6 +322,15 @@ mod tests {
         }
         assert_eq!(Shards::Count(4).to_string(), "4");
         assert_eq!(Shards::Auto.to_string(), "auto");
+    }
+
+    #[test]
+    fn run_ids() {
+        assert_eq!(run_id_for("0a1b2c3d4e5f"), "r0a1b2c3d4e5f");
+        assert!(is_run_id("r0a1b2c3d4e5f"));
+        assert!(!is_run_id("0a1b2c3d4e5f"));
+        assert!(!is_run_id("r"));
+        assert!(!is_run_id("run-x"));
     }
 
     #[test]
@@ -333,10 +379,12 @@ mod tests {
             log_bytes: 3,
             expired: false,
             tests: None,
+            python: Some("3.13".into()),
+            run_id: None,
         };
         assert_eq!(
             serde_json::to_string(&view).unwrap(),
-            r#"{"id":"abc","status":"timed_out","phase":null,"created":"2026-11-21T10:50:54Z","started":null,"finished":null,"duration_secs":1.5,"exit_code":null,"reason":"timed out after 1m","queue_position":null,"timeout_secs":60,"log_bytes":3,"expired":false,"tests":null}"#
+            r#"{"id":"abc","status":"timed_out","phase":null,"created":"2026-11-21T10:50:54Z","started":null,"finished":null,"duration_secs":1.5,"exit_code":null,"reason":"timed out after 1m","queue_position":null,"timeout_secs":60,"log_bytes":3,"expired":false,"tests":null,"python":"3.13","run_id":null}"#
         );
     }
 
@@ -352,6 +400,7 @@ mod tests {
             (0, 0, false)
         );
         assert_eq!(job.tests, None);
+        assert_eq!((job.python, job.run_id), (None, None));
     }
 
     #[test]

@@ -9,12 +9,15 @@ mod admin;
 mod error;
 mod job;
 mod limits;
+mod python;
 mod report;
 
 pub use admin::{CreatedKey, KeyQuery, KeyView, NewKey, NewUser, Role, UserView};
 pub use error::ErrorBody;
 pub use job::{
-    JobView, ListQuery, LogQuery, Phase, Shards, Status, SubmitQuery, UnknownStatus, MAX_SHARDS,
+    is_run_id, run_id_for, JobView, ListQuery, LogQuery, Phase, Shards, Status, SubmitQuery,
+    UnknownStatus, MAX_SHARDS,
 };
 pub use limits::DEFAULT_MAX_UPLOAD_BYTES;
+pub use python::{parse_python_list, python_name, ImageStatus, PythonView};
 pub use report::{FailedTest, FailureKind, TestCounts, TestReport};
