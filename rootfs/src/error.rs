@@ -81,8 +81,32 @@ pub enum Error {
         source: io::Error,
     },
 
+    #[error("read the image in {origin}: {reason}")]
+    Source { origin: String, reason: String },
+
+    #[error(
+        "choose an image in {origin}: {reason} ({})",
+        describe_available(available)
+    )]
+    ChooseImage {
+        origin: String,
+        reason: String,
+        available: Vec<String>,
+    },
+
+    #[error("remove image {digest:?}: {reason}")]
+    Remove { digest: String, reason: String },
+
     #[error("run the blocking unpack task")]
     Join(#[source] tokio::task::JoinError),
+}
+
+fn describe_available(available: &[String]) -> String {
+    if available.is_empty() {
+        "it has no tags".to_owned()
+    } else {
+        format!("it has: {}", available.join(", "))
+    }
 }
 
 impl Error {

@@ -224,6 +224,21 @@ pub(crate) fn escape_for_file_name(reference: &str) -> String {
     out
 }
 
+/// The reference [`escape_for_file_name`] made this name from; `None` if it made none such.
+pub(crate) fn unescape_file_name(name: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(name.len());
+    let mut bytes = name.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,5 +345,14 @@ mod tests {
             "127.0.0.1%3A5000%2Flibrary%2Fpython%3A3.11-slim"
         );
         assert_eq!(escape_for_file_name("a/../b"), "a%2F..%2Fb");
+        for reference in [
+            "127.0.0.1:5000/library/python:3.11-slim",
+            "oci-archive:/srv/py thon.tar:3.13",
+            "docker-archive:/é.tar",
+        ] {
+            let escaped = escape_for_file_name(reference);
+            assert_eq!(unescape_file_name(&escaped).as_deref(), Some(reference));
+        }
+        assert_eq!(unescape_file_name("a%2"), None);
     }
 }
