@@ -164,6 +164,32 @@ async fn accept(
     // A user over a per-user cap is told before sending the upload.
     state.jobs.admits(&caller.0.id)?;
     let pytest_args = parse_pytest_args(&q)?;
+    // Asked-for Pythons are checked before the upload is read, and the user's room for a
+    // job per Python.
+    let asked = q
+        .python
+        .as_deref()
+        .map(ci_protocol::parse_python_list)
+        .unwrap_or_default();
+    if asked.len() > MAX_PYTHONS {
+        return Err(ApiError::BadRequest(format!(
+            "{} Pythons asked for: at most {MAX_PYTHONS} per submission",
+            asked.len()
+        )));
+    }
+    let pythons = if asked.is_empty() {
+        None
+    } else {
+        let views = state.jobs.executor().pythons(PYTHONS_SETTLE).await;
+        let available = crate::image::available(&views);
+        ci_project::python::choose(&asked, None, &available)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        state.jobs.admits_many(&caller.0.id, asked.len())?;
+        Some(ci_project::python::Choice {
+            names: asked,
+            note: None,
+        })
+    };
     let rerun = match &q.failed_from {
         Some(earlier) => failed_tests(state, &caller, earlier).await?,
         None => Vec::new(),
@@ -216,13 +242,14 @@ async fn accept(
         tokio::task::spawn_blocking(move || {
             let config = ci_project::read_config(&project)?;
             ci_project::plan(&project, &config, installer)?;
-            Ok::<_, ci_project::Error>(config)
+            let requires = ci_project::python::requires_python(&project)?;
+            Ok::<_, ci_project::Error>((config, requires))
         })
         .await
     };
     // Whatever fails from here on, the directory is gone before the answer.
-    let config = match checked {
-        Ok(Ok(config)) => config,
+    let (config, requires) = match checked {
+        Ok(Ok(checked)) => checked,
         Ok(Err(e)) => {
             dir.remove().await;
             return Err(ApiError::BadRequest(e.to_string()));
@@ -232,11 +259,15 @@ async fn accept(
             return Err(ApiError::internal(e));
         }
     };
-    let seq = match state.store.next_seq().await {
-        Ok(seq) => seq,
+    let choice = match pythons {
+        Some(choice) => Ok(choice),
+        None => choose_python(state, &caller.0.id, &config, requires.as_ref()).await,
+    };
+    let choice = match choice {
+        Ok(choice) => choice,
         Err(e) => {
             dir.remove().await;
-            return Err(e.into());
+            return Err(e);
         }
     };
     let mut all_args = config.pytest_args.clone();
@@ -246,23 +277,145 @@ async fn accept(
         (Some(asked), Some(configured)) => Some(asked.min(configured.as_secs().max(1))),
         (asked, configured) => asked.or(configured.map(|t| t.as_secs().max(1))),
     };
-    let job = Job {
+    let template = Job {
         pytest_args: all_args,
         upload_bytes,
         shards: q.shards.or(config.shards),
+        python_note: choice.note.clone(),
+        run_id: (choice.names.len() > 1).then(|| ci_protocol::run_id_for(&id)),
         ..Job::queued(
             &id,
             &caller.0.id,
-            seq,
+            0,
             now_ms(),
             state.jobs.timeout_for(requested),
         )
     };
-    // From here the job manager owns the directory (and removes it if it refuses the job).
-    let position = state.jobs.submit(job.clone(), dir).await?;
+    let mut names = choice.names.into_iter().map(Some).collect::<Vec<_>>();
+    if names.is_empty() {
+        names.push(None);
+    }
+    let first = queue_run(state, &template, names, dir).await?;
     drop(check);
-    tracing::info!(job = %job.id, user = %caller.0.email, upload_bytes, "job submitted");
+    let (job, position) = first;
+    tracing::info!(job = %job.id, run = ?job.run_id, python = ?job.python, user = %caller.0.email, upload_bytes, "job submitted");
     Ok((StatusCode::CREATED, Json(job_view(&job, Some(position), 0))).into_response())
+}
+
+/// Most Pythons one submission may ask for.
+const MAX_PYTHONS: usize = 16;
+
+/// Longest a submission (or `GET /v1/pythons`) waits for the server's images to be ready
+/// before it decides with those that are.
+const PYTHONS_SETTLE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The Pythons of a submission that asked for none: the project's `[tool.ci] python`, else
+/// the default unless its `requires-python` excludes it. Waits for the images only when a
+/// choice needs their versions.
+async fn choose_python(
+    state: &AppState,
+    owner: &str,
+    config: &ci_project::Config,
+    requires: Option<&(String, String)>,
+) -> Result<ci_project::python::Choice, ApiError> {
+    let asked = config.python.clone().unwrap_or_default();
+    let wait = if asked.is_empty() && requires.is_none() {
+        std::time::Duration::ZERO
+    } else {
+        PYTHONS_SETTLE
+    };
+    let views = state.jobs.executor().pythons(wait).await;
+    let available = crate::image::available(&views);
+    let choice = ci_project::python::choose(&asked, requires, &available)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if choice.names.len() > MAX_PYTHONS {
+        return Err(ApiError::BadRequest(format!(
+            "[tool.ci] python asks for {} Pythons: at most {MAX_PYTHONS} per submission",
+            choice.names.len()
+        )));
+    }
+    if choice.names.len() > 1 {
+        // The upload is in; the room for the run is checked again, with its real size.
+        state.jobs.admits_many(owner, choice.names.len())?;
+    }
+    Ok(choice)
+}
+
+/// Queues one job per Python from `template` (whose id and directory are the first's; each
+/// other job gets a new id and a copy of the project made of hard links, which nothing
+/// writes). Either all are queued or none: a refused one withdraws those queued before it.
+/// Returns the first job and its place in the queue.
+async fn queue_run(
+    state: &AppState,
+    template: &Job,
+    pythons: Vec<Option<String>>,
+    dir: crate::layout::JobDir,
+) -> Result<(Job, usize), ApiError> {
+    let mut dirs = vec![dir];
+    let mut jobs = Vec::new();
+    for (i, python) in pythons.into_iter().enumerate() {
+        let id = if i == 0 {
+            template.id.clone()
+        } else {
+            let id = match new_job_id(state).await {
+                Ok(id) => id,
+                Err(e) => {
+                    remove_all(dirs).await;
+                    return Err(e);
+                }
+            };
+            let copy = state.jobs.layout().new_job_dir(&id);
+            let (from, to) = (dirs[0].path().join("project"), copy.path().join("project"));
+            let linked = tokio::task::spawn_blocking(move || upload::link_tree(&from, &to)).await;
+            dirs.push(copy);
+            if let Err(e) = linked
+                .map_err(ApiError::internal)
+                .and_then(|r| r.map_err(ApiError::internal))
+            {
+                remove_all(dirs).await;
+                return Err(e);
+            }
+            id
+        };
+        jobs.push(Job {
+            id,
+            python,
+            ..template.clone()
+        });
+    }
+    let mut queued: Vec<(Job, usize)> = Vec::new();
+    for (mut job, dir) in jobs.into_iter().zip(dirs) {
+        let submitted = match state.store.next_seq().await {
+            Ok(seq) => {
+                job.seq = seq;
+                state
+                    .jobs
+                    .submit(job.clone(), dir)
+                    .await
+                    .map_err(ApiError::from)
+            }
+            Err(e) => {
+                dir.remove().await;
+                Err(e.into())
+            }
+        };
+        match submitted {
+            Ok(position) => queued.push((job, position)),
+            Err(e) => {
+                for (earlier, _) in queued {
+                    let _ = state.jobs.cancel(earlier).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(queued.into_iter().next().expect("at least one Python"))
+}
+
+async fn remove_all(dirs: Vec<crate::layout::JobDir>) {
+    for dir in dirs {
+        dir.remove().await;
+    }
 }
 
 /// Body chunks the receiving side may hold for the unpacker before it waits for it: with
@@ -496,7 +649,16 @@ pub async fn get_job(
     Ok(Json(view(&state, &job, log_bytes)))
 }
 
-/// `GET /v1/jobs`: the caller's jobs, newest first.
+/// `GET /v1/pythons`: the server's Pythons, the default first, once its images are ready
+/// (or have failed, or a while has passed).
+pub async fn pythons(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Json<Vec<ci_protocol::PythonView>> {
+    Json(state.jobs.executor().pythons(PYTHONS_SETTLE).await)
+}
+
+/// `GET /v1/jobs`: the caller's jobs, newest first; with `run`, that run's, oldest first.
 pub async fn list_jobs(
     State(state): State<AppState>,
     caller: Caller,
@@ -505,6 +667,28 @@ pub async fn list_jobs(
     let status = q
         .status()
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if let Some(run) = &q.run {
+        // A run's jobs, oldest first (in the order of their Pythons), all of them.
+        let jobs: Vec<Job> = state
+            .store
+            .list()
+            .await?
+            .into_iter()
+            .filter(|j| j.owner == caller.0.id && j.run_id.as_deref() == Some(run.as_str()))
+            .filter(|j| status.is_none_or(|s| j.status == s))
+            .collect();
+        if jobs.is_empty() && status.is_none() {
+            return Err(ApiError::NotFound(format!("run {run}")));
+        }
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+        let lens = state.logs.lens(&ids).await;
+        let views = jobs
+            .iter()
+            .zip(lens)
+            .map(|(j, len)| view(&state, j, len.unwrap_or(0)))
+            .collect();
+        return Ok(Json(views));
+    }
     let jobs: Vec<Job> = state
         .store
         .list()

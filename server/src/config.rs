@@ -4,6 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The image of a server given none: the Docker Official Image of the newest stable Python
+/// as of this release line.
+pub const DEFAULT_IMAGE: &str = "python:3.12-slim";
+
 /// Options of `ci-server serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -17,9 +21,16 @@ pub struct ServeArgs {
     #[arg(long, env = "CI_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Image every job runs in, pulled once and cached unpacked.
-    #[arg(long, env = "CI_IMAGE", default_value = "python:3.12-slim")]
-    pub image: String,
+    /// An image jobs run in, pulled (or imported) once and cached unpacked, and named by the
+    /// Python it has; give it once per Python (the first is the default) [default:
+    /// python:3.12-slim]. A registry reference, or a file: `oci-archive:PATH`,
+    /// `oci:DIR[:TAG]`, `docker-archive:PATH`.
+    #[arg(long, env = "CI_IMAGE", value_name = "IMAGE")]
+    pub image: Vec<String>,
+
+    /// A file of images, one per line (`#` starts a comment), after the --image ones.
+    #[arg(long, value_name = "FILE")]
+    pub images: Option<PathBuf>,
 
     /// Where pulled images are kept unpacked [default: DATA_DIR/images]. Servers on one host
     /// may share it.
@@ -232,6 +243,40 @@ impl ServeArgs {
         }
         let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
         PathBuf::from(home).join(".local/share/ci-server")
+    }
+
+    /// The images, the default first: --image's, then --images's lines, else the default.
+    /// Refused: a file that cannot be read, a line that is no image, an image twice.
+    pub fn image_sources(&self) -> anyhow::Result<Vec<ci_rootfs::ImageSource>> {
+        let mut texts: Vec<(String, String)> = self
+            .image
+            .iter()
+            .map(|i| (i.clone(), "--image".to_string()))
+            .collect();
+        if let Some(file) = &self.images {
+            let text = fs_err::read_to_string(file)
+                .map_err(|e| anyhow::anyhow!("cannot read --images: {e}"))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or_default().trim();
+                if !line.is_empty() {
+                    texts.push((line.to_string(), format!("{}:{}", file.display(), n + 1)));
+                }
+            }
+        }
+        if texts.is_empty() {
+            texts.push((DEFAULT_IMAGE.to_string(), "the default".to_string()));
+        }
+        let mut sources: Vec<ci_rootfs::ImageSource> = Vec::new();
+        for (text, whence) in texts {
+            let source: ci_rootfs::ImageSource = text
+                .parse()
+                .map_err(|e| anyhow::anyhow!("invalid image {text:?} ({whence}): {e}"))?;
+            if sources.iter().any(|s| s.to_string() == source.to_string()) {
+                anyhow::bail!("image {text:?} ({whence}) is given twice");
+            }
+            sources.push(source);
+        }
+        Ok(sources)
     }
 
     /// Where pulled images are kept, with the default applied.

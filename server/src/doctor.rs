@@ -139,7 +139,14 @@ fn report(args: &ServeArgs, caps: &Capabilities) -> (String, bool) {
         "tools dir",
         &dir_finding(&args.tools_dir(), &userns, false),
     ));
-    rows.push(registry_row(&args.image));
+    match args.image_sources() {
+        Ok(sources) => rows.extend(sources.iter().map(image_row)),
+        Err(e) => rows.push(Row {
+            check: "images".into(),
+            status: "MISSING",
+            detail: e.to_string(),
+        }),
+    }
 
     let dirs = sandbox::reachable_dirs(args);
     let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
@@ -257,6 +264,28 @@ fn installer_row(args: &ServeArgs) -> Row {
 
 /// Connects to the image's registry only when it is on loopback; anything else would be
 /// traffic leaving the machine.
+/// A registry image: its registry, when on loopback; an image file: that it can be read.
+fn image_row(source: &ci_rootfs::ImageSource) -> Row {
+    let path = match source {
+        ci_rootfs::ImageSource::Registry(reference) => return registry_row(&reference.to_string()),
+        ci_rootfs::ImageSource::OciArchive { path, .. }
+        | ci_rootfs::ImageSource::DockerArchive { path, .. } => path.clone(),
+        ci_rootfs::ImageSource::OciLayout { dir, .. } => dir.join("index.json"),
+    };
+    let (status, detail) = match std::fs::File::open(&path) {
+        Ok(_) => ("ok", format!("{source}: readable")),
+        Err(e) => (
+            "MISSING",
+            format!("{source}: cannot read {}: {e}", path.display()),
+        ),
+    };
+    Row {
+        check: "image file".into(),
+        status,
+        detail,
+    }
+}
+
 fn registry_row(image: &str) -> Row {
     let reference: ci_rootfs::ImageRef = match image.parse() {
         Ok(r) => r,

@@ -17,7 +17,7 @@ use crate::bytecode;
 use crate::cache;
 use crate::config::format_size;
 use crate::executor::{Control, Executor, JobEvents};
-use crate::image::ImageProvider;
+use crate::image::{Images, PythonInfo};
 use crate::install::{self, Budget, Overrun, Tool};
 use crate::layout::JobPaths;
 use crate::lifecycle::Verdict;
@@ -47,7 +47,8 @@ pub struct ContainerExecutor {
     pub max_artifacts_size: u64,
     /// The cache entries running jobs use, which nothing removes.
     pub cache: cache::Registry,
-    pub image: ImageProvider,
+    /// The server's images, one per Python.
+    pub images: Images,
     /// Held while an image's bytecode is compiled (one compile at a time); the images whose
     /// compile failed, which are not tried again by this process.
     pub image_bytecode: tokio::sync::Mutex<std::collections::HashSet<String>>,
@@ -108,18 +109,21 @@ impl Executor for ContainerExecutor {
         let _ = tokio::task::spawn_blocking(move || cache::recover(&cache_dir)).await;
     }
 
-    /// Warms the image and uv so that the first job does not wait for them, then expires
+    async fn pythons(&self, wait: Duration) -> Vec<ci_protocol::PythonView> {
+        self.images.settled_views(wait).await
+    }
+
+    /// Warms the images and uv so that the first job does not wait for them, then expires
     /// unused dependency and installer caches and holds each user's to --cache-max-size,
     /// now and every hour.
     async fn maintain(&self) {
         let image = async {
-            match self.image.get().await {
-                Ok(image) => {
-                    image_bytecode(self, &image, None).await;
-                }
-                Err(e) => {
-                    tracing::error!(image = %self.image.reference(), error = %e, "image is not available yet; jobs will retry")
-                }
+            let images = self
+                .images
+                .prepare_all(|image| probe_python(self, image))
+                .await;
+            for ready in images.into_iter().flatten() {
+                image_bytecode(self, &ready.image, None).await;
             }
         };
         let uv = async {
@@ -176,26 +180,32 @@ async fn execute(
 
     drop(step);
     let step = timing::step(&job.id, "image (and its bytecode)");
+    let source = ctx.images.source_for(job.python.as_deref()).to_string();
     events
-        .phase(
-            Phase::PullingImage,
-            &format!("preparing image {}", ctx.image.reference()),
-        )
+        .phase(Phase::PullingImage, &format!("preparing image {source}"))
         .await;
-    let image = match ctx.image.get().await {
-        Ok(image) => image,
-        Err(e) => {
-            return Verdict::error(format!(
-                "image {} is not available: {e}",
-                ctx.image.reference()
-            ))
-        }
+    let ready = match ctx
+        .images
+        .for_python(job.python.as_deref(), |image| probe_python(ctx, image))
+        .await
+    {
+        Ok(ready) => ready,
+        Err(e) => return Verdict::error(e.to_string()),
     };
+    let image = ready.image.clone();
     let _ = log.note(&format!(
-        "image {} ({})",
+        "image {} ({}): Python {}{}",
         image.reference,
-        short_digest(&image.manifest_digest)
+        short_digest(&image.manifest_digest),
+        ready.python.version,
+        match ready.python.implementation.as_str() {
+            "cpython" => String::new(),
+            other => format!(" ({other})"),
+        }
     ));
+    if let Some(note) = &job.python_note {
+        let _ = log.note(note);
+    }
     let image_tree = image_bytecode(ctx, &image, Some(log)).await;
     drop(step);
     let step = timing::step(&job.id, "plan the install");
@@ -244,6 +254,7 @@ async fn execute(
     let common = Common {
         ctx,
         spec: spec_config(ctx, &image, &job_id, paths),
+        python: ready.python.name(),
     };
     let step = Step {
         log,
@@ -365,6 +376,9 @@ async fn execute(
         Ok(sinks) => sinks,
         Err(e) => return Verdict::error(format!("cannot prepare the shards' output: {e}")),
     };
+    // The tests may ask which Python they run on (a run of several has one job each).
+    let mut test_env = config.env.clone();
+    test_env.insert(PYTHON_ENV.to_string(), common.python.clone());
     for (i, shard) in shard_paths.iter().enumerate() {
         let cfg = SpecConfig {
             paths: shard,
@@ -379,7 +393,7 @@ async fn execute(
             &venv,
             &trees.lower,
             &job.pytest_args,
-            &config.env,
+            &test_env,
             which,
         );
         let report = Arc::new(Budget::of(
@@ -984,6 +998,8 @@ fn short_digest(digest: &str) -> &str {
 struct Common<'a> {
     ctx: &'a ContainerExecutor,
     spec: SpecConfig<'a>,
+    /// The name of the job's Python (`3.13`), for [`PYTHON_ENV`].
+    python: String,
 }
 
 /// The spec builder's view of the job: the server's configuration and the sandbox as plain
@@ -1346,6 +1362,70 @@ async fn run_compile(
     })
     .await
 }
+
+/// The variable that tells the tests the name of the Python they run on (`3.13`).
+pub const PYTHON_ENV: &str = "CI_PYTHON";
+
+/// Asks `image` which Python it has: its `python3` in a container with nothing to read but
+/// the image, no network and nothing writable ([`spec::probe_python`]).
+async fn probe_python(
+    ctx: &ContainerExecutor,
+    image: Arc<ci_rootfs::Image>,
+) -> Result<PythonInfo, String> {
+    let digest = image.manifest_digest.trim_start_matches("sha256:");
+    let id = format!(
+        "probe-{}-{}",
+        &digest[..digest.len().min(12)],
+        std::process::id()
+    );
+    let root = image
+        .rootfs
+        .with_file_name(format!("probe.{}", std::process::id()));
+    let paths = JobPaths::new(root.clone());
+    let prepared = {
+        let paths = paths.clone();
+        blocking(move || {
+            if paths.root().exists() {
+                cache::remove_tree(paths.root()).map_err(|e| e.to_string())?;
+            }
+            fs_err::create_dir_all(paths.project()).map_err(|e| e.to_string())
+        })
+        .await
+    };
+    let result = match prepared {
+        Ok(()) => {
+            let spec = spec::probe_python(&spec_config(ctx, &image, &id, &paths));
+            let run = supervisor::supervise(
+                &ctx.helper(),
+                &spec,
+                &paths,
+                &supervisor::Discard,
+                std::future::pending(),
+                Instant::now() + PROBE_TIMEOUT,
+                std::future::pending(),
+            )
+            .await;
+            let tail = String::from_utf8_lossy(&run.tail).into_owned();
+            match run.ended {
+                Ended::Finished(Outcome {
+                    exit_code: Some(0), ..
+                }) => PythonInfo::parse(&tail),
+                Ended::Finished(o) => {
+                    let last = tail.lines().last().unwrap_or_default().to_string();
+                    Err(format!("{} {last}", describe(ctx, &o)))
+                }
+                Ended::Interrupted(why) => Err(format!("interrupted: {why:?}")),
+                Ended::HelperFailed(failure) => Err(failure.reason()),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    let _ = blocking(move || cache::remove_tree(&root)).await;
+    result
+}
+
+/// Longest asking an image for its Python may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Longest an image's bytecode compile may take.
 const COMPILE_TIMEOUT: Duration = Duration::from_secs(600);

@@ -32,9 +32,31 @@ pub trait Executor: Send + Sync + 'static {
     /// Removes what a previous server process left running, before its jobs are settled.
     async fn reconcile(&self) {}
 
+    /// The Pythons jobs can run on (`GET /v1/pythons`), the default first, once none is still
+    /// being prepared or `wait` has passed. An executor without images of its own (the
+    /// tests' fakes) has one: [`fake_python`].
+    async fn pythons(&self, wait: std::time::Duration) -> Vec<ci_protocol::PythonView> {
+        let _ = wait;
+        vec![fake_python("3.12.0", true)]
+    }
+
     /// Upkeep while the server runs (caches, warming up); runs until the server aborts it.
     async fn maintain(&self) {
         std::future::pending::<()>().await;
+    }
+}
+
+/// A ready CPython of this version, named by image `fake:<version>`.
+pub fn fake_python(version: &str, default: bool) -> ci_protocol::PythonView {
+    ci_protocol::PythonView {
+        name: Some(ci_protocol::python_name("cpython", version)),
+        version: Some(version.to_string()),
+        implementation: Some("cpython".to_string()),
+        image: format!("fake:{version}"),
+        digest: None,
+        default,
+        status: ci_protocol::ImageStatus::Ready,
+        error: None,
     }
 }
 

@@ -175,6 +175,31 @@ impl Jobs {
         self.admits_bytes(owner, 0)
     }
 
+    /// Whether `owner` may queue `count` more jobs at once (a run of several Pythons).
+    pub fn admits_many(&self, owner: &str, count: usize) -> Result<(), JobsError> {
+        let inner = self.inner.lock().expect("jobs lock");
+        if !inner.accepting {
+            return Err(JobsError::ShuttingDown);
+        }
+        let queued = inner.queue.queued_by(owner);
+        if queued + count > self.limits.per_user.queued {
+            return Err(JobsError::OverCap {
+                message: format!(
+                    "{count} jobs (one per Python) and the {queued} you have waiting would pass \
+                     the {} this server queues per user (--max-queued-per-user)",
+                    self.limits.per_user.queued
+                ),
+                retry_after_secs: RETRY_AFTER_SECS,
+            });
+        }
+        Ok(())
+    }
+
+    /// The executor, for what it says of itself (its Pythons).
+    pub fn executor(&self) -> &Arc<dyn Executor> {
+        &self.executor
+    }
+
     /// Records a new job whose project is unpacked in `dir`, and queues it; from here the
     /// job manager owns the directory. Refused when the server shuts down or the owner is
     /// over a per-user cap: then nothing of the job stays. Returns its place in the queue.

@@ -79,6 +79,7 @@ pub fn router(state: AppState, body_timeout: std::time::Duration) -> Router {
         .route("/v1/jobs/{id}/artifacts", get(api::artifacts))
         .route("/v1/jobs/{id}/cancel", post(api::cancel))
         .route("/v1/whoami", get(api::whoami))
+        .route("/v1/pythons", get(api::pythons))
         .route(
             "/v1/admin/users",
             post(admin::create_user).get(admin::list_users),
@@ -129,10 +130,7 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         .await??
     };
 
-    let reference: ci_rootfs::ImageRef = args
-        .image
-        .parse()
-        .with_context(|| format!("invalid --image {:?}", args.image))?;
+    let sources = args.image_sources()?;
     // Paths end up in container specs, which take absolute paths only.
     let store = ci_rootfs::Store::new(std::path::absolute(args.image_cache())?);
     let options = ci_rootfs::PullOptions {
@@ -154,7 +152,7 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         max_deps_size: args.max_deps_size,
         max_artifacts_size: args.max_artifacts_size,
         cache: cache::Registry::default(),
-        image: image::ImageProvider::new(store, reference, options),
+        images: image::Images::new(store, options, sources),
         image_bytecode: Default::default(),
         installer,
         uv,

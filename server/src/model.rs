@@ -41,6 +41,17 @@ pub struct Job {
     /// Test containers asked for (`--shards`, `[tool.ci] shards`); `None`: one.
     #[serde(default)]
     pub shards: Option<ci_protocol::Shards>,
+    /// The Python it runs on, by name (`3.13`); `None`: the server's default image, whatever
+    /// Python that turns out to have (it was not ready when the job was submitted).
+    #[serde(default)]
+    pub python: Option<String>,
+    /// The run of several Pythons it belongs to ([`ci_protocol::run_id_for`]).
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// Why the server chose its Python, when it was not the plain default (the first line
+    /// of its log after the image's).
+    #[serde(default)]
+    pub python_note: Option<String>,
 }
 
 impl Job {
@@ -63,6 +74,9 @@ impl Job {
             expired_ms: None,
             tests: None,
             shards: None,
+            python: None,
+            run_id: None,
+            python_note: None,
         }
     }
 }
@@ -133,6 +147,8 @@ pub fn job_view(job: &Job, queue_position: Option<usize>, log_bytes: u64) -> Job
         log_bytes,
         expired: job.expired_ms.is_some(),
         tests: job.tests,
+        python: job.python.clone(),
+        run_id: job.run_id.clone(),
     }
 }
 

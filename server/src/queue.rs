@@ -61,6 +61,11 @@ impl FairQueue {
         Ok(())
     }
 
+    /// How many jobs `owner` has waiting.
+    pub fn queued_by(&self, owner: &str) -> usize {
+        self.waiting.get(owner).map_or(0, |w| w.len())
+    }
+
     /// Adds a job at the end of its owner's queue (the caller checked [`Self::admits`]).
     pub fn push(&mut self, owner: &str, id: &str, seq: u64, bytes: u64) {
         let waiting = self.waiting.entry(owner.to_string()).or_default();

@@ -231,6 +231,16 @@ pub fn compile_bytecode(cfg: &SpecConfig) -> ContainerSpec {
     spec
 }
 
+/// The container that asks an image which Python it has ([`crate::image::PROBE`]): the
+/// image's own `python3`, no network, nothing writable, nothing to read but the image (and
+/// the empty project directory of `cfg.paths`, which is not a job's).
+pub fn probe_python(cfg: &SpecConfig) -> ContainerSpec {
+    let env = env(cfg.image_env, &[]);
+    let args = ["python3", "-c", crate::image::PROBE];
+    let workspace = read_only(&cfg.paths.project(), WORKSPACE);
+    base(cfg, "probe", &args, env, Network::None, workspace)
+}
+
 /// One of the test containers of a job whose suite is split ([`crate::shards`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shard {

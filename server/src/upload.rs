@@ -809,6 +809,42 @@ pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(blocks.saturating_mul(size))
 }
 
+/// Makes `to` a copy of the unpacked upload `from` for another job of the same run: the
+/// same directories (with their modes), the same symbolic links, and hard links to the same
+/// files, which nothing writes (projects are mounted read-only). Never follows a link; only
+/// what an upload can hold (files, directories, symbolic links) is copied. Blocking.
+pub fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut pending = vec![(from.to_path_buf(), to.to_path_buf())];
+    while let Some((src, dst)) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&src)?;
+        std::fs::DirBuilder::new()
+            .mode(meta.permissions().mode() & 0o7777)
+            .create(&dst)?;
+        for entry in std::fs::read_dir(&src)? {
+            let entry = entry?;
+            let (src, dst) = (entry.path(), dst.join(entry.file_name()));
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push((src, dst));
+            } else if kind.is_symlink() {
+                symlink(std::fs::read_link(&src)?, &dst)?;
+            } else if kind.is_file() {
+                std::fs::hard_link(&src, &dst)?;
+            }
+        }
+        // The mode again, past the umask.
+        std::fs::set_permissions(
+            &dst,
+            std::fs::Permissions::from_mode(meta.permissions().mode() & 0o7777),
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1343,5 +1379,34 @@ mod tests {
             BodyReader::new(rx).finish(),
             Err(UploadError::Trailing)
         ));
+    }
+
+    #[test]
+    fn a_linked_copy_has_the_same_files_links_and_modes() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("a");
+        std::fs::create_dir_all(from.join("pkg/sub")).unwrap();
+        std::fs::write(from.join("pkg/m.py"), "x = 1\n").unwrap();
+        std::fs::set_permissions(from.join("pkg/sub"), std::fs::Permissions::from_mode(0o750))
+            .unwrap();
+        std::os::unix::fs::symlink("pkg/m.py", from.join("link")).unwrap();
+        let to = dir.path().join("jobs/b/project");
+        link_tree(&from, &to).unwrap();
+        let (a, b) = (
+            std::fs::metadata(from.join("pkg/m.py")).unwrap(),
+            std::fs::metadata(to.join("pkg/m.py")).unwrap(),
+        );
+        assert_eq!(a.ino(), b.ino(), "a hard link");
+        assert_eq!(
+            std::fs::read_link(to.join("link")).unwrap(),
+            Path::new("pkg/m.py")
+        );
+        let mode = std::fs::metadata(to.join("pkg/sub"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
+        assert_eq!(mode, 0o750);
     }
 }

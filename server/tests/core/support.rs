@@ -110,6 +110,8 @@ pub struct FakeExecutor {
     state: Mutex<FakeState>,
     changed: watch::Sender<u64>,
     auto: Option<Verdict>,
+    /// What `GET /v1/pythons` says; `None`: the executor's default (one, 3.12).
+    pythons: Option<Vec<ci_protocol::PythonView>>,
 }
 
 impl FakeExecutor {
@@ -119,6 +121,23 @@ impl FakeExecutor {
             state: Mutex::default(),
             changed: watch::channel(0).0,
             auto: None,
+            pythons: None,
+        })
+    }
+
+    /// A fake that holds every job, with these CPython versions (the first the default).
+    pub fn holding_with_pythons(versions: &[&str]) -> Arc<FakeExecutor> {
+        Arc::new(FakeExecutor {
+            state: Mutex::default(),
+            changed: watch::channel(0).0,
+            auto: None,
+            pythons: Some(
+                versions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| ci_server::executor::fake_python(v, i == 0))
+                    .collect(),
+            ),
         })
     }
 
@@ -128,6 +147,7 @@ impl FakeExecutor {
             state: Mutex::default(),
             changed: watch::channel(0).0,
             auto: Some(verdict),
+            pythons: None,
         })
     }
 
@@ -222,6 +242,13 @@ impl FakeExecutor {
 
 #[async_trait]
 impl Executor for FakeExecutor {
+    async fn pythons(&self, _wait: std::time::Duration) -> Vec<ci_protocol::PythonView> {
+        match &self.pythons {
+            Some(pythons) => pythons.clone(),
+            None => vec![ci_server::executor::fake_python("3.12.0", true)],
+        }
+    }
+
     async fn run(
         &self,
         job: &Job,
