@@ -15,8 +15,17 @@ use crate::client::{Client, RequestError};
 const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
 
 /// Prints the log of `id` from `offset` to stdout until the job ends; returns the final job.
-pub async fn follow(client: &Client, id: &str, mut offset: u64) -> anyhow::Result<JobView> {
-    let mut out = std::io::stdout().lock();
+pub async fn follow(client: &Client, id: &str, offset: u64) -> anyhow::Result<JobView> {
+    follow_into(client, id, offset, &mut std::io::stdout().lock()).await
+}
+
+/// [`follow`], writing the log to `out`.
+pub async fn follow_into(
+    client: &Client,
+    id: &str,
+    mut offset: u64,
+    out: &mut impl Write,
+) -> anyhow::Result<JobView> {
     let mut backoff = Duration::from_millis(100);
     let mut away_since: Option<std::time::Instant> = None;
     loop {

@@ -8,6 +8,7 @@ pub mod exit;
 mod fake;
 pub mod follow;
 pub mod pack;
+pub mod run;
 pub mod summary;
 pub mod table;
 
@@ -49,7 +50,8 @@ pub enum Command {
     /// Run again, from the project here, the tests that failed or errored in an earlier job
     /// (--failed, for now the only kind of rerun).
     Rerun(commands::rerun::RerunArgs),
-    /// Follow a job until it ends (new output only, or everything with --all).
+    /// Follow a job, or every job of a run, until it ends (new output only, or everything with
+    /// --all).
     Wait(commands::wait::WaitArgs),
     /// List your jobs, newest first.
     List(commands::list::ListArgs),
@@ -57,6 +59,8 @@ pub enum Command {
     Cancel(commands::cancel::CancelArgs),
     /// Download the files a job's tests wrote to /artifacts, into a new directory.
     Artifacts(commands::artifacts::ArtifactsArgs),
+    /// List the server's Pythons (what `--python` takes), the default first.
+    Pythons(commands::pythons::PythonsArgs),
     /// Show who your API key belongs to.
     Whoami,
     /// Manage users and API keys (needs an admin key).
@@ -75,6 +79,7 @@ pub async fn run(cli: Cli) -> u8 {
             Command::List(args) => commands::list::run(&client, args).await,
             Command::Cancel(args) => commands::cancel::run(&client, args).await,
             Command::Artifacts(args) => commands::artifacts::run(&client, args).await,
+            Command::Pythons(args) => commands::pythons::run(&client, args).await,
             Command::Whoami => commands::whoami::run(&client).await,
             Command::Admin(args) => commands::admin::run(&client, args).await,
         }
@@ -111,17 +116,10 @@ pub async fn follow_to_end(client: &Client, id: &str, offset: u64) -> anyhow::Re
     tokio::select! {
         finished = finished => {
             let (job, report) = finished?;
-            for line in summary::render(&job, report.as_ref()) {
+            for line in end_lines(&job, report.as_ref()) {
                 println!("{line}");
             }
-            // The result comes from the job's record, never from the log, which holds the
-            // job's own output and so could imitate it.
-            println!("{}", result_line(&job));
-            if !matches!(job.status, Status::Passed | Status::Failed) {
-                if let Some(reason) = &job.reason {
-                    eprintln!("ci: job {} {}: {reason}", job.id, job.status.as_str().replace('_', " "));
-                }
-            }
+            warn_unfinished(&job);
             Ok(exit::of(job.status))
         }
         _ = tokio::signal::ctrl_c() => {
@@ -131,10 +129,35 @@ pub async fn follow_to_end(client: &Client, id: &str, offset: u64) -> anyhow::Re
     }
 }
 
+/// The lines that end a followed job: the tests' summary, then `==> result:`.
+pub fn end_lines(job: &JobView, report: Option<&ci_protocol::TestReport>) -> Vec<String> {
+    let mut lines = summary::render(job, report);
+    // The result comes from the job's record, never from the log, which holds the job's own
+    // output and so could imitate it.
+    lines.push(result_line(job));
+    lines
+}
+
+/// Says on stderr why a job ended without a verdict of its tests (error, timeout, cancel).
+pub fn warn_unfinished(job: &JobView) {
+    if !matches!(job.status, Status::Passed | Status::Failed) {
+        if let Some(reason) = &job.reason {
+            eprintln!(
+                "ci: job {} {}: {reason}",
+                job.id,
+                job.status.as_str().replace('_', " ")
+            );
+        }
+    }
+}
+
 /// The report of a job whose counts say some tests failed or errored, to list them; `None` for
 /// any other job, and when the report cannot be had (the summary then shows the counts only:
 /// the run's result stands without it).
-async fn report_if_failed(client: &Client, job: &JobView) -> Option<ci_protocol::TestReport> {
+pub(crate) async fn report_if_failed(
+    client: &Client,
+    job: &JobView,
+) -> Option<ci_protocol::TestReport> {
     if job.tests?.not_passed() == 0 {
         return None;
     }

@@ -100,6 +100,8 @@ mod tests {
             log_bytes: 0,
             expired: false,
             tests,
+            python: None,
+            run_id: None,
         }
     }
 

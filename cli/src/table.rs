@@ -28,6 +28,18 @@ pub fn short_time(t: Option<&str>) -> String {
     t.map_or("-".into(), |t| t.get(..19).unwrap_or(t).replace('T', " "))
 }
 
+/// [`short_time`], only the time of day (`10:50:54`) when `t` is on the day of `since`.
+pub fn clock_after(t: Option<&str>, since: &str) -> String {
+    let full = short_time(t);
+    match (
+        full.split_once(' '),
+        short_time(Some(since)).split_once(' '),
+    ) {
+        (Some((day, clock)), Some((since_day, _))) if day == since_day => clock.to_string(),
+        _ => full,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -45,5 +57,15 @@ mod tests {
             "2026-11-21 10:50:54"
         );
         assert_eq!(super::short_time(None), "-");
+        let created = "2026-11-21T10:50:54Z";
+        assert_eq!(
+            super::clock_after(Some("2026-11-21T10:51:02.5Z"), created),
+            "10:51:02"
+        );
+        assert_eq!(
+            super::clock_after(Some("2026-11-22T00:00:01Z"), created),
+            "2026-11-22 00:00:01"
+        );
+        assert_eq!(super::clock_after(None, created), "-");
     }
 }

@@ -31,9 +31,10 @@ pub async fn run(client: &Client, args: ListArgs) -> anyhow::Result<u8> {
 
 fn table(jobs: &[JobView]) -> String {
     let header = [
-        "ID", "STATUS", "TESTS", "PHASE", "CREATED", "STARTED", "FINISHED", "DURATION", "RESULT",
+        "ID", "PYTHON", "STATUS", "TESTS", "PHASE", "CREATED", "STARTED", "FINISHED", "DURATION",
+        "RESULT",
     ];
-    let rows: Vec<[String; 9]> = jobs
+    let rows: Vec<[String; 10]> = jobs
         .iter()
         .map(|j| {
             let phase = j
@@ -56,14 +57,19 @@ fn table(jobs: &[JobView]) -> String {
             };
             [
                 j.id.clone(),
+                j.python
+                    .as_deref()
+                    .map_or("-".into(), crate::summary::clean),
                 status,
                 // Passed of those that ran; `-` before the tests end, or when they left no
                 // report.
                 j.tests.map_or("-".into(), |t| t.ratio()),
                 phase,
                 crate::table::short_time(Some(&j.created)),
-                crate::table::short_time(j.started.as_deref()),
-                crate::table::short_time(j.finished.as_deref()),
+                // The time of day alone on the day the job was created: the column the Python
+                // takes is paid for by these two.
+                crate::table::clock_after(j.started.as_deref(), &j.created),
+                crate::table::clock_after(j.finished.as_deref(), &j.created),
                 j.duration_secs.map_or("-".into(), |d| format!("{d:.1}s")),
                 result,
             ]
@@ -115,9 +121,38 @@ mod tests {
         };
         assert_eq!(
             table(&[failed, job()]),
-            "ID   STATUS  TESTS  PHASE  CREATED              STARTED  FINISHED  DURATION  RESULT\n\
-             def  failed  1/3    -      2026-11-21 10:50:54  -        -         1.0s      exit 1\n\
-             abc  passed  -      -      2026-11-21 10:50:54  -        -         1.0s      exit 0\n"
+            "ID   PYTHON  STATUS  TESTS  PHASE  CREATED              STARTED  FINISHED  DURATION  RESULT\n\
+             def  -       failed  1/3    -      2026-11-21 10:50:54  -        -         1.0s      exit 1\n\
+             abc  -       passed  -      -      2026-11-21 10:50:54  -        -         1.0s      exit 0\n"
+        );
+    }
+
+    #[test]
+    fn the_python_column_costs_no_width() {
+        let ran = JobView {
+            id: "0a1b2c3d4e5f".into(),
+            python: Some("3.13".into()),
+            started: Some("2026-11-21T10:50:55.5Z".into()),
+            finished: Some("2026-11-21T10:51:03Z".into()),
+            ..job()
+        };
+        let next_day = JobView {
+            python: None,
+            finished: Some("2026-11-22T00:00:01Z".into()),
+            ..ran.clone()
+        };
+        let shown = table(&[ran, next_day]);
+        assert_eq!(
+            shown,
+            "ID            PYTHON  STATUS  TESTS  PHASE  CREATED              STARTED   FINISHED             DURATION  RESULT\n\
+             0a1b2c3d4e5f  3.13    passed  -      -      2026-11-21 10:50:54  10:50:55  10:51:03             1.0s      exit 0\n\
+             0a1b2c3d4e5f  -       passed  -      -      2026-11-21 10:50:54  10:50:55  2026-11-22 00:00:01  1.0s      exit 0\n"
+        );
+        // Before the PYTHON column, with every time in full (the e2e snapshot `list`).
+        let before = "0a1b2c3d4e5f  passed  -      -      2026-11-21 10:50:54  2026-11-21 10:50:55  2026-11-21 10:51:03  1.0s      exit 0";
+        assert!(
+            shown.lines().nth(1).unwrap().len() < before.len(),
+            "{shown}"
         );
     }
 }

@@ -1,11 +1,12 @@
 //! `ci submit test`: pack the project, upload it, follow the run. With `--failed-from`, run
 //! only the tests that failed or errored in an earlier job (`ci rerun` is the same thing).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
-use ci_protocol::{JobView, SubmitQuery};
+use anyhow::{bail, Context};
+use ci_project::python::{Available, ChoiceError};
+use ci_protocol::{ImageStatus, JobView, PythonView, SubmitQuery};
 
 use crate::client::{Client, RequestError};
 use crate::{exit, pack};
@@ -45,6 +46,13 @@ pub struct RunOptions {
     /// one shard after another and the report is merged. Overrides `[tool.ci] shards`.
     #[arg(long, value_name = "N|auto")]
     pub shards: Option<ci_protocol::Shards>,
+
+    /// Run on these of the server's Pythons, comma-separated (e.g. 3.11,3.13; `ci pythons`
+    /// lists them): one job per version, followed one after another, then one table.
+    /// Overrides `[tool.ci] python`; without either, the server's default unless the
+    /// project's `requires-python` excludes it.
+    #[arg(long, value_name = "VERSIONS")]
+    pub python: Option<String>,
 
     /// Extra arguments for pytest, after `--` (e.g. `-- -k add -x`).
     #[arg(last = true, value_name = "PYTEST_ARGS")]
@@ -105,16 +113,28 @@ pub async fn submit(
         .dir
         .canonicalize()
         .with_context(|| format!("cannot open project directory {}", options.dir.display()))?;
+    let python = match pythons(client, &dir, options.python.as_deref()).await? {
+        Pythons::Server => None,
+        Pythons::Chosen(names) => Some(names.join(",")),
+        Pythons::Refused(e) => {
+            eprintln!("ci: {e}");
+            return Ok(exit::CLIENT_ERROR);
+        }
+    };
     let packed = pack::pack(&dir)?;
     let query = SubmitQuery {
         failed_from: failed_from.map(str::to_string),
         shards: options.shards,
+        python,
         ..SubmitQuery::new(
             options.timeout.map(|t| t.as_secs().max(1)),
             &options.pytest_args,
         )
     };
     let job = submit_when_free(client, &packed.archive, &query).await?;
+    if let Some(run_id) = &job.run_id {
+        return follow_run(client, run_id, options.detach).await;
+    }
     if options.detach {
         println!("{}", job.id);
         eprintln!(
@@ -128,6 +148,112 @@ pub async fn submit(
         eprintln!("Queued at position {pos}");
     }
     crate::follow_to_end(client, &job.id, 0).await
+}
+
+/// One job per Python: prints the run's id and its jobs with `--async`, else follows them
+/// all.
+async fn follow_run(client: &Client, run_id: &str, detach: bool) -> anyhow::Result<u8> {
+    if detach {
+        // The run's id first, alone on its line: what a script keeps to wait for it.
+        println!("{run_id}");
+    } else {
+        eprintln!("Run ID: {run_id}");
+    }
+    let jobs = crate::run::jobs(client, run_id).await?;
+    if detach {
+        for job in &jobs {
+            println!("{} {}", job.id, job.python.as_deref().unwrap_or("-"));
+        }
+        eprintln!(
+            "Submitted run {run_id} ({} jobs); follow them with: ci wait {run_id}",
+            jobs.len()
+        );
+        return Ok(exit::SUCCESS);
+    }
+    crate::run::follow(client, run_id, &jobs, true, &mut std::io::stdout().lock()).await
+}
+
+/// What `ci` decided about the Pythons before uploading anything.
+#[derive(Debug, PartialEq)]
+enum Pythons {
+    /// Nothing to decide (nothing asked, no `requires-python`), or a server older than
+    /// several images: the server decides, as it always did.
+    Server,
+    /// These, sent explicitly so that the server runs what was decided here.
+    Chosen(Vec<String>),
+    /// No Python fits: nothing is uploaded.
+    Refused(ChoiceError),
+}
+
+/// Decides the Pythons when the command line, the project's `[tool.ci] python` or its
+/// `requires-python` says something about them, with the same rules the server has
+/// (`ci_project::python::choose`), and prints the note of a choice that is not the default.
+async fn pythons(client: &Client, dir: &Path, flag: Option<&str>) -> anyhow::Result<Pythons> {
+    let asked = match flag {
+        Some(flag) => {
+            let names = ci_protocol::parse_python_list(flag);
+            if names.is_empty() {
+                bail!("--python needs at least one version (e.g. --python 3.11,3.13)");
+            }
+            names
+        }
+        // A config that cannot be read is left to the server, whose message names the file
+        // and the key.
+        None => ci_project::read_config(dir)
+            .ok()
+            .and_then(|c| c.python)
+            .unwrap_or_default(),
+    };
+    // Likewise a pyproject.toml that cannot be read.
+    let requires = ci_project::python::requires_python(dir).ok().flatten();
+    if asked.is_empty() && requires.is_none() {
+        return Ok(Pythons::Server);
+    }
+    let views: Vec<PythonView> = match client.get_json("/v1/pythons").await {
+        Ok(views) => views,
+        Err(RequestError::Http(404, _)) => {
+            if flag.is_some() {
+                eprintln!("ci: the server lists no Pythons (it is older than --python): running on its one image");
+            }
+            return Ok(Pythons::Server);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (decided, note) = decide(&asked, requires.as_ref(), &views);
+    if let Some(note) = note {
+        eprintln!("ci: {note}");
+    }
+    Ok(decided)
+}
+
+/// The server's ready Pythons: the only ones a job can be sent to.
+fn available(views: &[PythonView]) -> Vec<Available> {
+    views
+        .iter()
+        .filter(|v| v.status == ImageStatus::Ready)
+        .filter_map(|v| {
+            Some(Available {
+                name: v.name.clone()?,
+                version: v.version.clone()?,
+                default: v.default,
+            })
+        })
+        .collect()
+}
+
+/// The choice from what the server listed, and the note that says why it is not the default.
+fn decide(
+    asked: &[String],
+    requires: Option<&(String, String)>,
+    views: &[PythonView],
+) -> (Pythons, Option<String>) {
+    match ci_project::python::choose(asked, requires, &available(views)) {
+        // No names: nothing asked and the default not ready yet; the job runs on the default
+        // whatever it turns out to be, which is the server's to decide.
+        Ok(choice) if choice.names.is_empty() => (Pythons::Server, choice.note),
+        Ok(choice) => (Pythons::Chosen(choice.names), choice.note),
+        Err(e) => (Pythons::Refused(e), None),
+    }
 }
 
 #[cfg(test)]
@@ -247,6 +373,135 @@ mod tests {
         let posts = posts(&server);
         assert_eq!(posts.len(), 1, "{posts:?}");
         assert!(!posts[0].contains("failed_from"), "{posts:?}");
+    }
+
+    const PYTHONS: &str = r#"[
+        {"name":"3.11","version":"3.11.2","implementation":"cpython","image":"python:3.11-slim","digest":null,"default":true,"status":"ready","error":null},
+        {"name":"3.13","version":"3.13.5","implementation":"cpython","image":"python:3.13-slim","digest":null,"default":false,"status":"ready","error":null},
+        {"name":"3.12","version":"3.12.9","implementation":"cpython","image":"python:3.12-slim","digest":null,"default":false,"status":"preparing","error":null}
+    ]"#;
+
+    /// A server with three images (3.12 not ready), where a submission becomes the run of
+    /// `run::tests` (3.11 passed, 3.13 failed); `pythons: false` is a server from before
+    /// several images (404).
+    async fn server_of_pythons(pythons: bool) -> Fake {
+        use crate::run::tests::{answer, job_json};
+        Fake::start(
+            move |req| match (req.method.as_str(), req.target.as_str()) {
+                ("GET", "/v1/pythons") if pythons => Reply::json(200, PYTHONS),
+                ("POST", t) if t.starts_with("/v1/jobs") => {
+                    Reply::json(201, &job_json("0a0000000001", "3.11", "queued", "", "null"))
+                }
+                (_, t) => answer(t, false),
+            },
+        )
+        .await
+    }
+
+    /// Runs `ci` in a project whose pyproject.toml is `pyproject` (none if empty).
+    async fn ci_in(server: &Fake, pyproject: &str, args: &[&str]) -> u8 {
+        let project = tempfile::tempdir().unwrap();
+        std::fs::write(project.path().join("test_a.py"), "def test_a(): pass\n").unwrap();
+        if !pyproject.is_empty() {
+            std::fs::write(project.path().join("pyproject.toml"), pyproject).unwrap();
+        }
+        let dir = project.path().to_str().unwrap();
+        let mut argv = vec!["ci", "--server", &server.url, "--api-key", "ci_test"];
+        argv.extend(args);
+        argv.extend(["-C", dir]);
+        crate::run(crate::Cli::try_parse_from(argv).unwrap()).await
+    }
+
+    #[tokio::test]
+    async fn an_unknown_python_is_refused_before_any_upload() {
+        let server = server_of_pythons(true).await;
+        // 3.12 is listed, but not ready.
+        for asked in ["3.10", "3.11,3.12"] {
+            let code = ci_in(&server, "", &["submit", "test", "--python", asked]).await;
+            assert_eq!(code, crate::exit::CLIENT_ERROR, "{asked}");
+        }
+        // Nor from the project's own list.
+        let config = "[tool.ci]\npython = [\"3.10\"]\n";
+        assert_eq!(ci_in(&server, config, &["submit", "test"]).await, 2);
+        assert!(posts(&server).is_empty(), "{:?}", server.requests());
+        let views: Vec<ci_protocol::PythonView> = serde_json::from_str(PYTHONS).unwrap();
+        let (refused, note) = super::decide(&["3.10".to_string()], None, &views);
+        let super::Pythons::Refused(e) = refused else {
+            panic!("{refused:?}")
+        };
+        assert_eq!(
+            e.to_string(),
+            "the server has no Python 3.10: it has 3.11 (default), 3.13"
+        );
+        assert_eq!(note, None);
+    }
+
+    #[tokio::test]
+    async fn requires_python_chooses_and_says_why() {
+        let views: Vec<ci_protocol::PythonView> = serde_json::from_str(PYTHONS).unwrap();
+        let requires = Some((">=3.12".to_string(), "pyproject.toml".to_string()));
+        let (chosen, note) = super::decide(&[], requires.as_ref(), &views);
+        assert_eq!(chosen, super::Pythons::Chosen(vec!["3.13".into()]));
+        assert_eq!(
+            note.as_deref(),
+            Some("requires-python \">=3.12\" (pyproject.toml) excludes the default Python 3.11 (3.11.2): running on 3.13 (3.13.5)")
+        );
+        // The choice is sent, so that the server runs what was said.
+        let server = server_of_pythons(true).await;
+        let pyproject = "[project]\nname = \"a\"\nrequires-python = \">=3.12\"\n";
+        ci_in(&server, pyproject, &["submit", "test", "--async"]).await;
+        let posts = posts(&server);
+        assert_eq!(posts.len(), 1, "{posts:?}");
+        assert!(posts[0].contains("python=3.13"), "{posts:?}");
+    }
+
+    #[tokio::test]
+    async fn a_run_of_two_pythons_is_followed_to_one_exit_code() {
+        let server = server_of_pythons(true).await;
+        let code = ci_in(&server, "", &["submit", "test", "--python", "3.11,3.13"]).await;
+        assert_eq!(code, crate::exit::JOB_FAILED);
+        let posts = posts(&server);
+        assert_eq!(posts.len(), 1, "{posts:?}");
+        assert!(posts[0].contains("python=3.11%2C3.13"), "{posts:?}");
+        // Both logs, whole, one after the other.
+        assert_eq!(
+            crate::run::tests::logs(&server),
+            [
+                "/v1/jobs/0a0000000001/log?offset=0",
+                "/v1/jobs/0a0000000002/log?offset=0"
+            ]
+        );
+        // `--async` follows nothing.
+        let server = server_of_pythons(true).await;
+        let code = ci_in(
+            &server,
+            "",
+            &["submit", "test", "--python", "3.11,3.13", "--async"],
+        )
+        .await;
+        assert_eq!(code, crate::exit::SUCCESS);
+        assert!(crate::run::tests::logs(&server).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_older_server_gets_the_submission_as_before() {
+        let server = server_of_pythons(false).await;
+        let pyproject = "[project]\nname = \"a\"\nrequires-python = \">=3.12\"\n";
+        let code = ci_in(&server, pyproject, &["submit", "test", "--python", "3.13"]).await;
+        // The fake's submission is still a run; what matters is the query.
+        assert_eq!(code, crate::exit::JOB_FAILED);
+        let sent = posts(&server);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!(!sent[0].contains("python"), "{sent:?}");
+        // Nothing said about Pythons: the list is not even asked for.
+        let server = server_of_pythons(true).await;
+        ci_in(&server, "", &["submit", "test", "--async"]).await;
+        let requests = server.requests();
+        assert!(
+            !requests.iter().any(|r| r.target == "/v1/pythons"),
+            "{requests:?}"
+        );
+        assert!(!posts(&server)[0].contains("python"));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `ci wait <id>`: reconnect to a job and follow it to its end.
+//! `ci wait <id>`: reconnect to a job, or to every job of a run, and follow it to its end.
 
 use ci_protocol::{JobView, Status};
 
@@ -6,14 +6,21 @@ use crate::client::Client;
 
 #[derive(clap::Args, Debug)]
 pub struct WaitArgs {
-    /// The job id (printed by `ci submit`).
+    /// The job id, or the run id of a submission on several Pythons (both printed by
+    /// `ci submit`).
     pub id: String,
-    /// Print the log from the beginning, not only what comes from now on.
+    /// Print the log (each job's, for a run) from the beginning, not only what comes from now
+    /// on.
     #[arg(long)]
     pub all: bool,
 }
 
 pub async fn run(client: &Client, args: WaitArgs) -> anyhow::Result<u8> {
+    if ci_protocol::is_run_id(&args.id) {
+        let jobs = crate::run::jobs(client, &args.id).await?;
+        let mut out = std::io::stdout().lock();
+        return crate::run::follow(client, &args.id, &jobs, args.all, &mut out).await;
+    }
     let job = client.job(&args.id).await?;
     if job.expired {
         // Nothing to follow: say how it ended, and end the same way.
@@ -25,7 +32,7 @@ pub async fn run(client: &Client, args: WaitArgs) -> anyhow::Result<u8> {
 }
 
 /// One line about a job whose log the server removed.
-fn expired_line(job: &JobView) -> String {
+pub(crate) fn expired_line(job: &JobView) -> String {
     let status = job.status.as_str().replace('_', " ");
     let how = match (&job.reason, job.exit_code) {
         (Some(reason), _) => format!("{status}: {reason}"),
@@ -58,6 +65,8 @@ mod tests {
             log_bytes: 0,
             expired: true,
             tests: None,
+            python: None,
+            run_id: None,
         }
     }
 
@@ -66,6 +75,48 @@ mod tests {
             expired_line(&j),
             format!("job abc {expected}; its log was removed after the server's retention period")
         );
+    }
+
+    async fn wait(server: &crate::fake::Fake, args: &[&str]) -> u8 {
+        use clap::Parser;
+        let mut argv = vec![
+            "ci",
+            "--server",
+            &server.url,
+            "--api-key",
+            "ci_test",
+            "wait",
+        ];
+        argv.extend(args);
+        crate::run(crate::Cli::try_parse_from(argv).unwrap()).await
+    }
+
+    #[tokio::test]
+    async fn waits_for_every_job_of_a_run() {
+        use crate::run::tests::{logs, server, RUN};
+        let fake = server(false).await;
+        assert_eq!(wait(&fake, &[RUN]).await, crate::exit::JOB_FAILED);
+        // New output only: from where each log stood when the run was read.
+        assert_eq!(
+            logs(&fake),
+            [
+                "/v1/jobs/0a0000000001/log?offset=12",
+                "/v1/jobs/0a0000000002/log?offset=12"
+            ]
+        );
+        let fake = server(false).await;
+        assert_eq!(wait(&fake, &[RUN, "--all"]).await, crate::exit::JOB_FAILED);
+        assert_eq!(
+            logs(&fake),
+            [
+                "/v1/jobs/0a0000000001/log?offset=0",
+                "/v1/jobs/0a0000000002/log?offset=0"
+            ]
+        );
+        // A run without jobs is not found, as an unknown job is.
+        let fake = server(true).await;
+        assert_eq!(wait(&fake, &[RUN]).await, crate::exit::CLIENT_ERROR);
+        assert!(logs(&fake).is_empty());
     }
 
     #[test]
