@@ -9,6 +9,7 @@ mod hostile;
 mod install_network;
 mod lifecycle;
 mod projects;
+mod pythons;
 mod quotas;
 mod report;
 mod restart;

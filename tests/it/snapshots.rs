@@ -14,6 +14,7 @@ fn settings() -> insta::Settings {
     s.add_filter(r"127\.0\.0\.1:\d+", "[ADDR]");
     s.add_filter(r"\d+\.\d+s\b", "[SECS]s");
     s.add_filter(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "[TIME]");
+    s.add_filter(r"\b\d\d:\d\d:\d\d\b", "[CLOCK]");
     s.add_filter(r"pluggy-[0-9.]+", "pluggy-[VERSION]");
     s.add_filter(r"Connection refused \(os error 111\)", "[REFUSED]");
     s

@@ -46,6 +46,13 @@ pub fn test_image() -> String {
     format!("{registry}/library/python:3.11-slim")
 }
 
+/// The second stand-in, Python 3.13 from Debian trixie, in the loopback registry.
+pub fn test_image_313() -> String {
+    let registry = std::env::var("CI_TEST_REGISTRY").expect("CI_TEST_REGISTRY is not set");
+    let tag = std::env::var("CI_TEST_IMAGE_313_TAG").unwrap_or_else(|_| "3.13-slim".into());
+    format!("{registry}/library/python:{tag}")
+}
+
 /// Image cache shared by every test server, so the image is unpacked once per run.
 fn image_cache() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-image-cache")
