@@ -42,8 +42,6 @@ pub enum ChoiceError {
         requires: String,
         available: Vec<Available>,
     },
-    #[error("the server has no Python ready to run jobs yet")]
-    NoneReady,
     #[error("{file}: requires-python {requires:?} is not a valid version specifier: {message}")]
     BadRequires {
         file: String,
@@ -93,7 +91,9 @@ pub fn requires_python(root: &Path) -> Result<Option<(String, String)>, Error> {
 
 /// Decides the Pythons: `asked` (the command line's, else the project's `[tool.ci] python`)
 /// must all be among `available`; with nothing asked, the default, unless `requires`
-/// (`(specifier, file)`) excludes it: then the newest that fits, said in the note.
+/// (`(specifier, file)`) excludes it: then the newest that fits, said in the note. No names
+/// (with nothing asked and the default not among `available`, not ready yet) means: the
+/// default, whichever Python it turns out to have.
 pub fn choose(
     asked: &[String],
     requires: Option<&(String, String)>,
@@ -113,8 +113,13 @@ pub fn choose(
             note: None,
         });
     }
-    let Some(default) = available.iter().find(|a| a.default).or(available.first()) else {
-        return Err(ChoiceError::NoneReady);
+    // The default not ready yet: the job runs on it whatever it turns out to be (never on
+    // another Python without saying so).
+    let Some(default) = available.iter().find(|a| a.default) else {
+        return Ok(Choice {
+            names: Vec::new(),
+            note: None,
+        });
     };
     let Some((requires, file)) = requires else {
         return Ok(Choice {
@@ -218,13 +223,17 @@ mod tests {
     }
 
     #[test]
-    fn nothing_fits_or_nothing_ready() {
+    fn nothing_fits_or_the_default_not_ready() {
         let err = choose(&[], requires(">=3.14").as_ref(), &server()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "the project's requires-python \">=3.14\" allows none of the server's Pythons (3.11 (default), 3.13, 3.12)"
         );
-        assert_eq!(choose(&[], None, &[]), Err(ChoiceError::NoneReady));
+        let not_ready = choose(&[], requires(">=3.12").as_ref(), &server()[1..]).unwrap();
+        assert_eq!(
+            (not_ready.names, not_ready.note),
+            (Vec::<String>::new(), None)
+        );
         let bad = choose(&[], requires(">=three").as_ref(), &server()).unwrap_err();
         assert!(
             bad.to_string().starts_with(
