@@ -64,7 +64,7 @@ async fn failed_tests(
     state: &AppState,
     caller: &Caller,
     earlier: &str,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<(Vec<String>, Option<String>), ApiError> {
     let job = own_job(state, caller, earlier).await?;
     let report = read_report(state, &job).await.map_err(|e| match e {
         ApiError::Absent(why) | ApiError::Gone(why) => {
@@ -109,7 +109,7 @@ async fn failed_tests(
             ids.push(id);
         }
     }
-    Ok(ids)
+    Ok((ids, job.python))
 }
 
 /// `POST /v1/jobs`: the body is the project as tar.gz, unpacked while it arrives.
@@ -166,11 +166,15 @@ async fn accept(
     let pytest_args = parse_pytest_args(&q)?;
     // Asked-for Pythons are checked before the upload is read, and the user's room for a
     // job per Python.
-    let asked = q
-        .python
-        .as_deref()
-        .map(ci_protocol::parse_python_list)
-        .unwrap_or_default();
+    let (rerun, rerun_python) = match &q.failed_from {
+        Some(earlier) => failed_tests(state, &caller, earlier).await?,
+        None => (Vec::new(), None),
+    };
+    // A rerun runs on the Python of the job it reruns, unless asked otherwise.
+    let asked = match q.python.as_deref() {
+        Some(list) => ci_protocol::parse_python_list(list),
+        None => rerun_python.into_iter().collect(),
+    };
     if asked.len() > MAX_PYTHONS {
         return Err(ApiError::BadRequest(format!(
             "{} Pythons asked for: at most {MAX_PYTHONS} per submission",
@@ -189,10 +193,6 @@ async fn accept(
             names: asked,
             note: None,
         })
-    };
-    let rerun = match &q.failed_from {
-        Some(earlier) => failed_tests(state, &caller, earlier).await?,
-        None => Vec::new(),
     };
     let limits = state.upload_limits;
     match declared_length(headers) {

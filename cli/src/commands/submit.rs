@@ -113,7 +113,14 @@ pub async fn submit(
         .dir
         .canonicalize()
         .with_context(|| format!("cannot open project directory {}", options.dir.display()))?;
-    let python = match pythons(client, &dir, options.python.as_deref()).await? {
+    // A rerun runs on the Python of the job it reruns, unless --python says otherwise.
+    let decide = failed_from.is_none() || options.python.is_some();
+    let chosen = if decide {
+        pythons(client, &dir, options.python.as_deref()).await?
+    } else {
+        Pythons::Server
+    };
+    let python = match chosen {
         Pythons::Server => None,
         Pythons::Chosen(names) => Some(names.join(",")),
         Pythons::Refused(e) => {

@@ -184,3 +184,43 @@ async fn tool_ci_python_makes_a_run_and_the_queue_cap_counts_every_job() {
     assert_eq!(all.len(), 2, "nothing of the refused run was kept");
     assert!(all.iter().all(|j| j.status != Status::Cancelled));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rerun_of_the_failed_tests_runs_on_the_python_of_the_job_it_reruns() {
+    let app = TestApp::start(
+        FakeExecutor::holding_with_pythons(&["3.11.2", "3.13.5"]),
+        &[],
+    )
+    .await;
+    let key = app.user("ann@example.com").await;
+    let first: JobView = app
+        .submit_to("/v1/jobs?python=3.13", &key, project_tarball())
+        .await
+        .expect(StatusCode::CREATED)
+        .json();
+    assert_eq!(
+        (first.python.as_deref(), first.run_id.as_deref()),
+        (Some("3.13"), None)
+    );
+    app.fake
+        .release_with_report(&first.id, FAKE_JUNIT, ci_server::lifecycle::Verdict::Failed);
+    app.wait_ended(&key, &first.id).await;
+    let uri = format!("/v1/jobs?failed_from={}", first.id);
+    let rerun: JobView = app
+        .submit_to(&uri, &key, project_tarball())
+        .await
+        .expect(StatusCode::CREATED)
+        .json();
+    assert_eq!(rerun.python.as_deref(), Some("3.13"));
+    let uri = format!("/v1/jobs?failed_from={}&python=3.11", first.id);
+    let asked: JobView = app
+        .submit_to(&uri, &key, project_tarball())
+        .await
+        .expect(StatusCode::CREATED)
+        .json();
+    assert_eq!(
+        asked.python.as_deref(),
+        Some("3.11"),
+        "unless asked otherwise"
+    );
+}
