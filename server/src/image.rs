@@ -220,6 +220,13 @@ impl Images {
         match result {
             Ok(ready) => {
                 tracing::info!(image = %entry.source, digest = %ready.image.manifest_digest, python = %ready.python.version, implementation = %ready.python.implementation, "image ready");
+                let name = ready.python.name();
+                let earlier = self.entries[..i].iter().find(|e| {
+                    matches!(&*e.state.borrow(), Slot::Ready(r) if r.python.name() == name)
+                });
+                if let Some(earlier) = earlier {
+                    tracing::warn!(image = %entry.source, earlier = %earlier.source, python = %name, "two images have the same Python: jobs that ask for it run on the one given first");
+                }
                 entry.state.send_replace(Slot::Ready(ready.clone()));
                 Ok(ready)
             }
