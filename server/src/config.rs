@@ -396,6 +396,54 @@ mod tests {
         assert_eq!(parse_size(input).map_err(|_| ()), expected, "{input}");
     }
 
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let argv = std::iter::once("ci-server").chain(args.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().serve
+    }
+
+    fn texts(args: &ServeArgs) -> Result<Vec<String>, String> {
+        args.image_sources()
+            .map(|s| s.iter().map(ToString::to_string).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn images_from_flags_and_a_file_the_default_first() {
+        assert_eq!(
+            texts(&serve_args(&[])).unwrap(),
+            ["registry-1.docker.io/library/python:3.12-slim"]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("images");
+        std::fs::write(
+            &file,
+            "# the interpreters\npython:3.13-slim  # newest\n\noci-archive:/srv/pypy.tar\n",
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let args = serve_args(&["--image", "python:3.11-slim", "--images", file]);
+        assert_eq!(
+            texts(&args).unwrap(),
+            [
+                "registry-1.docker.io/library/python:3.11-slim",
+                "registry-1.docker.io/library/python:3.13-slim",
+                "oci-archive:/srv/pypy.tar"
+            ]
+        );
+        let twice = serve_args(&["--image", "python:3.13-slim", "--images", file]);
+        let err = texts(&twice).unwrap_err();
+        assert!(err.contains("is given twice"), "{err}");
+        let bad = serve_args(&["--image", "Not An Image!"]);
+        assert!(texts(&bad).unwrap_err().starts_with("invalid image \"Not An Image!\" (--image)"));
+        let missing = serve_args(&["--images", "/nonexistent/images"]);
+        assert!(texts(&missing).unwrap_err().starts_with("cannot read --images"));
+    }
+
     #[test]
     fn sizes() {
         check("1048576", Ok(1 << 20));
