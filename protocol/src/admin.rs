@@ -89,6 +89,34 @@ pub struct KeyQuery {
     pub email: Option<String>,
 }
 
+/// The body of `POST /v1/admin/images`: an image to serve from now on, read by the server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ImportImage {
+    /// `oci-archive:/ABS/PATH[:TAG]`, `oci:/ABS/DIR[:TAG]`, `docker-archive:/ABS/PATH[:NAME:TAG]`
+    /// (a path on the server's host, read by the server's user), or a registry reference.
+    pub source: String,
+}
+
+/// An image in the server's image cache (`GET /v1/admin/images`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ImageView {
+    /// `sha256:<hex>` of its manifest.
+    pub digest: String,
+    /// The references and canonical source texts that point at it in the cache.
+    pub refs: Vec<String>,
+    /// What `--python` takes for it (`3.13`), once the server has asked the image.
+    pub python: Option<String>,
+    /// The interpreter's full version (`3.13.5`).
+    pub version: Option<String>,
+    /// The image text the server serves it under, if it is one of the server's Pythons.
+    pub served_as: Option<String>,
+    /// The server's default image.
+    pub default: bool,
+    /// Added at run time (`ci-server image import`), not by `--image`: it can be removed.
+    pub imported: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +155,27 @@ mod tests {
             serde_json::to_string(&admin).unwrap(),
             r#"{"name":"A","email":"a@b.c","role":"admin"}"#
         );
+    }
+
+    #[test]
+    fn image_field_names_are_stable() {
+        let view = ImageView {
+            digest: "sha256:ab".into(),
+            refs: vec!["oci-archive:/srv/py.tar:3.13".into()],
+            python: Some("3.13".into()),
+            version: Some("3.13.5".into()),
+            served_as: Some("oci-archive:/srv/py.tar:3.13".into()),
+            default: false,
+            imported: true,
+        };
+        let json = serde_json::to_string(&view).unwrap();
+        assert_eq!(
+            json,
+            r#"{"digest":"sha256:ab","refs":["oci-archive:/srv/py.tar:3.13"],"python":"3.13","version":"3.13.5","served_as":"oci-archive:/srv/py.tar:3.13","default":false,"imported":true}"#
+        );
+        assert_eq!(serde_json::from_str::<ImageView>(&json).unwrap(), view);
+        let import: ImportImage = serde_json::from_str(r#"{"source":"oci:/x"}"#).unwrap();
+        assert_eq!(import.source, "oci:/x");
+        assert!(serde_json::from_str::<ImportImage>(r#"{"source":"oci:/x","y":1}"#).is_err());
     }
 }

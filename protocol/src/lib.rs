@@ -12,7 +12,9 @@ mod limits;
 mod python;
 mod report;
 
-pub use admin::{CreatedKey, KeyQuery, KeyView, NewKey, NewUser, Role, UserView};
+pub use admin::{
+    CreatedKey, ImageView, ImportImage, KeyQuery, KeyView, NewKey, NewUser, Role, UserView,
+};
 pub use error::ErrorBody;
 pub use job::{
     is_run_id, run_id_for, JobView, ListQuery, LogQuery, Phase, Shards, Status, SubmitQuery,

@@ -1,4 +1,4 @@
-//! Admin endpoints under `/v1/admin`: users and their API keys. The server holds the sled
+//! Admin endpoints under `/v1/admin`: users and their API keys, and the server's images. The server holds the sled
 //! database open, so administration goes through it over HTTP (`ci admin ...`), also while jobs
 //! run. Every handler needs an admin caller; a key is returned only by `POST /v1/admin/keys`,
 //! once, and never logged (only its short id is).
@@ -9,7 +9,10 @@ use axum::extract::State;
 use crate::api::{ApiPath, ApiQuery};
 use axum::http::StatusCode;
 use axum::Json;
-use ci_protocol::{CreatedKey, KeyQuery, KeyView, NewKey, NewUser, Role, UserView};
+use ci_protocol::{
+    CreatedKey, ImageView, ImportImage, KeyQuery, KeyView, NewKey, NewUser, PythonView, Role,
+    UserView,
+};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -231,6 +234,60 @@ async fn refuse_admin_lockout(
             key.id, owner.email
         )))
     }
+}
+
+/// `GET /v1/admin/images`: the images in the server's image cache, those it serves first.
+pub async fn list_images(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<ImageView>>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(state.jobs.executor().images().await?))
+}
+
+/// `POST /v1/admin/images`: 201 with the Python of the image, served from now on. The path
+/// is on the server's host, read by the server's user; it must be absolute (the server's
+/// working directory means nothing to the caller).
+pub async fn import_image(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<(StatusCode, Json<PythonView>), ApiError> {
+    caller.require_admin()?;
+    let new: ImportImage = parse(&body)?;
+    let text = new.source.trim();
+    let source: ci_rootfs::ImageSource = text
+        .parse()
+        .map_err(|e: ci_rootfs::Error| ApiError::BadRequest(e.to_string()))?;
+    if source.path().is_some_and(|p| !p.is_absolute()) {
+        return Err(ApiError::BadRequest(format!(
+            "the image's path must be absolute (the server reads it on its own host): {text}"
+        )));
+    }
+    let view = state.jobs.executor().import_image(source).await?;
+    tracing::info!(by = %caller.0.email, image = %view.image, python = ?view.name, "image added");
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// `DELETE /v1/admin/images/{digest}`: removes an image from the cache, and from what the
+/// server serves if it was imported; 409 for the default and configured images, and while
+/// jobs are queued or running on its Python.
+pub async fn remove_image(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(digest): ApiPath<String>,
+) -> Result<Json<ImageView>, ApiError> {
+    caller.require_admin()?;
+    let mut busy = std::collections::HashMap::<String, usize>::new();
+    for job in state.store.list().await? {
+        if let (false, Some(python)) = (job.status.is_terminal(), job.python) {
+            *busy.entry(python).or_default() += 1;
+        }
+    }
+    let count = |python: &str| busy.get(python).copied().unwrap_or(0);
+    let view = state.jobs.executor().remove_image(&digest, &count).await?;
+    tracing::info!(by = %caller.0.email, digest = %view.digest, "image removed");
+    Ok(Json(view))
 }
 
 async fn user_by_email(state: &AppState, email: &str) -> Result<User, ApiError> {

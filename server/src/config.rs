@@ -439,9 +439,13 @@ mod tests {
         let err = texts(&twice).unwrap_err();
         assert!(err.contains("is given twice"), "{err}");
         let bad = serve_args(&["--image", "Not An Image!"]);
-        assert!(texts(&bad).unwrap_err().starts_with("invalid image \"Not An Image!\" (--image)"));
+        assert!(texts(&bad)
+            .unwrap_err()
+            .starts_with("invalid image \"Not An Image!\" (--image)"));
         let missing = serve_args(&["--images", "/nonexistent/images"]);
-        assert!(texts(&missing).unwrap_err().starts_with("cannot read --images"));
+        assert!(texts(&missing)
+            .unwrap_err()
+            .starts_with("cannot read --images"));
     }
 
     #[test]

@@ -137,6 +137,27 @@ impl From<crate::jobs::JobsError> for ApiError {
     }
 }
 
+/// An image that cannot be added or removed, as an HTTP answer.
+impl From<crate::image::ImageAdminError> for ApiError {
+    fn from(e: crate::image::ImageAdminError) -> Self {
+        use crate::image::ImageAdminError;
+        match e {
+            // One line: the client prints it as it is.
+            ImageAdminError::Invalid(message) => ApiError::BadRequest(
+                message
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            ImageAdminError::NotFound(what) => ApiError::NotFound(what),
+            ImageAdminError::Conflict(message) => ApiError::Conflict(message),
+            e @ ImageAdminError::Failed(_) => ApiError::internal(e),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

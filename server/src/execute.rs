@@ -17,7 +17,7 @@ use crate::bytecode;
 use crate::cache;
 use crate::config::format_size;
 use crate::executor::{Control, Executor, JobEvents};
-use crate::image::{Images, PythonInfo};
+use crate::image::{ImageAdminError, Images, PythonInfo};
 use crate::install::{self, Budget, Overrun, Tool};
 use crate::layout::JobPaths;
 use crate::lifecycle::Verdict;
@@ -111,6 +111,27 @@ impl Executor for ContainerExecutor {
 
     async fn pythons(&self, wait: Duration) -> Vec<ci_protocol::PythonView> {
         self.images.settled_views(wait).await
+    }
+
+    async fn images(&self) -> Result<Vec<ci_protocol::ImageView>, ImageAdminError> {
+        self.images.list().await
+    }
+
+    async fn import_image(
+        &self,
+        source: ci_rootfs::ImageSource,
+    ) -> Result<ci_protocol::PythonView, ImageAdminError> {
+        self.images
+            .add(source, |image| probe_python(self, image))
+            .await
+    }
+
+    async fn remove_image(
+        &self,
+        digest: &str,
+        busy: &(dyn for<'s> Fn(&'s str) -> usize + Sync),
+    ) -> Result<ci_protocol::ImageView, ImageAdminError> {
+        self.images.remove(digest, busy).await
     }
 
     /// Warms the images and uv so that the first job does not wait for them, then expires

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use ci_protocol::TestReport;
 use tokio::sync::watch;
 
+use crate::image::ImageAdminError;
 use crate::layout::JobPaths;
 use crate::lifecycle::{Transition, Verdict};
 use crate::logs::LiveLog;
@@ -38,6 +39,36 @@ pub trait Executor: Send + Sync + 'static {
     async fn pythons(&self, wait: std::time::Duration) -> Vec<ci_protocol::PythonView> {
         let _ = wait;
         vec![fake_python("3.12.0", true)]
+    }
+
+    /// The images in the executor's image cache, those it serves first
+    /// (`GET /v1/admin/images`). An executor without images (the tests' fakes) has none.
+    async fn images(&self) -> Result<Vec<ci_protocol::ImageView>, ImageAdminError> {
+        Ok(Vec::new())
+    }
+
+    /// Serves `source` from now on, after the others (`POST /v1/admin/images`): the
+    /// Python it has. An executor without images refuses.
+    async fn import_image(
+        &self,
+        source: ci_rootfs::ImageSource,
+    ) -> Result<ci_protocol::PythonView, ImageAdminError> {
+        let _ = source;
+        Err(ImageAdminError::Invalid(
+            "this server's executor runs no images: there is nothing to import into".into(),
+        ))
+    }
+
+    /// Removes the image `digest` names from the cache, and from what is served if it was
+    /// imported; `busy` counts the jobs queued or running on a Python
+    /// (`DELETE /v1/admin/images/{digest}`). An executor without images has none to remove.
+    async fn remove_image(
+        &self,
+        digest: &str,
+        busy: &(dyn for<'s> Fn(&'s str) -> usize + Sync),
+    ) -> Result<ci_protocol::ImageView, ImageAdminError> {
+        let _ = busy;
+        Err(ImageAdminError::NotFound(format!("image {digest}")))
     }
 
     /// Upkeep while the server runs (caches, warming up); runs until the server aborts it.

@@ -3,6 +3,7 @@
 //! ```text
 //! <data>/
 //!   admin.key      the first admin's key (0600)
+//!   images.json    the images imported at run time (`ci-server image import`)
 //!   db/            job records, users, keys (sled; 0700)
 //!   logs/<id>.log  job logs (0700 / 0600)
 //!   jobs/<id>/     what one job holds while it waits and runs ([`JobPaths`])
@@ -37,6 +38,12 @@ impl DataLayout {
 
     pub fn admin_key(&self) -> PathBuf {
         self.root.join("admin.key")
+    }
+
+    /// The images imported while a server ran, served again at the next start
+    /// ([`crate::image::Images::with_imports`]).
+    pub fn imported_images(&self) -> PathBuf {
+        self.root.join("images.json")
     }
 
     pub fn db(&self) -> PathBuf {

@@ -14,6 +14,7 @@ pub mod error;
 pub mod execute;
 pub mod executor;
 pub mod image;
+pub mod image_cli;
 pub mod install;
 pub mod jobfile;
 pub mod jobs;
@@ -91,6 +92,11 @@ pub fn router(state: AppState, body_timeout: std::time::Duration) -> Router {
             post(admin::create_key).get(admin::list_keys),
         )
         .route("/v1/admin/keys/{id}", delete(admin::revoke_key))
+        .route(
+            "/v1/admin/images",
+            post(admin::import_image).get(admin::list_images),
+        )
+        .route("/v1/admin/images/{digest}", delete(admin::remove_image))
         .fallback(api::no_such_endpoint)
         .method_not_allowed_fallback(api::wrong_method)
         // JSON bodies only: uploads are streamed and capped by `api::submit` itself.
@@ -141,6 +147,16 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
             "no CA bundle found: the installers in the install phase use the image's own certificates"
         );
     }
+    // File sources are resolved, and the images imported by earlier runs read: a broken
+    // images.json stops the start, naming it.
+    let images = {
+        let imports = layout.imported_images();
+        tokio::task::spawn_blocking(move || {
+            image::Images::new(store, options, sources).with_imports(imports)
+        })
+        .await?
+        .map_err(anyhow::Error::msg)?
+    };
     let (installer, uv) = installer(args, ca_bundle.clone())?;
     let executor = Arc::new(execute::ContainerExecutor {
         helper_exe,
@@ -152,7 +168,7 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         max_deps_size: args.max_deps_size,
         max_artifacts_size: args.max_artifacts_size,
         cache: cache::Registry::default(),
-        images: image::Images::new(store, options, sources),
+        images,
         image_bytecode: Default::default(),
         installer,
         uv,

@@ -22,6 +22,8 @@ enum Command {
     /// Show what this machine offers for isolating jobs (user namespaces, cgroups,
     /// seccomp, slirp4netns, ...) and whether `serve` with the same flags would start.
     Doctor(ci_server::ServeArgs),
+    /// Manage the images of a running server (through its admin API): import, list, rm.
+    Image(ci_server::image_cli::ImageArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Image(args) => ci_server::image_cli::run(args).await,
         Command::Serve(args) => {
             let limits = ci_server::listener::ConnLimits::at_start(&args);
             let helper = std::env::current_exe()?;

@@ -6,6 +6,7 @@ mod bytecode;
 mod errors;
 mod fairness;
 mod hostile;
+mod images;
 mod install_network;
 mod lifecycle;
 mod projects;

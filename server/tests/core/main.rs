@@ -5,6 +5,7 @@ mod auth;
 mod cancel;
 mod caps;
 mod claim;
+mod images;
 mod pythons;
 mod queue;
 mod race;
