@@ -224,6 +224,9 @@ async fn execute(
             other => format!(" ({other})"),
         }
     ));
+    if job.python.is_none() {
+        events.python(&ready.python.name()).await;
+    }
     if let Some(note) = &job.python_note {
         let _ = log.note(note);
     }

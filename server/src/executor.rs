@@ -249,6 +249,14 @@ impl JobEvents {
         }
     }
 
+    /// The job's image turned out to have Python `name`: recorded on a job that had none.
+    pub async fn python(&self, name: &str) {
+        let transition = Transition::Python(name.to_string());
+        if let Err(e) = self.store.apply(&self.id, &transition).await {
+            tracing::error!(job = %self.id, error = %crate::error::chain(&e), "cannot record the job's Python");
+        }
+    }
+
     /// The job's tests ended having written `dir` (`/artifacts`): what fits in `cap` bytes is
     /// kept with the job, and the log says what and how to fetch it.
     pub async fn artifacts(&self, dir: PathBuf, cap: u64) {

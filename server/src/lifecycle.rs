@@ -93,6 +93,10 @@ pub enum Transition {
     Phase(Phase),
     /// The running job's tests ended and their report was read.
     Tests(TestCounts),
+    /// The running job's image turned out to have this Python (a job submitted before the
+    /// server's default image was ready has none on its record until then; a job that has
+    /// one keeps it).
+    Python(String),
     /// The running job ended.
     Finish { verdict: Verdict, at_ms: i64 },
     /// A queued job was cancelled before it ran.
@@ -116,6 +120,7 @@ impl Transition {
             Transition::Claim { .. } => "start it",
             Transition::Phase(_) => "change its phase",
             Transition::Tests(_) => "record its tests",
+            Transition::Python(_) => "record its Python",
             Transition::Finish { .. } => "finish it",
             Transition::CancelQueued { .. } => "cancel it in the queue",
             Transition::Lose { .. } => "mark it lost",
@@ -139,6 +144,9 @@ pub fn apply(job: &mut Job, transition: &Transition) -> Result<(), Illegal> {
         }
         (Status::Running, Transition::Phase(phase)) => job.phase = Some(*phase),
         (Status::Running, Transition::Tests(counts)) => job.tests = Some(*counts),
+        (Status::Running, Transition::Python(name)) => {
+            job.python.get_or_insert_with(|| name.clone());
+        }
         (Status::Running, Transition::Finish { verdict, at_ms }) => {
             job.status = verdict.status();
             job.exit_code = verdict.exit_code();
@@ -196,7 +204,21 @@ mod tests {
                 passed: 3,
                 ..TestCounts::default()
             }),
+            Transition::Python("3.13".into()),
         ]
+    }
+
+    #[test]
+    fn a_python_is_recorded_once() {
+        let mut running = job(Status::Running);
+        apply(&mut running, &Transition::Python("3.11".into())).unwrap();
+        assert_eq!(running.python.as_deref(), Some("3.11"));
+        apply(&mut running, &Transition::Python("3.13".into())).unwrap();
+        assert_eq!(
+            running.python.as_deref(),
+            Some("3.11"),
+            "a job keeps its Python"
+        );
     }
 
     /// From each status, which transitions are allowed and where they lead; everything
@@ -210,6 +232,7 @@ mod tests {
             (Status::Running, 2, Status::Passed),
             (Status::Running, 4, Status::Lost),
             (Status::Running, 5, Status::Running),
+            (Status::Running, 6, Status::Running),
         ];
         for from in Status::ALL {
             for (i, t) in every_transition().iter().enumerate() {
