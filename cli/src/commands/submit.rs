@@ -188,8 +188,8 @@ enum Pythons {
     Server,
     /// These, sent explicitly so that the server runs what was decided here.
     Chosen(Vec<String>),
-    /// No Python fits: nothing is uploaded.
-    Refused(ChoiceError),
+    /// No Python fits: nothing is uploaded; the line says why.
+    Refused(String),
 }
 
 /// Decides the Pythons when the command line, the project's `[tool.ci] python` or its
@@ -248,6 +248,21 @@ fn available(views: &[PythonView]) -> Vec<Available> {
         .collect()
 }
 
+/// The refusal, and the server's images that are not ready (their Python is not known, so it
+/// may be the one asked for).
+fn refusal(e: &ChoiceError, views: &[PythonView]) -> String {
+    let not_ready: Vec<String> = views
+        .iter()
+        .filter(|v| v.status != ImageStatus::Ready)
+        .map(|v| format!("{} ({})", v.image, v.status))
+        .collect();
+    if not_ready.is_empty() {
+        e.to_string()
+    } else {
+        format!("{e}; not ready: {} (see ci pythons)", not_ready.join(", "))
+    }
+}
+
 /// The choice from what the server listed, and the note that says why it is not the default.
 fn decide(
     asked: &[String],
@@ -259,7 +274,7 @@ fn decide(
         // whatever it turns out to be, which is the server's to decide.
         Ok(choice) if choice.names.is_empty() => (Pythons::Server, choice.note),
         Ok(choice) => (Pythons::Chosen(choice.names), choice.note),
-        Err(e) => (Pythons::Refused(e), None),
+        Err(e) => (Pythons::Refused(refusal(&e, views)), None),
     }
 }
 
@@ -437,8 +452,9 @@ mod tests {
             panic!("{refused:?}")
         };
         assert_eq!(
-            e.to_string(),
-            "the server has no Python 3.10: it has 3.11 (default), 3.13"
+            e,
+            "the server has no Python 3.10: it has 3.11 (default), 3.13; \
+             not ready: python:3.12-slim (preparing) (see ci pythons)"
         );
         assert_eq!(note, None);
     }
