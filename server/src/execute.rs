@@ -1324,7 +1324,12 @@ async fn compile_image(
     tree: &Path,
 ) -> Result<(), String> {
     let digest = image.manifest_digest.trim_start_matches("sha256:");
-    let id = format!("image-{}", &digest[..digest.len().min(12)]);
+    // The server's pid: servers sharing an image cache may compile it at the same time.
+    let id = format!(
+        "image-{}-{}",
+        &digest[..digest.len().min(12)],
+        std::process::id()
+    );
     let root = tree.with_file_name(format!("bytecode.{}", std::process::id()));
     let paths = JobPaths::new(root.clone());
     let prepared = {

@@ -448,13 +448,13 @@ pub async fn supervise(
         // Its own process group: a Ctrl-C at the server's terminal reaches the server, which
         // then stops jobs in order, not every helper at once.
         .process_group(0)
-        .kill_on_drop(true)
         .spawn()
     {
         Ok(child) => child,
         Err(e) => return failed(format!("cannot start the container helper: {e}")),
     };
     let pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+    let mut term_on_drop = TermOnDrop(pid);
     // The pipe, while it has a writer: `None` once it closed or was abandoned.
     let mut output = child.stdout.take();
     let mut stderr = child.stderr.take().expect("piped");
@@ -534,6 +534,10 @@ pub async fn supervise(
                 continue;
             },
         };
+        if matches!(event, Event::Exited { .. }) {
+            // Reaped: the pid may be another process's from now on.
+            term_on_drop.0 = None;
+        }
         let (now, action) = next(state, event, Instant::now());
         state = now;
         match action {
@@ -586,6 +590,21 @@ pub async fn supervise(
         },
     };
     ContainerRun { ended, tail }
+}
+
+/// Sends SIGTERM to a helper that has not exited when its supervision is dropped (the
+/// server stopping while an image's probe or compile runs, whose futures are not stopped
+/// in order as jobs are): on SIGTERM the helper stops and removes its container itself,
+/// even one still being built. SIGKILL would leave libcontainer's half-made container
+/// behind (its init waiting forever to be started).
+struct TermOnDrop(Option<nix::unistd::Pid>);
+
+impl Drop for TermOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
 }
 
 /// How much of a container's output is kept to explain its failure.

@@ -202,3 +202,48 @@ fn a_server_given_an_image_file_and_no_registry_runs_the_seed_projects() {
         "{pythons}"
     );
 }
+
+/// The server stopped while it prepares a newly pulled image (asks it its Python, then
+/// compiles its bytecode, which the stand-in without *.pyc makes long): the containers it
+/// was running are stopped and removed by their helpers, and nothing of them is left.
+#[test]
+fn a_server_stopped_while_it_prepares_an_image_leaves_no_container_behind() {
+    let images = tempfile::tempdir().unwrap();
+    let registry = std::env::var("CI_TEST_REGISTRY").expect("CI_TEST_REGISTRY");
+    let mut server = Server::start(ServerOptions {
+        image: Some(format!("{registry}/library/python:3.11-slim-nopyc")),
+        image_cache: Some(images.path().to_path_buf()),
+        ..ServerOptions::default()
+    });
+    // The probe's answer is logged as the compile starts.
+    ci_e2e::poll(
+        std::time::Duration::from_secs(120),
+        "the image's Python to be known",
+        || server.log().contains("implementation").then_some(()),
+    );
+    let pid = server.pid();
+    server.stop_with(nix::sys::signal::Signal::SIGTERM);
+    // Every process of this server's probe and compile containers (their cgroups are named
+    // by the server's pid), the helpers included.
+    let helpers = || -> Vec<String> {
+        let (probe, compile) = (format!("-{pid}-probe"), format!("-{pid}-bytecode"));
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| {
+                let dir = e.ok()?.path();
+                let cgroup = std::fs::read_to_string(dir.join("cgroup")).ok()?;
+                let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
+                (cgroup.contains(&probe) || cgroup.contains(&compile))
+                    .then(|| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+            })
+            .collect()
+    };
+    ci_e2e::poll(
+        std::time::Duration::from_secs(30),
+        "the image's containers to be gone",
+        || helpers().is_empty().then_some(()),
+    );
+    // And they stay gone: nothing is waiting to be started.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(helpers(), Vec::<String>::new());
+}
