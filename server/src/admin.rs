@@ -1,7 +1,7 @@
 //! Admin endpoints under `/v1/admin`: users and their API keys, and the server's images. The
 //! server holds the sled database open, so administration goes through it over HTTP (`ci admin
-//! ...`, `ci-server image ...`), also while jobs run. Every handler needs an admin caller; a key is returned only by `POST /v1/admin/keys`,
-//! once, and never logged (only its short id is).
+//! ...`, `ci-server image ...`), also while jobs run. Every handler needs an admin caller; a
+//! key is returned only by `POST /v1/admin/keys`, once, and never logged (only its short id is).
 
 use axum::body::Bytes;
 use axum::extract::State;
