@@ -22,6 +22,21 @@ pub struct Available {
     pub default: bool,
 }
 
+/// The ready Pythons among a server's (`GET /v1/pythons`): the only ones a job can be sent to.
+pub fn available(views: &[ci_protocol::PythonView]) -> Vec<Available> {
+    views
+        .iter()
+        .filter(|v| v.status == ci_protocol::ImageStatus::Ready)
+        .filter_map(|v| {
+            Some(Available {
+                name: v.name.clone()?,
+                version: v.version.clone()?,
+                default: v.default,
+            })
+        })
+        .collect()
+}
+
 /// The Pythons a submission runs on, and a line to say when it was not the plain default.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Choice {

@@ -185,7 +185,7 @@ async fn accept(
         None
     } else {
         let views = state.jobs.executor().pythons(PYTHONS_SETTLE).await;
-        let available = crate::image::available(&views);
+        let available = ci_project::python::available(&views);
         ci_project::python::choose(&asked, None, &available)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         state.jobs.admits_many(&caller.0.id, asked.len())?;
@@ -325,7 +325,7 @@ async fn choose_python(
         PYTHONS_SETTLE
     };
     let views = state.jobs.executor().pythons(wait).await;
-    let available = crate::image::available(&views);
+    let available = ci_project::python::available(&views);
     let choice = ci_project::python::choose(&asked, requires, &available)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if choice.names.len() > MAX_PYTHONS {
@@ -680,14 +680,7 @@ pub async fn list_jobs(
         if jobs.is_empty() && status.is_none() {
             return Err(ApiError::NotFound(format!("run {run}")));
         }
-        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
-        let lens = state.logs.lens(&ids).await;
-        let views = jobs
-            .iter()
-            .zip(lens)
-            .map(|(j, len)| view(&state, j, len.unwrap_or(0)))
-            .collect();
-        return Ok(Json(views));
+        return Ok(Json(views_of(&state, &jobs).await));
     }
     let jobs: Vec<Job> = state
         .store
@@ -699,14 +692,17 @@ pub async fn list_jobs(
         .filter(|j| status.is_none_or(|s| j.status == s))
         .take(q.limit.unwrap_or(usize::MAX))
         .collect();
+    Ok(Json(views_of(&state, &jobs).await))
+}
+
+/// The views of `jobs`, with the bytes each one's log holds.
+async fn views_of(state: &AppState, jobs: &[Job]) -> Vec<JobView> {
     let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
     let lens = state.logs.lens(&ids).await;
-    let views = jobs
-        .iter()
+    jobs.iter()
         .zip(lens)
-        .map(|(j, len)| view(&state, j, len.unwrap_or(0)))
-        .collect();
-    Ok(Json(views))
+        .map(|(j, len)| view(state, j, len.unwrap_or(0)))
+        .collect()
 }
 
 /// `GET /v1/jobs/{id}/log?offset=N`: the log from byte N, live until the job ends. The

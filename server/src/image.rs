@@ -790,21 +790,6 @@ fn write_python(file: &Path, python: &PythonInfo) -> std::io::Result<()> {
     std::fs::rename(&tmp, file)
 }
 
-/// The names the ready images go by, as `ci_project::python::choose` takes them.
-pub fn available(views: &[PythonView]) -> Vec<ci_project::python::Available> {
-    views
-        .iter()
-        .filter(|v| v.status == ImageStatus::Ready)
-        .filter_map(|v| {
-            Some(ci_project::python::Available {
-                name: v.name.clone()?,
-                version: v.version.clone()?,
-                default: v.default,
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,11 +2,10 @@
 //! Python jobs run on, is listed, survives a restart, and is removed again; the default is
 //! not removable.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ci_e2e::{bin, http, project, scratch, wait_with_timeout, Run, Server, ServerOptions};
+use ci_e2e::{bin, project, scratch, wait_with_timeout, Run, Server, ServerOptions};
 
 /// `ci-server image ARGS` against `server`, with the admin key from its data dir.
 fn image(server: &Server, args: &[&str]) -> Run {
@@ -28,16 +27,7 @@ fn image(server: &Server, args: &[&str]) -> Run {
 }
 
 fn pythons(server: &Server) -> Vec<serde_json::Value> {
-    let (status, body) = http(
-        "GET",
-        &server.addr,
-        "/v1/pythons",
-        Some(&server.admin_key),
-        b"",
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    serde_json::from_slice(&body).unwrap()
+    serde_json::from_value(server.get_json("/v1/pythons")).unwrap()
 }
 
 fn names(server: &Server) -> Vec<(String, String)> {
@@ -58,24 +48,6 @@ fn listed(server: &Server) -> Vec<serde_json::Value> {
     serde_json::from_str(&run.stdout()).unwrap_or_else(|e| panic!("{e}\n{run}"))
 }
 
-/// The 3.13 stand-in as an OCI archive, and the tag it has in it.
-fn archive_313(dir: &Path) -> (PathBuf, String) {
-    let layout = std::env::var("CI_TEST_IMAGE_313_LAYOUT")
-        .expect("CI_TEST_IMAGE_313_LAYOUT (scripts/test sets it)");
-    let tag = std::env::var("CI_TEST_IMAGE_313_TAG").unwrap_or_else(|_| "3.13-slim".into());
-    let archive = dir.join("python313.oci.tar");
-    let tar = Command::new("tar")
-        .arg("-cf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&layout)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(tar.success());
-    (archive, tag)
-}
-
 #[test]
 fn an_imported_image_is_served_listed_kept_across_a_restart_and_removed() {
     let files = tempfile::tempdir_in(scratch()).unwrap();
@@ -84,7 +56,7 @@ fn an_imported_image_is_served_listed_kept_across_a_restart_and_removed() {
         image_cache: Some(files.path().join("images")),
         ..ServerOptions::default()
     });
-    let (archive, tag) = archive_313(files.path());
+    let (archive, tag) = ci_e2e::stand_in_archive("3.13", files.path());
     let source = format!("oci-archive:{}:{tag}", archive.display());
 
     // A file that is no image is refused in one line, and nothing is kept.

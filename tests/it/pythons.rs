@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use ci_e2e::{fixture, http, project, test_image_313, Server, ServerOptions};
+use ci_e2e::{fixture, project, test_image_313, Server, ServerOptions};
 
 /// The bookworm stand-in (3.11, the default) and the trixie one (3.13).
 fn two_pythons() -> Server {
@@ -42,16 +42,7 @@ fn version_project(fail_on_313: bool, pyproject: Option<&str>) -> tempfile::Temp
 }
 
 fn jobs_of(server: &Server, query: &str) -> Vec<serde_json::Value> {
-    let (status, body) = http(
-        "GET",
-        &server.addr,
-        &format!("/v1/jobs{query}"),
-        Some(&server.admin_key),
-        b"",
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    serde_json::from_slice(&body).unwrap()
+    serde_json::from_value(server.get_json(&format!("/v1/jobs{query}"))).unwrap()
 }
 
 #[test]
@@ -149,20 +140,8 @@ fn requires_python_picks_the_python_that_fits_and_an_unknown_one_is_refused_befo
 
 #[test]
 fn a_server_given_an_image_file_and_no_registry_runs_the_seed_projects() {
-    let layout =
-        std::env::var("CI_TEST_IMAGE_LAYOUT").expect("CI_TEST_IMAGE_LAYOUT (scripts/test sets it)");
-    let tag = std::env::var("CI_TEST_IMAGE_TAG").unwrap_or_else(|_| "3.11-slim".into());
     let files = tempfile::tempdir().unwrap();
-    let archive = files.path().join("python.oci.tar");
-    let tar = std::process::Command::new("tar")
-        .arg("-cf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&layout)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(tar.success());
+    let (archive, tag) = ci_e2e::stand_in_archive("3.11", files.path());
     // Its own image cache, so nothing pulled by other tests is found; and no registry is
     // named anywhere.
     let server = Server::start(ServerOptions {
@@ -182,16 +161,7 @@ fn a_server_given_an_image_file_and_no_registry_runs_the_seed_projects() {
         .expect_code(1);
     let log = server.log();
     assert!(!log.contains("/v2/"), "no registry was asked:\n{log}");
-    let (status, body) = http(
-        "GET",
-        &server.addr,
-        "/v1/pythons",
-        Some(&server.admin_key),
-        b"",
-    )
-    .unwrap();
-    assert_eq!(status, 200);
-    let pythons: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let pythons = server.get_json("/v1/pythons");
     assert_eq!(pythons[0]["name"], "3.11", "{pythons}");
     assert_eq!(pythons[0]["status"], "ready", "{pythons}");
     assert!(

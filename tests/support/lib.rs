@@ -53,6 +53,30 @@ pub fn test_image_313() -> String {
     format!("{registry}/library/python:{tag}")
 }
 
+/// A stand-in image (`3.11` or `3.13`) as an OCI archive in `dir` (a tar of its layout, as
+/// `skopeo copy … oci-archive:` writes), and the tag to pick it by.
+pub fn stand_in_archive(python: &str, dir: &Path) -> (PathBuf, String) {
+    let (prefix, default_tag) = match python {
+        "3.11" => ("CI_TEST_IMAGE", "3.11-slim"),
+        "3.13" => ("CI_TEST_IMAGE_313", "3.13-slim"),
+        other => panic!("no stand-in image of Python {other}"),
+    };
+    let layout = std::env::var(format!("{prefix}_LAYOUT"))
+        .unwrap_or_else(|_| panic!("{prefix}_LAYOUT is not set (scripts/test sets it)"));
+    let tag = std::env::var(format!("{prefix}_TAG")).unwrap_or_else(|_| default_tag.into());
+    let archive = dir.join(format!("python-{python}.oci.tar"));
+    let tar = Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&layout)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(tar.success(), "tar of {layout}");
+    (archive, tag)
+}
+
 /// Image cache shared by every test server, so the image is unpacked once per run.
 fn image_cache() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-image-cache")
@@ -353,30 +377,19 @@ impl Server {
 
     /// `GET /v1/jobs/{id}` as the admin.
     pub fn job(&self, id: &str) -> serde_json::Value {
-        let (status, body) = http(
-            "GET",
-            &self.addr,
-            &format!("/v1/jobs/{id}"),
-            Some(&self.admin_key),
-            b"",
-        )
-        .unwrap();
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        self.get_json(&format!("/v1/jobs/{id}"))
+    }
+
+    /// `GET path` as the admin: 200 and its JSON.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = http("GET", &self.addr, path, Some(&self.admin_key), b"").unwrap();
+        assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
         serde_json::from_slice(&body).unwrap()
     }
 
     /// `GET /v1/jobs/{id}/report` as the admin.
     pub fn report(&self, id: &str) -> serde_json::Value {
-        let (status, body) = http(
-            "GET",
-            &self.addr,
-            &format!("/v1/jobs/{id}/report"),
-            Some(&self.admin_key),
-            b"",
-        )
-        .unwrap();
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        serde_json::from_slice(&body).unwrap()
+        self.get_json(&format!("/v1/jobs/{id}/report"))
     }
 
     /// Polls the job until `pred` holds for it.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ci_project::python::{Available, ChoiceError};
+use ci_project::python::ChoiceError;
 use ci_protocol::{ImageStatus, JobView, PythonView, SubmitQuery};
 
 use crate::client::{Client, RequestError};
@@ -233,21 +233,6 @@ async fn pythons(client: &Client, dir: &Path, flag: Option<&str>) -> anyhow::Res
     Ok(decided)
 }
 
-/// The server's ready Pythons: the only ones a job can be sent to.
-fn available(views: &[PythonView]) -> Vec<Available> {
-    views
-        .iter()
-        .filter(|v| v.status == ImageStatus::Ready)
-        .filter_map(|v| {
-            Some(Available {
-                name: v.name.clone()?,
-                version: v.version.clone()?,
-                default: v.default,
-            })
-        })
-        .collect()
-}
-
 /// The refusal, and the server's images that are not ready (their Python is not known, so it
 /// may be the one asked for).
 fn refusal(e: &ChoiceError, views: &[PythonView]) -> String {
@@ -269,7 +254,7 @@ fn decide(
     requires: Option<&(String, String)>,
     views: &[PythonView],
 ) -> (Pythons, Option<String>) {
-    match ci_project::python::choose(asked, requires, &available(views)) {
+    match ci_project::python::choose(asked, requires, &ci_project::python::available(views)) {
         // No names: nothing asked and the default not ready yet; the job runs on the default
         // whatever it turns out to be, which is the server's to decide.
         Ok(choice) if choice.names.is_empty() => (Pythons::Server, choice.note),

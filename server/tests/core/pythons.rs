@@ -7,6 +7,14 @@ use ci_protocol::{JobView, PythonView, Status};
 
 use crate::support::*;
 
+/// Submits `tarball` to `uri` as `key`; asserts 201.
+async fn created(app: &TestApp, uri: &str, key: &str, tarball: Vec<u8>) -> JobView {
+    app.submit_to(uri, key, tarball)
+        .await
+        .expect(StatusCode::CREATED)
+        .json()
+}
+
 fn project_with(pyproject: &str) -> Vec<u8> {
     tarball(&[
         ("pyproject.toml", pyproject.as_bytes()),
@@ -56,11 +64,7 @@ async fn one_job_per_python_from_one_upload() {
     )
     .await;
     let key = app.user("ann@example.com").await;
-    let first: JobView = app
-        .submit_to("/v1/jobs?python=3.11,3.13", &key, project_tarball())
-        .await
-        .expect(StatusCode::CREATED)
-        .json();
+    let first: JobView = created(&app, "/v1/jobs?python=3.11,3.13", &key, project_tarball()).await;
     let run = first.run_id.clone().expect("a run id");
     assert_eq!(run, ci_protocol::run_id_for(&first.id));
     assert_eq!(first.python.as_deref(), Some("3.11"));
@@ -118,18 +122,10 @@ async fn requires_python_picks_the_newest_that_fits() {
     let key = app.user("ann@example.com").await;
     let project =
         project_with("[project]\nname = 'p'\nversion = '1'\nrequires-python = '>=3.12'\n");
-    let job: JobView = app
-        .submit_to("/v1/jobs", &key, project)
-        .await
-        .expect(StatusCode::CREATED)
-        .json();
+    let job: JobView = created(&app, "/v1/jobs", &key, project).await;
     assert_eq!((job.python.as_deref(), job.run_id), (Some("3.13"), None));
 
-    let plain: JobView = app
-        .submit_to("/v1/jobs", &key, project_tarball())
-        .await
-        .expect(StatusCode::CREATED)
-        .json();
+    let plain: JobView = created(&app, "/v1/jobs", &key, project_tarball()).await;
     assert_eq!(plain.python.as_deref(), Some("3.11"), "the default");
 
     let none = project_with("[project]\nname = 'p'\nversion = '1'\nrequires-python = '>=3.14'\n");
@@ -152,11 +148,7 @@ async fn tool_ci_python_makes_a_run_and_the_queue_cap_counts_every_job() {
     .await;
     let key = app.user("ann@example.com").await;
     let project = project_with("[tool.ci]\npython = ['3.13', '3.11']\n");
-    let first: JobView = app
-        .submit_to("/v1/jobs", &key, project.clone())
-        .await
-        .expect(StatusCode::CREATED)
-        .json();
+    let first: JobView = created(&app, "/v1/jobs", &key, project.clone()).await;
     let run = first.run_id.clone().expect("a run");
     let jobs: Vec<JobView> = app
         .get(&format!("/v1/jobs?run={run}"), &key)
@@ -193,11 +185,7 @@ async fn a_rerun_of_the_failed_tests_runs_on_the_python_of_the_job_it_reruns() {
     )
     .await;
     let key = app.user("ann@example.com").await;
-    let first: JobView = app
-        .submit_to("/v1/jobs?python=3.13", &key, project_tarball())
-        .await
-        .expect(StatusCode::CREATED)
-        .json();
+    let first: JobView = created(&app, "/v1/jobs?python=3.13", &key, project_tarball()).await;
     assert_eq!(
         (first.python.as_deref(), first.run_id.as_deref()),
         (Some("3.13"), None)
@@ -206,18 +194,10 @@ async fn a_rerun_of_the_failed_tests_runs_on_the_python_of_the_job_it_reruns() {
         .release_with_report(&first.id, FAKE_JUNIT, ci_server::lifecycle::Verdict::Failed);
     app.wait_ended(&key, &first.id).await;
     let uri = format!("/v1/jobs?failed_from={}", first.id);
-    let rerun: JobView = app
-        .submit_to(&uri, &key, project_tarball())
-        .await
-        .expect(StatusCode::CREATED)
-        .json();
+    let rerun: JobView = created(&app, &uri, &key, project_tarball()).await;
     assert_eq!(rerun.python.as_deref(), Some("3.13"));
     let uri = format!("/v1/jobs?failed_from={}&python=3.11", first.id);
-    let asked: JobView = app
-        .submit_to(&uri, &key, project_tarball())
-        .await
-        .expect(StatusCode::CREATED)
-        .json();
+    let asked: JobView = created(&app, &uri, &key, project_tarball()).await;
     assert_eq!(
         asked.python.as_deref(),
         Some("3.11"),
