@@ -102,6 +102,8 @@ mod tests {
             tests,
             python: None,
             run_id: None,
+            project: None,
+            pull: None,
         }
     }
 

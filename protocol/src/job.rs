@@ -151,6 +151,41 @@ pub struct JobView {
     /// version, all with this id (`ci wait <run id>`, `GET /v1/jobs?run=<run id>`).
     #[serde(default)]
     pub run_id: Option<String>,
+    /// The name of the submitted project's directory, as `ci submit` sent it (`null` when it
+    /// sent none, and for jobs of an older server).
+    #[serde(default)]
+    pub project: Option<String>,
+    /// While the job waits for its image to be pulled: how far the pull is.
+    #[serde(default)]
+    pub pull: Option<PullProgress>,
+}
+
+/// How far the pull of a job's image is (`ci` shows it while the job waits for it).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PullProgress {
+    /// Bytes of the image's layers fetched so far.
+    pub done_bytes: u64,
+    /// Bytes of all its layers, once the manifest says.
+    pub total_bytes: Option<u64>,
+}
+
+/// The longest project name a job keeps (`SubmitQuery::project`), in bytes.
+pub const MAX_PROJECT_NAME: usize = 100;
+
+/// Why `name` cannot be a job's project name, if it cannot: empty, longer than
+/// [`MAX_PROJECT_NAME`] bytes, or holding a control character (it is shown in terminals).
+pub fn project_name_error(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("the project name is empty".to_string())
+    } else if name.len() > MAX_PROJECT_NAME {
+        Some(format!(
+            "the project name is longer than {MAX_PROJECT_NAME} bytes"
+        ))
+    } else if name.chars().any(char::is_control) {
+        Some("the project name holds a control character".to_string())
+    } else {
+        None
+    }
 }
 
 /// The id of the run of several Pythons whose first job is `first_job`: `r` and the job's id
@@ -186,6 +221,11 @@ pub struct SubmitQuery {
     /// default image, or the newest whose Python the project's `requires-python` allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<String>,
+    /// The project's name, shown by `ci list` and the web page and filtered on with
+    /// `--project`: `ci` sends the name of the directory it packed. Checked with
+    /// [`project_name_error`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 /// How many test containers a job's suite is split across (`ci submit test --shards N|auto`,
@@ -251,6 +291,7 @@ impl SubmitQuery {
             failed_from: None,
             shards: None,
             python: None,
+            project: None,
         }
     }
 
@@ -276,6 +317,9 @@ pub struct ListQuery {
     /// Only the jobs of this run (all of them, oldest first, whatever `limit` says).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// Only the jobs of the project of this name (exactly as submitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 impl ListQuery {
@@ -284,6 +328,7 @@ impl ListQuery {
             limit,
             status: status.map(|s| s.as_str().to_string()),
             run: None,
+            project: None,
         }
     }
 
@@ -381,10 +426,12 @@ mod tests {
             tests: None,
             python: Some("3.13".into()),
             run_id: None,
+            project: Some("demo".into()),
+            pull: None,
         };
         assert_eq!(
             serde_json::to_string(&view).unwrap(),
-            r#"{"id":"abc","status":"timed_out","phase":null,"created":"2026-11-21T10:50:54Z","started":null,"finished":null,"duration_secs":1.5,"exit_code":null,"reason":"timed out after 1m","queue_position":null,"timeout_secs":60,"log_bytes":3,"expired":false,"tests":null,"python":"3.13","run_id":null}"#
+            r#"{"id":"abc","status":"timed_out","phase":null,"created":"2026-11-21T10:50:54Z","started":null,"finished":null,"duration_secs":1.5,"exit_code":null,"reason":"timed out after 1m","queue_position":null,"timeout_secs":60,"log_bytes":3,"expired":false,"tests":null,"python":"3.13","run_id":null,"project":"demo","pull":null}"#
         );
     }
 
@@ -401,6 +448,7 @@ mod tests {
         );
         assert_eq!(job.tests, None);
         assert_eq!((job.python, job.run_id), (None, None));
+        assert_eq!((job.project, job.pull), (None, None));
     }
 
     #[test]
@@ -420,6 +468,16 @@ mod tests {
             ..SubmitQuery::default()
         };
         assert!(bad.pytest_args().is_err());
+    }
+
+    #[test]
+    fn project_names() {
+        assert_eq!(project_name_error("my-lib"), None);
+        assert_eq!(project_name_error("Ünïcode lib"), None);
+        assert!(project_name_error("").is_some());
+        assert!(project_name_error("a\x1b[31m").is_some());
+        assert!(project_name_error(&"x".repeat(MAX_PROJECT_NAME + 1)).is_some());
+        assert_eq!(project_name_error(&"x".repeat(MAX_PROJECT_NAME)), None);
     }
 
     #[test]

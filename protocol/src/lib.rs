@@ -11,15 +11,17 @@ mod job;
 mod limits;
 mod python;
 mod report;
+mod version;
 
 pub use admin::{
     CreatedKey, ImageView, ImportImage, KeyQuery, KeyView, NewKey, NewUser, Role, UserView,
 };
 pub use error::ErrorBody;
 pub use job::{
-    is_run_id, run_id_for, JobView, ListQuery, LogQuery, Phase, Shards, Status, SubmitQuery,
-    UnknownStatus, MAX_SHARDS,
+    is_run_id, project_name_error, run_id_for, JobView, ListQuery, LogQuery, Phase, PullProgress,
+    Shards, Status, SubmitQuery, UnknownStatus, MAX_PROJECT_NAME, MAX_SHARDS,
 };
 pub use limits::DEFAULT_MAX_UPLOAD_BYTES;
 pub use python::{parse_python_list, python_name, ImageStatus, PythonView};
 pub use report::{FailedTest, FailureKind, TestCounts, TestReport};
+pub use version::{VersionView, API_VERSION};

@@ -149,6 +149,10 @@ pub fn job_view(job: &Job, queue_position: Option<usize>, log_bytes: u64) -> Job
         tests: job.tests,
         python: job.python.clone(),
         run_id: job.run_id.clone(),
+        // Filled in by the server issue's helper: the submitted project's name, and the pull
+        // progress of a job waiting for its image.
+        project: None,
+        pull: None,
     }
 }
 

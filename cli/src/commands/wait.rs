@@ -67,6 +67,8 @@ mod tests {
             tests: None,
             python: None,
             run_id: None,
+            project: None,
+            pull: None,
         }
     }
 
