@@ -22,6 +22,14 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// `GET /v1/version`: what this server is, for `ci --version --verbose` (no key needed).
+pub async fn version() -> Json<ci_protocol::VersionView> {
+    Json(ci_protocol::VersionView {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        api_version: ci_protocol::API_VERSION,
+    })
+}
+
 /// Any other path: a JSON 404 like every other error.
 pub async fn no_such_endpoint(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("endpoint {method} {}", uri.path()))

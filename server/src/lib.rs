@@ -72,6 +72,7 @@ pub struct AppState {
 pub fn router(state: AppState, body_timeout: std::time::Duration) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
+        .route("/v1/version", get(api::version))
         .route("/v1/jobs", post(api::submit).get(api::list_jobs))
         .route("/v1/jobs/{id}", get(api::get_job))
         .route("/v1/jobs/{id}/log", get(api::log))
