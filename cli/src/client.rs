@@ -51,6 +51,16 @@ impl Client {
         })
     }
 
+    /// The server's URL, without a trailing `/`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The web page of job `id`.
+    pub fn job_url(&self, id: &str) -> String {
+        format!("{}/jobs/{id}", self.base)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -78,11 +88,12 @@ impl Client {
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, RequestError> {
-        let resp = req
-            .bearer_auth(&self.key)
-            .send()
-            .await
-            .map_err(|e| self.describe(e))?;
+        // No key for what needs none (`GET /v1/version`).
+        let req = match self.key.is_empty() {
+            true => req,
+            false => req.bearer_auth(&self.key),
+        };
+        let resp = req.send().await.map_err(|e| self.describe(e))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);

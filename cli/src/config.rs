@@ -80,17 +80,34 @@ pub fn resolve(server: Option<String>, api_key: Option<String>) -> anyhow::Resul
         Some(Err(e)) if server.is_none() || api_key.is_none() => return Err(e),
         _ => FileConfig::default(),
     };
-    let server = server
-        .or(given(file.server_url))
-        .unwrap_or_else(|| DEFAULT_SERVER.to_string());
-    let server = server.trim_end_matches('/').to_string();
-    if !server.starts_with("http://") && !server.starts_with("https://") {
-        bail!("invalid server URL {server:?}: it must start with http:// or https://");
-    }
+    let server = checked_server(server.or(given(file.server_url)))?;
     let Some(api_key) = api_key.or(given(file.api_key)) else {
         bail!("no API key: pass --api-key, set CI_API_KEY, or put api_key=<key> in ~/.ci/config");
     };
     Ok(Settings { server, api_key })
+}
+
+/// The server URL alone (`ci --version --verbose` needs no key): `--server`/`CI_SERVER_URL`,
+/// then the config file, then the default.
+pub fn resolve_server(server: Option<String>) -> anyhow::Result<String> {
+    let server = server
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty());
+    let file = match (&server, config_path()) {
+        (None, Some(path)) => FileConfig::load(&path)?.server_url,
+        _ => None,
+    };
+    checked_server(server.or(file.filter(|v| !v.trim().is_empty())))
+}
+
+/// The URL, or the default, without a trailing `/`; only http and https.
+fn checked_server(server: Option<String>) -> anyhow::Result<String> {
+    let server = server.unwrap_or_else(|| DEFAULT_SERVER.to_string());
+    let server = server.trim().trim_end_matches('/').to_string();
+    if !server.starts_with("http://") && !server.starts_with("https://") {
+        bail!("invalid server URL {server:?}: it must start with http:// or https://");
+    }
+    Ok(server)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use ci_protocol::JobView;
 
 use crate::client::{Client, RequestError};
+use crate::progress::Progress;
 
 /// How long to keep trying to reach the server while it is away.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
@@ -19,12 +20,68 @@ pub async fn follow(client: &Client, id: &str, offset: u64) -> anyhow::Result<Jo
     follow_into(client, id, offset, &mut std::io::stdout().lock()).await
 }
 
-/// [`follow`], writing the log to `out`.
+/// [`follow`], writing the log to `out`, with the progress line on stderr while the job waits
+/// (when stderr is a terminal).
 pub async fn follow_into(
+    client: &Client,
+    id: &str,
+    offset: u64,
+    out: &mut impl Write,
+) -> anyhow::Result<JobView> {
+    let progress = Progress::stderr();
+    tokio::select! {
+        biased;
+        job = follow_with(client, id, offset, out, &progress) => job,
+        () = crate::progress::poll(client, id, &progress) => unreachable!("the poll never ends"),
+    }
+}
+
+/// How far back `ci wait` looks for the start of the line a running job's log stands in.
+pub const LINE_START_WINDOW: u64 = 64 * 1024;
+
+/// Where the line that the log of `id` stands in at `log_bytes` begins: after the last newline
+/// of the [`LINE_START_WINDOW`] bytes before it; `log_bytes` itself when there is none (and the
+/// window does not reach back to the start of the log) or the tail cannot be had.
+pub async fn line_start(client: &Client, id: &str, log_bytes: u64) -> u64 {
+    let from = log_bytes.saturating_sub(LINE_START_WINDOW);
+    if from == log_bytes {
+        return log_bytes;
+    }
+    let want = (log_bytes - from) as usize;
+    let tail = async {
+        let resp = client.log(id, from).await.ok()?;
+        let mut body = resp.bytes_stream();
+        let mut tail = Vec::with_capacity(want);
+        while tail.len() < want {
+            let chunk = body.next().await?.ok()?;
+            tail.extend_from_slice(&chunk[..chunk.len().min(want - tail.len())]);
+        }
+        Some(tail)
+    };
+    // A live log's body never ends while the job runs: what is wanted is already there.
+    let tail = tokio::time::timeout(Duration::from_secs(10), tail).await;
+    match tail {
+        Ok(Some(tail)) => start_in(&tail, from, log_bytes),
+        _ => log_bytes,
+    }
+}
+
+/// [`line_start`] in `tail`, the bytes of the log from `from` to `end`.
+fn start_in(tail: &[u8], from: u64, end: u64) -> u64 {
+    match tail.iter().rposition(|&b| b == b'\n') {
+        Some(i) => from + i as u64 + 1,
+        None if from == 0 => 0,
+        None => end,
+    }
+}
+
+/// [`follow_into`], telling `progress` of every write.
+async fn follow_with(
     client: &Client,
     id: &str,
     mut offset: u64,
     out: &mut impl Write,
+    progress: &Progress,
 ) -> anyhow::Result<JobView> {
     let mut backoff = Duration::from_millis(100);
     let mut away_since: Option<std::time::Instant> = None;
@@ -35,6 +92,7 @@ pub async fn follow_into(
             while let Some(chunk) = body.next().await {
                 let chunk =
                     chunk.map_err(|e| RequestError::Other(format!("connection lost: {e}")))?;
+                progress.before_output(&chunk);
                 out.write_all(&chunk)
                     .map_err(|e| RequestError::Other(format!("cannot write output: {e}")))?;
                 out.flush().ok();
@@ -60,6 +118,7 @@ pub async fn follow_into(
             }
             // The job ended long enough ago that the server removed its log.
             Err(RequestError::Http(410, message)) => {
+                progress.clear();
                 eprintln!("ci: {message}");
                 return client.job(id).await.map_err(|e| anyhow!(e));
             }
@@ -76,6 +135,7 @@ pub async fn follow_into(
             Err(e) if !e.is_transient() => return Err(anyhow!(e)),
             Err(e) => {
                 let since = *away_since.get_or_insert_with(|| {
+                    progress.clear();
                     eprintln!("ci: {e}; reconnecting...");
                     std::time::Instant::now()
                 });
@@ -123,6 +183,32 @@ mod tests {
 
     const FINISHED: &str = r#"{"id":"j","status":"passed","phase":null,"created":"t","started":null,"finished":null,"duration_secs":null,"exit_code":0,"reason":null,"queue_position":null,"log_bytes":3}"#;
     const RUNNING: &str = r#"{"id":"j","status":"running","phase":null,"created":"t","started":null,"finished":null,"duration_secs":null,"exit_code":null,"reason":null,"queue_position":null,"log_bytes":3}"#;
+
+    #[test]
+    fn a_follow_joins_at_the_start_of_the_line() {
+        assert_eq!(start_in(b"a\nbc", 10, 14), 12);
+        assert_eq!(start_in(b"abc\n", 10, 14), 14);
+        assert_eq!(start_in(b"abcd", 10, 14), 14);
+        assert_eq!(start_in(b"abcd", 0, 4), 0);
+    }
+
+    #[tokio::test]
+    async fn the_line_start_is_read_from_a_bounded_tail() {
+        let log: Vec<u8> = [vec![b'x'; 70_000], b"\nhalf a line".to_vec()].concat();
+        let len = log.len() as u64;
+        let server = Fake::start(move |req| {
+            let offset: usize = req.target.rsplit('=').next().unwrap().parse().unwrap();
+            Reply::bytes(200, "text/plain", log[offset..].to_vec())
+        })
+        .await;
+        assert_eq!(line_start(&server.client(), "j", len).await, 70_001);
+        let targets: Vec<String> = server.requests().into_iter().map(|r| r.target).collect();
+        assert_eq!(
+            targets,
+            [format!("/v1/jobs/j/log?offset={}", len - LINE_START_WINDOW)]
+        );
+        assert_eq!(line_start(&server.client(), "j", 0).await, 0);
+    }
 
     #[tokio::test]
     async fn an_offset_past_the_end_ends_the_follow_once() {

@@ -8,6 +8,7 @@ use anyhow::bail;
 use ci_protocol::{JobView, ListQuery, Status};
 
 use crate::client::Client;
+use crate::style::Paint;
 use crate::summary::clean;
 use crate::{exit, follow};
 
@@ -38,6 +39,9 @@ pub async fn follow(
     from_start: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<u8> {
+    for job in jobs {
+        eprintln!("{}", crate::commands::submit::page_line(client, job));
+    }
     let followed = async {
         let mut ended = Vec::with_capacity(jobs.len());
         for (i, job) in jobs.iter().enumerate() {
@@ -54,7 +58,7 @@ pub async fn follow(
             let offset = if from_start { 0 } else { job.log_bytes };
             let end = follow::follow_into(client, &job.id, offset, out).await?;
             let report = crate::report_if_failed(client, &end).await;
-            for line in crate::end_lines(&end, report.as_ref()) {
+            for line in crate::end_lines(&end, report.as_ref(), Paint::stdout()) {
                 writeln!(out, "{line}")?;
             }
             out.flush().ok();
@@ -67,7 +71,7 @@ pub async fn follow(
         ended = followed => {
             let ended = ended?;
             writeln!(out)?;
-            write!(out, "{}", table(&ended))?;
+            write!(out, "{}", table(&ended, Paint::stdout()))?;
             writeln!(out, "{}", result_line(run_id, &ended))?;
             out.flush().ok();
             Ok(code(&ended))
@@ -90,12 +94,12 @@ fn python(job: &JobView) -> String {
 }
 
 /// One row per job: PYTHON, JOB, STATUS, TESTS, DURATION.
-pub fn table(jobs: &[JobView]) -> String {
+pub fn table(jobs: &[JobView], paint: Paint) -> String {
     let rows = jobs.iter().map(|j| {
         vec![
             python(j),
             clean(&j.id),
-            j.status.to_string(),
+            paint.status(j.status, j.status.as_str()),
             j.tests.map_or("-".into(), |t| counts(&t)),
             j.duration_secs.map_or("-".into(), |d| format!("{d:.1}s")),
         ]
@@ -205,12 +209,12 @@ pub(crate) mod tests {
             "==> Python 3.11 (job 0a0000000001)\n\
              log of 3.11\n\
              ==> tests: 12 passed in 0.50s · job 0a0000000001\n\
-             ==> result: passed (1.5s)\n\
+             ==> result: passed (1.5s) · job 0a0000000001\n\
              \n\
              ==> Python 3.13 (job 0a0000000002)\n\
              log of 3.13\n\
              ==> tests: 12 passed, 1 failed in 0.50s · job 0a0000000002\n\
-             ==> result: failed (1.5s)\n\
+             ==> result: failed (1.5s) · job 0a0000000002\n\
              \n\
              PYTHON  JOB           STATUS  TESTS                DURATION\n\
              3.11    0a0000000001  passed  12 passed            1.5s\n\

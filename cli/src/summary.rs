@@ -6,6 +6,8 @@
 
 use ci_protocol::{JobView, TestReport};
 
+use crate::style::Paint;
+
 /// The most failed tests listed; the rest are counted.
 pub const MAX_SHOWN: usize = 20;
 
@@ -14,22 +16,33 @@ pub const MAX_LINE: usize = 300;
 
 /// The summary's lines (no newlines): nothing for a job without test counts; the counts; and
 /// from the report, when there is one, the tests that failed or errored and the rerun command.
-pub fn render(job: &JobView, report: Option<&TestReport>) -> Vec<String> {
+pub fn render(job: &JobView, report: Option<&TestReport>, paint: Paint) -> Vec<String> {
     let Some(counts) = job.tests else {
         return Vec::new();
     };
     let id = clean(&job.id);
-    let mut lines = vec![format!("==> tests: {} · job {id}", counts.summary())];
+    let summary = counts.summary();
+    let good = counts.not_passed() == 0;
+    // Painted after the cut: the cut counts what shows, and the counts lead every line.
+    let counts_line = cap(&format!("==> tests: {summary} · job {id}"));
+    let mut lines = vec![paint_prefix(
+        &counts_line,
+        "==> tests: ".len(),
+        summary.len(),
+        |t| paint.verdict(good, t),
+    )];
     let Some(report) = report else {
-        return lines.into_iter().map(|l| cap(&l)).collect();
+        return lines;
     };
     for test in report.failed.iter().take(MAX_SHOWN) {
-        let mut line = format!("{} {}", test.kind.label(), clean(&test.node_id));
+        let label = test.kind.label();
+        let mut line = format!("{label} {}", clean(&test.node_id));
         if !test.message.is_empty() {
             line.push_str(" - ");
             line.push_str(&clean(&test.message));
         }
-        lines.push(line);
+        let line = cap(&line);
+        lines.push(paint_prefix(&line, 0, label.len(), |t| paint.bad(t)));
     }
     let shown = report.failed.len().min(MAX_SHOWN) as u64;
     // The report lists at most so many and counts the rest in `unlisted`; its counts are the
@@ -42,11 +55,19 @@ pub fn render(job: &JobView, report: Option<&TestReport>) -> Vec<String> {
         lines.push(format!("… and {} more", total - shown));
     }
     if total > 0 {
-        lines.push(format!(
+        lines.push(cap(&format!(
             "rerun the failed: ci submit test --failed-from {id}"
-        ));
+        )));
     }
-    lines.into_iter().map(|l| cap(&l)).collect()
+    lines
+}
+
+/// `line` with its bytes `at..at + len` painted by `paint` (when they are whole in it).
+fn paint_prefix(line: &str, at: usize, len: usize, paint: impl Fn(&str) -> String) -> String {
+    match (line.get(..at), line.get(at..at + len), line.get(at + len..)) {
+        (Some(head), Some(part), Some(tail)) => format!("{head}{}{tail}", paint(part)),
+        _ => line.to_string(),
+    }
 }
 
 /// `text` with every character a terminal acts on replaced by `?`: C0 controls (ESC, CR, LF,
@@ -158,7 +179,7 @@ mod tests {
             unlisted: 0,
         };
         assert_eq!(
-            render(&job("382eef73d021", Some(c)), Some(&report)),
+            render(&job("382eef73d021", Some(c)), Some(&report), Paint::PLAIN),
             [
                 "==> tests: 1 passed, 2 failed in 0.02s · job 382eef73d021",
                 "FAILED tests/test_math_ops.py::test_divide - assert 3.5 == 3",
@@ -180,7 +201,7 @@ mod tests {
             unlisted: 0,
         };
         assert_eq!(
-            render(&job("j", Some(c)), Some(&report)),
+            render(&job("j", Some(c)), Some(&report), Paint::PLAIN),
             [
                 "==> tests: 1 failed, 1 error in 0.02s · job j",
                 "FAILED t.py::test_a",
@@ -193,7 +214,7 @@ mod tests {
     #[test]
     fn twenty_shown_and_the_rest_counted() {
         let report = many(25);
-        let lines = render(&job("j", Some(report.counts)), Some(&report));
+        let lines = render(&job("j", Some(report.counts)), Some(&report), Paint::PLAIN);
         assert_eq!(lines.len(), 1 + 20 + 2, "{lines:#?}");
         assert_eq!(lines[20], "FAILED t.py::test_19 - boom");
         assert_eq!(lines[21], "… and 5 more");
@@ -203,7 +224,7 @@ mod tests {
         );
         // Exactly twenty: no "more" line.
         let report = many(20);
-        let lines = render(&job("j", Some(report.counts)), Some(&report));
+        let lines = render(&job("j", Some(report.counts)), Some(&report), Paint::PLAIN);
         assert_eq!(lines.len(), 1 + 20 + 1, "{lines:#?}");
         assert!(!lines.iter().any(|l| l.contains("more")), "{lines:#?}");
     }
@@ -213,13 +234,13 @@ mod tests {
         let mut report = many(3);
         report.unlisted = 4;
         report.counts = counts(0, 7, 0);
-        let lines = render(&job("j", Some(report.counts)), Some(&report));
+        let lines = render(&job("j", Some(report.counts)), Some(&report), Paint::PLAIN);
         assert_eq!(lines[4], "… and 4 more", "{lines:#?}");
         // Past the first twenty, listed and unlisted add up.
         let mut report = many(1000);
         report.unlisted = 500;
         report.counts = counts(0, 1500, 0);
-        let lines = render(&job("j", Some(report.counts)), Some(&report));
+        let lines = render(&job("j", Some(report.counts)), Some(&report), Paint::PLAIN);
         assert_eq!(lines[21], "… and 1480 more", "{lines:#?}");
     }
 
@@ -235,7 +256,11 @@ mod tests {
             )],
             unlisted: 0,
         };
-        let lines = render(&job("j\u{1b}]0;x\u{7}", Some(c)), Some(&report));
+        let lines = render(
+            &job("j\u{1b}]0;x\u{7}", Some(c)),
+            Some(&report),
+            Paint::PLAIN,
+        );
         assert_eq!(
             lines,
             [
@@ -249,7 +274,7 @@ mod tests {
             failed: vec![failed("t.py::test", FailureKind::Failed, &"é".repeat(1000))],
             unlisted: 0,
         };
-        let lines = render(&job("j", Some(c)), Some(&long));
+        let lines = render(&job("j", Some(c)), Some(&long), Paint::PLAIN);
         assert_eq!(lines[1].chars().count(), MAX_LINE);
         assert!(lines[1].starts_with("FAILED t.py::test - éé"));
         assert!(lines[1].ends_with("é…"));
@@ -259,7 +284,7 @@ mod tests {
     fn without_a_report_only_the_counts() {
         let c = counts(1, 2, 0);
         assert_eq!(
-            render(&job("j", Some(c)), None),
+            render(&job("j", Some(c)), None, Paint::PLAIN),
             ["==> tests: 1 passed, 2 failed in 0.02s · job j"]
         );
     }
@@ -277,13 +302,16 @@ mod tests {
             ..TestReport::default()
         };
         let expected = ["==> tests: 12 passed, 1 skipped in 3.40s · job j"];
-        assert_eq!(render(&job("j", Some(c)), None), expected);
-        assert_eq!(render(&job("j", Some(c)), Some(&report)), expected);
+        assert_eq!(render(&job("j", Some(c)), None, Paint::PLAIN), expected);
+        assert_eq!(
+            render(&job("j", Some(c)), Some(&report), Paint::PLAIN),
+            expected
+        );
     }
 
     #[test]
     fn no_counts_nothing() {
-        assert!(render(&job("j", None), None).is_empty());
-        assert!(render(&job("j", None), Some(&many(2))).is_empty());
+        assert!(render(&job("j", None), None, Paint::PLAIN).is_empty());
+        assert!(render(&job("j", None), Some(&many(2)), Paint::PLAIN).is_empty());
     }
 }

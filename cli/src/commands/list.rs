@@ -16,25 +16,55 @@ pub struct ListArgs {
     /// Only jobs with this status (queued, running, passed, failed, error, timed_out, cancelled, lost).
     #[arg(long)]
     pub status: Option<Status>,
+    /// Only jobs of this project (the name of the directory `ci submit` packed).
+    #[arg(long, value_name = "NAME")]
+    pub project: Option<String>,
 }
 
 pub async fn run(client: &Client, args: ListArgs) -> anyhow::Result<u8> {
-    let query = ListQuery::new(args.limit, args.status);
-    let jobs: Vec<JobView> = client.get_json_with("/v1/jobs", &query).await?;
+    let query = ListQuery {
+        project: args.project.clone(),
+        ..ListQuery::new(args.limit, args.status)
+    };
+    // As JSON, as the server sent it: fields this `ci` does not know yet are kept.
+    let jobs: Vec<serde_json::Value> = client.get_json_with("/v1/jobs", &query).await?;
+    // A server older than projects ignores `project=`: filtered here as well.
+    let jobs: Vec<serde_json::Value> = match &args.project {
+        Some(name) => jobs
+            .into_iter()
+            .filter(|j| j.get("project").and_then(|p| p.as_str()) == Some(name.as_str()))
+            .collect(),
+        None => jobs,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
     } else {
-        print!("{}", table(&jobs));
+        let jobs: Vec<JobView> = jobs
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("the server sent a bad answer: {e}"))?;
+        print!(
+            "{}",
+            table(
+                &jobs,
+                crate::style::Paint::stdout(),
+                crate::table::stdout_width()
+            )
+        );
     }
     Ok(exit::SUCCESS)
 }
 
-fn table(jobs: &[JobView]) -> String {
+/// The columns of free text, cut to fit the terminal: PROJECT and RESULT.
+const SHRINK: [usize; 2] = [1, 10];
+
+pub(crate) fn table(jobs: &[JobView], paint: crate::style::Paint, width: Option<usize>) -> String {
     let header = [
-        "ID", "PYTHON", "STATUS", "TESTS", "PHASE", "CREATED", "STARTED", "FINISHED", "DURATION",
-        "RESULT",
+        "ID", "PROJECT", "PYTHON", "STATUS", "TESTS", "PHASE", "CREATED", "STARTED", "FINISHED",
+        "DURATION", "RESULT",
     ];
-    let rows: Vec<[String; 10]> = jobs
+    let rows: Vec<[String; 11]> = jobs
         .iter()
         .map(|j| {
             let phase = j
@@ -46,17 +76,21 @@ fn table(jobs: &[JobView]) -> String {
                 None => phase,
             };
             let result = match (&j.reason, j.exit_code) {
-                (Some(r), _) => r.clone(),
+                (Some(r), _) => crate::summary::clean(r),
                 (None, Some(c)) => format!("exit {c}"),
                 _ => "-".into(),
             };
+            let status = paint.status(j.status, j.status.as_str());
             let status = if j.expired {
-                format!("{} (expired)", j.status)
+                format!("{status} (expired)")
             } else {
-                j.status.to_string()
+                status
             };
             [
-                j.id.clone(),
+                crate::summary::clean(&j.id),
+                j.project
+                    .as_deref()
+                    .map_or("-".into(), crate::summary::clean),
                 j.python
                     .as_deref()
                     .map_or("-".into(), crate::summary::clean),
@@ -75,12 +109,13 @@ fn table(jobs: &[JobView]) -> String {
             ]
         })
         .collect();
-    crate::table::render(&header, rows.into_iter().map(Vec::from))
+    crate::table::render_fit(&header, rows.into_iter().map(Vec::from), width, &SHRINK)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::style::Paint;
 
     fn job() -> JobView {
         serde_json::from_value(serde_json::json!({
@@ -97,7 +132,7 @@ mod tests {
             expired: true,
             ..job()
         };
-        let shown = table(&[expired, job()]);
+        let shown = table(&[expired, job()], Paint::PLAIN, None);
         let lines: Vec<&str> = shown.lines().collect();
         assert!(lines[1].contains("  passed (expired)  "), "{shown}");
         assert!(lines[2].contains("  passed  "), "{shown}");
@@ -120,10 +155,10 @@ mod tests {
             ..job()
         };
         assert_eq!(
-            table(&[failed, job()]),
-            "ID   PYTHON  STATUS  TESTS  PHASE  CREATED              STARTED  FINISHED  DURATION  RESULT\n\
-             def  -       failed  1/3    -      2026-11-21 10:50:54  -        -         1.0s      exit 1\n\
-             abc  -       passed  -      -      2026-11-21 10:50:54  -        -         1.0s      exit 0\n"
+            table(&[failed, job()], Paint::PLAIN, None),
+            "ID   PROJECT  PYTHON  STATUS  TESTS  PHASE  CREATED              STARTED  FINISHED  DURATION  RESULT\n\
+             def  -        -       failed  1/3    -      2026-11-21 10:50:54  -        -         1.0s      exit 1\n\
+             abc  -        -       passed  -      -      2026-11-21 10:50:54  -        -         1.0s      exit 0\n"
         );
     }
 
@@ -141,17 +176,19 @@ mod tests {
             finished: Some("2026-11-22T00:00:01Z".into()),
             ..ran.clone()
         };
-        let shown = table(&[ran, next_day]);
+        let shown = table(&[ran, next_day], Paint::PLAIN, None);
         assert_eq!(
             shown,
-            "ID            PYTHON  STATUS  TESTS  PHASE  CREATED              STARTED   FINISHED             DURATION  RESULT\n\
-             0a1b2c3d4e5f  3.13    passed  -      -      2026-11-21 10:50:54  10:50:55  10:51:03             1.0s      exit 0\n\
-             0a1b2c3d4e5f  -       passed  -      -      2026-11-21 10:50:54  10:50:55  2026-11-22 00:00:01  1.0s      exit 0\n"
+            "ID            PROJECT  PYTHON  STATUS  TESTS  PHASE  CREATED              STARTED   FINISHED             DURATION  RESULT\n\
+             0a1b2c3d4e5f  -        3.13    passed  -      -      2026-11-21 10:50:54  10:50:55  10:51:03             1.0s      exit 0\n\
+             0a1b2c3d4e5f  -        -       passed  -      -      2026-11-21 10:50:54  10:50:55  2026-11-22 00:00:01  1.0s      exit 0\n"
         );
-        // Before the PYTHON column, with every time in full (the e2e snapshot `list`).
+        // Before the PYTHON column, with every time in full (the e2e snapshot `list`); the
+        // PROJECT column set apart.
         let before = "0a1b2c3d4e5f  passed  -      -      2026-11-21 10:50:54  2026-11-21 10:50:55  2026-11-21 10:51:03  1.0s      exit 0";
+        let project = "-        ".len();
         assert!(
-            shown.lines().nth(1).unwrap().len() < before.len(),
+            shown.lines().nth(1).unwrap().len() - project < before.len(),
             "{shown}"
         );
     }

@@ -129,10 +129,14 @@ pub async fn submit(
         }
     };
     let packed = pack::pack(&dir)?;
+    if packed.files == 0 {
+        bail!("nothing to submit: {} holds no files", dir.display());
+    }
     let query = SubmitQuery {
         failed_from: failed_from.map(str::to_string),
         shards: options.shards,
         python,
+        project: project_name(&dir),
         ..SubmitQuery::new(
             options.timeout.map(|t| t.as_secs().max(1)),
             &options.pytest_args,
@@ -148,9 +152,11 @@ pub async fn submit(
             "Submitted job {}; follow it with: ci wait {}",
             job.id, job.id
         );
+        eprintln!("{}", page_line(client, &job));
         return Ok(exit::SUCCESS);
     }
     eprintln!("Job ID: {}", job.id);
+    eprintln!("{}", page_line(client, &job));
     if let Some(pos) = job.queue_position.filter(|p| *p > 1) {
         eprintln!("Queued at position {pos}");
     }
@@ -170,6 +176,7 @@ async fn follow_run(client: &Client, run_id: &str, detach: bool) -> anyhow::Resu
     if detach {
         for job in &jobs {
             println!("{} {}", job.id, job.python.as_deref().unwrap_or("-"));
+            eprintln!("{}", page_line(client, job));
         }
         eprintln!(
             "Submitted run {run_id} ({} jobs); follow them with: ci wait {run_id}",
@@ -178,6 +185,24 @@ async fn follow_run(client: &Client, run_id: &str, detach: bool) -> anyhow::Resu
         return Ok(exit::SUCCESS);
     }
     crate::run::follow(client, run_id, &jobs, true, &mut std::io::stdout().lock()).await
+}
+
+/// `Job page: http://server/jobs/ID`, and its Python when the job has one (a run's jobs).
+pub(crate) fn page_line(client: &Client, job: &JobView) -> String {
+    let url = client.job_url(&crate::summary::clean(&job.id));
+    match &job.python {
+        Some(python) => format!("Job page: {url} (Python {})", crate::summary::clean(python)),
+        None => format!("Job page: {url}"),
+    }
+}
+
+/// The project's name as the server keeps it: the name of the directory packed, when the
+/// server would take it (else none is sent, and the job has none).
+fn project_name(dir: &Path) -> Option<String> {
+    let name = dir.file_name()?.to_str()?;
+    ci_protocol::project_name_error(name)
+        .is_none()
+        .then(|| name.to_string())
 }
 
 /// What `ci` decided about the Pythons before uploading anything.
@@ -382,6 +407,43 @@ mod tests {
         assert!(!posts[0].contains("failed_from"), "{posts:?}");
     }
 
+    #[tokio::test]
+    async fn sends_the_directory_as_the_project_and_refuses_an_empty_one() {
+        let server = server(Some(FAILED)).await;
+        let parent = tempfile::tempdir().unwrap();
+        let named = parent.path().join("my-lib");
+        std::fs::create_dir(&named).unwrap();
+        let run = |dir: &std::path::Path| {
+            let argv = [
+                "ci",
+                "--server",
+                &server.url,
+                "--api-key",
+                "ci_test",
+                "submit",
+                "test",
+                "-C",
+            ];
+            let mut argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+            argv.push(dir.to_str().unwrap().to_string());
+            crate::run(crate::Cli::try_parse_from(argv).unwrap())
+        };
+        // Nothing to pack, or only what is left out: refused, nothing sent.
+        assert_eq!(run(&named).await, crate::exit::CLIENT_ERROR);
+        std::fs::write(named.join(".env"), "SECRET=1").unwrap();
+        assert_eq!(run(&named).await, crate::exit::CLIENT_ERROR);
+        assert!(server.requests().is_empty(), "{:?}", server.requests());
+        std::fs::write(named.join("test_a.py"), "def test_a(): pass\n").unwrap();
+        assert_eq!(run(&named).await, 1);
+        assert_eq!(posts(&server), ["/v1/jobs?project=my-lib"]);
+        // A name the server would refuse is not sent.
+        assert_eq!(
+            super::project_name(std::path::Path::new("/srv/a\u{7}b")),
+            None
+        );
+        assert_eq!(super::project_name(std::path::Path::new("/")), None);
+    }
+
     const PYTHONS: &str = r#"[
         {"name":"3.11","version":"3.11.2","implementation":"cpython","image":"python:3.11-slim","digest":null,"default":true,"status":"ready","error":null},
         {"name":"3.13","version":"3.13.5","implementation":"cpython","image":"python:3.13-slim","digest":null,"default":false,"status":"ready","error":null},
@@ -529,7 +591,7 @@ mod tests {
             "x",
         ])
         .unwrap();
-        let crate::Command::Rerun(args) = cli.command else {
+        let Some(crate::Command::Rerun(args)) = cli.command else {
             panic!("{cli:?}")
         };
         assert_eq!(args.id, "j");

@@ -27,7 +27,14 @@ pub async fn run(client: &Client, args: WaitArgs) -> anyhow::Result<u8> {
         eprintln!("ci: {}", expired_line(&job));
         return Ok(crate::exit::of(job.status));
     }
-    let offset = if args.all { 0 } else { job.log_bytes };
+    eprintln!("{}", crate::commands::submit::page_line(client, &job));
+    // A finished job: its summary and result (and, with --all, its log first). A running one
+    // is joined at the start of the line its log stands in, not half-way through it.
+    let offset = match (args.all, job.status.is_terminal()) {
+        (true, _) => 0,
+        (false, true) => job.log_bytes,
+        (false, false) => crate::follow::line_start(client, &job.id, job.log_bytes).await,
+    };
     crate::follow_to_end(client, &job.id, offset).await
 }
 
@@ -119,6 +126,42 @@ mod tests {
         let fake = server(true).await;
         assert_eq!(wait(&fake, &[RUN]).await, crate::exit::CLIENT_ERROR);
         assert!(logs(&fake).is_empty());
+    }
+
+    #[tokio::test]
+    async fn joins_a_running_job_at_the_start_of_its_line() {
+        use crate::fake::{Fake, Reply};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        const LOG: &str = "first\nhalf a li";
+        let asked = AtomicUsize::new(0);
+        let fake = Fake::start(move |req| {
+            if let Some((_, offset)) = req.target.split_once("/log?offset=") {
+                let from: usize = offset.parse().unwrap();
+                return Reply::bytes(200, "text/plain", LOG.as_bytes()[from..].to_vec());
+            }
+            // Running when first asked, then over.
+            let status = match asked.fetch_add(1, Ordering::SeqCst) {
+                0 => "running",
+                _ => "passed",
+            };
+            Reply::json(
+                200,
+                &format!(
+                    r#"{{"id":"j","status":"{status}","phase":"testing","created":"t","started":null,"finished":null,"duration_secs":null,"exit_code":0,"reason":null,"queue_position":null,"log_bytes":{}}}"#,
+                    LOG.len()
+                ),
+            )
+        })
+        .await;
+        assert_eq!(wait(&fake, &["j"]).await, crate::exit::SUCCESS);
+        let logs: Vec<String> = fake
+            .requests()
+            .into_iter()
+            .map(|r| r.target)
+            .filter(|t| t.contains("/log?"))
+            .collect();
+        // The tail to find the line's start, then the follow from it.
+        assert_eq!(logs, ["/v1/jobs/j/log?offset=0", "/v1/jobs/j/log?offset=6"]);
     }
 
     #[test]
