@@ -12,12 +12,13 @@ use crate::{names, pyproject, Config, Error, InstallProject};
 pub(crate) const PYPROJECT: &str = "pyproject.toml [tool.ci]";
 pub(crate) const CI_TOML: &str = "ci.toml";
 
-const KNOWN_KEYS: [&str; 9] = [
+const KNOWN_KEYS: [&str; 10] = [
     "groups",
     "extras",
     "requirements",
     "install-project",
     "pytest-args",
+    "pytest-verbose",
     "env",
     "timeout",
     "shards",
@@ -58,6 +59,10 @@ fn parse(table: &Table, file: &'static str) -> Result<Config, Error> {
                 config.requirements = Some(strings(value).ok_or_else(|| must(STRINGS))?);
             }
             "pytest-args" => config.pytest_args = strings(value).ok_or_else(|| must(STRINGS))?,
+            "pytest-verbose" => match value {
+                Value::Boolean(verbose) => config.pytest_verbose = Some(*verbose),
+                _ => return Err(must("true or false")),
+            },
             "install-project" => {
                 config.install_project = Some(match value {
                     Value::Boolean(true) => InstallProject::Yes,
@@ -173,7 +178,7 @@ mod tests {
     fn reads_every_key() {
         let config = read_in(&[(
             "pyproject.toml",
-            "[tool.ci]\ngroups = ['test']\nextras = ['a']\nrequirements = ['r.txt']\ninstall-project = 'editable'\npytest-args = ['-x', '-k', 'not slow']\nenv = { A_1 = 'v' }\ntimeout = '10m'\nshards = 'auto'\npython = ['3.11', '3.13']\n",
+            "[tool.ci]\ngroups = ['test']\nextras = ['a']\nrequirements = ['r.txt']\ninstall-project = 'editable'\npytest-args = ['-x', '-k', 'not slow']\npytest-verbose = false\nenv = { A_1 = 'v' }\ntimeout = '10m'\nshards = 'auto'\npython = ['3.11', '3.13']\n",
         )])
         .unwrap();
         assert_eq!(
@@ -185,6 +190,7 @@ mod tests {
                 requirements: Some(vec!["r.txt".into()]),
                 install_project: Some(InstallProject::Editable),
                 pytest_args: vec!["-x".into(), "-k".into(), "not slow".into()],
+                pytest_verbose: Some(false),
                 env: BTreeMap::from([("A_1".into(), "v".into())]),
                 timeout: Some(Duration::from_secs(600)),
                 shards: Some(ci_protocol::Shards::Auto),
@@ -273,7 +279,7 @@ mod tests {
 
     #[test]
     fn key_errors() {
-        check_key_error("grups = ['test']", "unknown key \"grups\" (known keys: groups, extras, requirements, install-project, pytest-args, env, timeout, shards, python)");
+        check_key_error("grups = ['test']", "unknown key \"grups\" (known keys: groups, extras, requirements, install-project, pytest-args, pytest-verbose, env, timeout, shards, python)");
         check_key_error(
             "shards = 0",
             "shards must be a number from 1 to 32 or \"auto\", not \"0\"",
@@ -295,6 +301,10 @@ mod tests {
         check_key_error(
             "pytest-args = '-x'",
             "\"pytest-args\" must be an array of strings",
+        );
+        check_key_error(
+            "pytest-verbose = 'no'",
+            "\"pytest-verbose\" must be true or false",
         );
         check_key_error(
             "install-project = 'yes'",

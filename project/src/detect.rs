@@ -1073,7 +1073,7 @@ source = { editable = "packages/lib" }
         );
         check(
             &[("pyproject.toml", "[tool.ci]\ngrups = ['test']\n")],
-            "error: pyproject.toml [tool.ci]: unknown key \"grups\" (known keys: groups, extras, requirements, install-project, pytest-args, env, timeout, shards, python)",
+            "error: pyproject.toml [tool.ci]: unknown key \"grups\" (known keys: groups, extras, requirements, install-project, pytest-args, pytest-verbose, env, timeout, shards, python)",
         );
     }
 

@@ -18,12 +18,14 @@ pub mod python;
 mod requirements;
 mod tox;
 mod uvlock;
+mod verbosity;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 pub use error::Error;
+pub use verbosity::{pytest_verbose, sets_verbosity};
 
 /// Who installs: uv (default) or pip (where uv is unavailable).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -66,6 +68,9 @@ pub struct Config {
     pub install_project: Option<InstallProject>,
     /// `pytest-args = ["-x", "-k", "not slow"]`: put before the ones given on the command line.
     pub pytest_args: Vec<String>,
+    /// `pytest-verbose = false`: no `-v` from the server (which adds it unless the project's
+    /// pytest configuration or arguments set a verbosity); `None`: the default.
+    pub pytest_verbose: Option<bool>,
     /// `env = { NAME = "value" }`: variables of the test phase.
     pub env: BTreeMap<String, String>,
     /// `timeout = "10m"` (humantime) or `timeout = 600` (seconds).
