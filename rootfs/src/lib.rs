@@ -25,5 +25,5 @@ pub use error::Error;
 pub use manifest::ImageConfig;
 pub use reference::{ImageRef, Reference, DOCKER_HUB};
 pub use source::ImageSource;
-pub use store::{Image, PullOptions, Store, StoredImage};
+pub use store::{Image, PullOptions, PullProgress, Store, StoredImage};
 pub use unpack::unpack_layer;

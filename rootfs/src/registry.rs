@@ -13,7 +13,7 @@ use tracing::debug;
 use crate::auth::{parse_www_authenticate, BearerChallenge, TokenResponse};
 use crate::manifest::{Descriptor, MANIFEST_ACCEPT};
 use crate::reference::validate_digest;
-use crate::{Error, ImageRef, PullOptions};
+use crate::{Error, ImageRef, PullOptions, PullProgress};
 
 /// Registries refuse manifests over 4 MiB (distribution's default limit); a bigger body is
 /// not a manifest, and reading it whole could exhaust memory.
@@ -31,6 +31,7 @@ pub struct Registry {
     repository: String,
     http: reqwest::Client,
     token: Mutex<Option<String>>,
+    progress: Option<PullProgress>,
 }
 
 impl Registry {
@@ -55,7 +56,13 @@ impl Registry {
             repository: image.repository.clone(),
             http: builder.build().map_err(Error::Client)?,
             token: Mutex::new(None),
+            progress: opts.progress.clone(),
         })
+    }
+
+    /// The counters of the pull this registry serves, if someone watches it.
+    pub fn progress(&self) -> Option<&PullProgress> {
+        self.progress.as_ref()
     }
 
     pub async fn manifest(&self, reference: &str) -> Result<FetchedManifest, Error> {
@@ -128,6 +135,9 @@ impl Registry {
             }
             hasher.update(&chunk);
             out.write_all(&chunk).await.map_err(write_err)?;
+            if let Some(progress) = &self.progress {
+                progress.add(chunk.len() as u64);
+            }
         }
         if received != desc.size {
             return Err(size_mismatch(received));

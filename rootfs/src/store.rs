@@ -18,6 +18,8 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -43,6 +45,43 @@ pub struct PullOptions {
     /// Registries (`host:port` or `host`) spoken to in plain http. Loopback registries always
     /// are, as in Docker.
     pub insecure_registries: Vec<String>,
+    /// Counts the bytes of a pull as they arrive, for whoever waits on it; `None`: nobody.
+    pub progress: Option<PullProgress>,
+}
+
+/// How far a pull is: bytes of blobs fetched (or found in the store) so far, and the total
+/// once the manifest is read (the config's and the layers' sizes). Cheap to clone and to
+/// read: two shared counters, written by the pull, read by anyone.
+#[derive(Debug, Clone, Default)]
+pub struct PullProgress {
+    done: Arc<AtomicU64>,
+    /// 0 until the manifest is read.
+    total: Arc<AtomicU64>,
+}
+
+impl PullProgress {
+    /// Bytes so far, and the total once known.
+    pub fn get(&self) -> (u64, Option<u64>) {
+        let total = self.total.load(Ordering::Relaxed);
+        let done = self.done.load(Ordering::Relaxed);
+        (done, (total > 0).then_some(total))
+    }
+
+    /// Back to nothing known, for the next pull.
+    pub fn reset(&self) {
+        self.done.store(0, Ordering::Relaxed);
+        self.total.store(0, Ordering::Relaxed);
+    }
+
+    /// The bytes the pull fetches in all, from its manifest.
+    pub fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+    }
+
+    /// `bytes` more fetched (or found in the store).
+    pub fn add(&self, bytes: u64) {
+        self.done.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 /// An image unpacked in the store.
@@ -213,6 +252,10 @@ impl Store {
             .map(|l| manifest::layer_compression(&l.media_type, &l.digest))
             .collect::<Result<Vec<_>, _>>()?;
 
+        if let Some(progress) = registry.progress() {
+            let layers: u64 = manifest.layers.iter().map(|l| l.size).sum();
+            progress.set_total(manifest.config.size.saturating_add(layers));
+        }
         let config_path = self.blob(registry, &manifest.config).await?;
         let config_bytes = fs_err::read(&config_path).map_err(Error::io("read", &config_path))?;
         let config = ImageConfig::from_config_json(&config_bytes, &manifest.config.digest)?;
@@ -272,6 +315,9 @@ impl Store {
         // Blobs are only ever renamed in after verification, so the size is check enough.
         if fs_err::metadata(&path).is_ok_and(|m| m.len() == desc.size) {
             debug!(digest = %desc.digest, "blob already in the store");
+            if let Some(progress) = registry.progress() {
+                progress.add(desc.size);
+            }
             return Ok(path);
         }
         fs_err::create_dir_all(&dir).map_err(Error::io("create", &dir))?;

@@ -246,6 +246,40 @@ async fn pulls_through_an_index_and_then_needs_no_network() {
 }
 
 #[tokio::test]
+async fn counts_the_bytes_of_a_pull_against_the_manifest_total() {
+    let registry = FakeRegistry::start();
+    let manifest = serve_image(&registry);
+    let parsed: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let total: u64 = std::iter::once(&parsed["config"])
+        .chain(parsed["layers"].as_array().unwrap())
+        .map(|d| d["size"].as_u64().unwrap())
+        .sum();
+    let progress = ci_rootfs::PullProgress::default();
+    assert_eq!(progress.get(), (0, None));
+    let opts = PullOptions {
+        progress: Some(progress.clone()),
+        ..PullOptions::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let image: ImageRef = format!("{}/{REPO}@{}", registry.host(), digest(&manifest))
+        .parse()
+        .unwrap();
+    store.pull(&image, &opts).await.unwrap();
+    assert_eq!(progress.get(), (total, Some(total)));
+
+    // Blobs the store holds already count as fetched: a pull into a new image directory
+    // reaches its total without a download.
+    progress.reset();
+    assert_eq!(progress.get(), (0, None));
+    std::fs::remove_dir_all(dir.path().join("images")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("refs")).ok();
+    store.pull(&image, &opts).await.unwrap();
+    assert_eq!(progress.get(), (total, Some(total)));
+    assert_eq!(blob_requests(&registry), 3);
+}
+
+#[tokio::test]
 async fn pulls_a_manifest_without_media_type_by_tag_and_by_digest() {
     let registry = FakeRegistry::start();
     let manifest = serve_image(&registry);
