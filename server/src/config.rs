@@ -11,6 +11,12 @@ pub const DEFAULT_IMAGE: &str = "python:3.12-slim";
 /// Options of `ci-server serve`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
+    /// A TOML file of these options, each key named like its flag (`max-jobs = 4`,
+    /// `image = ["python:3.13-slim"]`, `allow-unlimited = true`); a flag or an environment
+    /// variable wins over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Address to listen on.
     #[arg(long, env = "CI_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
@@ -203,6 +209,18 @@ pub struct ServeArgs {
     /// container's bundle, run and teardown) with its duration in milliseconds.
     #[arg(long)]
     pub log_timings: bool,
+
+    /// How the server's own log (on stderr) is written: `text` (colours only on a terminal)
+    /// or `json` (one object per line: timestamp, level, target, fields).
+    #[arg(long, value_enum, env = "CI_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// `--installer`.

@@ -33,8 +33,15 @@ fn main() -> ExitCode {
     if ci_runner::is_helper_invocation(&args) {
         return ExitCode::from(ci_runner::helper_main(args) as u8);
     }
-    let cli = Cli::parse();
-    init_tracing(matches!(&cli.command, Command::Serve(args) if args.log_timings));
+    // Flags, then the environment, then `--config FILE`, then the defaults.
+    let cli: Cli =
+        ci_server::config_file::parse(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
+    let (timings, format) = match &cli.command {
+        Command::Serve(args) => (args.log_timings, args.log_format),
+        Command::Doctor(args) => (false, args.log_format),
+        Command::Image(_) => (false, ci_server::config::LogFormat::Text),
+    };
+    init_tracing(timings, format);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,9 +65,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => {
             let limits = ci_server::listener::ConnLimits::at_start(&args);
             let helper = std::env::current_exe()?;
-            let state = ci_server::open(&args, helper).await?;
+            // The port first: a server that cannot listen creates nothing (no admin key).
             let listener = ci_server::listener::bind(args.listen)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+            let state = ci_server::open(&args, helper).await?;
             tracing::info!(address = %listener.local_addr()?, data_dir = %args.data_dir().display(), "listening");
             ci_server::serve(
                 listener,
@@ -74,15 +82,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing(timings: bool) {
+fn init_tracing(timings: bool, format: ci_server::config::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let mut filter = EnvFilter::try_from_env("CI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     if timings {
         let directive = format!("{}=debug", ci_server::timing::TARGET);
         filter = filter.add_directive(directive.parse().expect("a valid directive"));
     }
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        // One JSON object a line: timestamp, level, target, fields (with the message).
+        ci_server::config::LogFormat::Json => builder.json().try_init(),
+        // Colours only for a person at a terminal: a redirected log (a file, journald)
+        // gets plain text.
+        ci_server::config::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }
