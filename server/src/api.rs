@@ -172,6 +172,13 @@ async fn accept(
     // A user over a per-user cap is told before sending the upload.
     state.jobs.admits(&caller.0.id)?;
     let pytest_args = parse_pytest_args(&q)?;
+    if let Some(error) = q
+        .project
+        .as_deref()
+        .and_then(ci_protocol::project_name_error)
+    {
+        return Err(ApiError::BadRequest(error));
+    }
     // Asked-for Pythons are checked before the upload is read, and the user's room for a
     // job per Python.
     let (rerun, rerun_python) = match &q.failed_from {
@@ -291,6 +298,7 @@ async fn accept(
         shards: q.shards.or(config.shards),
         python_note: choice.note.clone(),
         run_id: (choice.names.len() > 1).then(|| ci_protocol::run_id_for(&id)),
+        project: q.project.clone(),
         ..Job::queued(
             &id,
             &caller.0.id,
@@ -639,7 +647,11 @@ fn view(state: &AppState, job: &Job, log_bytes: u64) -> JobView {
     } else {
         None
     };
-    job_view(job, position, log_bytes)
+    let mut view = job_view(job, position, log_bytes);
+    if job.status == Status::Running && job.phase == Some(crate::model::Phase::PullingImage) {
+        view.pull = state.jobs.executor().pull_progress(job.python.as_deref());
+    }
+    view
 }
 
 /// The length of a job's log; 0 when it cannot be told (the log's own endpoint says why).
@@ -684,6 +696,7 @@ pub async fn list_jobs(
             .into_iter()
             .filter(|j| j.owner == caller.0.id && j.run_id.as_deref() == Some(run.as_str()))
             .filter(|j| status.is_none_or(|s| j.status == s))
+            .filter(|j| of_project(j, q.project.as_deref()))
             .collect();
         if jobs.is_empty() && status.is_none() {
             return Err(ApiError::NotFound(format!("run {run}")));
@@ -698,9 +711,15 @@ pub async fn list_jobs(
         .rev()
         .filter(|j| j.owner == caller.0.id)
         .filter(|j| status.is_none_or(|s| j.status == s))
+        .filter(|j| of_project(j, q.project.as_deref()))
         .take(q.limit.unwrap_or(usize::MAX))
         .collect();
     Ok(Json(views_of(&state, &jobs).await))
+}
+
+/// Whether `job` is of the project `name` asks for (exactly as submitted); any when `None`.
+fn of_project(job: &Job, name: Option<&str>) -> bool {
+    name.is_none_or(|name| job.project.as_deref() == Some(name))
 }
 
 /// The views of `jobs`, with the bytes each one's log holds.

@@ -38,12 +38,25 @@ fn row(check: &str, finding: &Result<String, String>) -> Row {
 /// Prints the report; returns true when `serve` with `args` would start.
 pub fn run(args: &ServeArgs) -> bool {
     let caps = ci_runner::probe::capabilities();
-    let (text, ok) = report(args, &caps);
+    let (text, ok) = report(args, &caps, can_listen(args.listen));
     print!("{text}");
     ok
 }
 
-fn report(args: &ServeArgs, caps: &Capabilities) -> (String, bool) {
+/// Whether `serve` could listen on `addr` now: bound and let go at once.
+pub fn can_listen(addr: std::net::SocketAddr) -> Result<(), String> {
+    // std sets SO_REUSEADDR as `serve` does, so a port held only by closing connections
+    // (TIME_WAIT) counts as free, as it is for `serve`.
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "cannot listen on {addr}: the port is taken (another process listens on it)"
+        )),
+        Err(e) => Err(format!("cannot listen on {addr}: {e}")),
+    }
+}
+
+fn report(args: &ServeArgs, caps: &Capabilities, listen: Result<(), String>) -> (String, bool) {
     let mut rows = vec![Row {
         check: "server user".into(),
         status: if caps.is_root() { "root" } else { "user" },
@@ -53,6 +66,14 @@ fn report(args: &ServeArgs, caps: &Capabilities) -> (String, bool) {
             caps.user.as_deref().unwrap_or("no name")
         ),
     }];
+    rows.push(Row {
+        check: "listen".into(),
+        status: if listen.is_ok() { "ok" } else { "FAIL" },
+        detail: match &listen {
+            Ok(()) => format!("{} is free", args.listen),
+            Err(e) => e.clone(),
+        },
+    });
     rows.push(connections_row(args));
     rows.push(row("user namespaces", &caps.user_namespaces));
     let userns = if caps.is_root() {
@@ -150,7 +171,15 @@ fn report(args: &ServeArgs, caps: &Capabilities) -> (String, bool) {
 
     let dirs = sandbox::reachable_dirs(args);
     let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
-    let verdict = sandbox::plan(args, caps, &dirs);
+    let verdict = match (sandbox::plan(args, caps, &dirs), listen) {
+        (verdict, Ok(())) => {
+            verdict.map_err(|problems| problems.iter().map(ToString::to_string).collect::<Vec<_>>())
+        }
+        (Ok(_), Err(e)) => Err(vec![e]),
+        (Err(problems), Err(e)) => Err(std::iter::once(e)
+            .chain(problems.iter().map(ToString::to_string))
+            .collect()),
+    };
 
     let width = rows.iter().map(|r| r.check.len()).max().unwrap_or(0);
     let mut out = String::new();

@@ -113,6 +113,14 @@ impl Executor for ContainerExecutor {
         self.images.settled_views(wait).await
     }
 
+    fn pull_progress(&self, python: Option<&str>) -> Option<ci_protocol::PullProgress> {
+        let (done_bytes, total_bytes) = self.images.pull_progress(python)?;
+        Some(ci_protocol::PullProgress {
+            done_bytes,
+            total_bytes,
+        })
+    }
+
     async fn images(&self) -> Result<Vec<ci_protocol::ImageView>, ImageAdminError> {
         self.images.list().await
     }
@@ -194,8 +202,15 @@ async fn execute(
     // config was checked at submit; it is read again because the installer is known only
     // now (uv may turn out to be unavailable).
     let project = paths.project();
-    let config = match blocking(move || ci_project::read_config(&project)).await {
-        Ok(config) => config,
+    let args = job.pytest_args.clone();
+    let read = blocking(move || {
+        let config = ci_project::read_config(&project)?;
+        // Whether the server adds `-v`: only when the project did not choose a verbosity.
+        let verbose = ci_project::pytest_verbose(&project, &config, &args);
+        Ok::<_, ci_project::Error>((config, verbose))
+    });
+    let (config, verbose) = match read.await {
+        Ok(read) => read,
         Err(e) => return Verdict::error(e),
     };
 
@@ -319,7 +334,8 @@ async fn execute(
         .iter()
         .map(|a| install::sh_quote(a))
         .collect();
-    let line = format!("running tests: python -m pytest -v {}", shown.join(" "));
+    let v = if verbose { "-v " } else { "" };
+    let line = format!("running tests: python -m pytest {v}{}", shown.join(" "));
     events.phase(Phase::Testing, line.trim_end()).await;
     let setup = timing::step(&job.id, "test setup: directories, bytecode trees, spec");
     // The shards beyond the first run in job slots of their own, as many as are free.
@@ -419,6 +435,7 @@ async fn execute(
             &job.pytest_args,
             &test_env,
             which,
+            verbose,
         );
         let report = Arc::new(Budget::of(
             vec![shard.report()],

@@ -41,6 +41,13 @@ pub trait Executor: Send + Sync + 'static {
         vec![fake_python("3.12.0", true)]
     }
 
+    /// How far the pull of the image a job of `python` waits for is, while one is pulled
+    /// (`JobView::pull`). An executor without images pulls none.
+    fn pull_progress(&self, python: Option<&str>) -> Option<ci_protocol::PullProgress> {
+        let _ = python;
+        None
+    }
+
     /// The images in the executor's image cache, those it serves first
     /// (`GET /v1/admin/images`). An executor without images (the tests' fakes) has none.
     async fn images(&self) -> Result<Vec<ci_protocol::ImageView>, ImageAdminError> {

@@ -108,6 +108,8 @@ struct Entry {
     /// One preparation at a time; a second asker waits for the first's result.
     preparing: tokio::sync::Mutex<()>,
     state: watch::Sender<Slot>,
+    /// How far its pull is while it is being prepared (`JobView::pull`).
+    progress: ci_rootfs::PullProgress,
 }
 
 impl Entry {
@@ -126,6 +128,7 @@ impl Entry {
             origin,
             preparing: tokio::sync::Mutex::new(()),
             state: watch::Sender::new(slot),
+            progress: ci_rootfs::PullProgress::default(),
         }
     }
 
@@ -299,8 +302,9 @@ impl Images {
         if let Some(ready) = entry.ready() {
             return Ok(ready);
         }
+        entry.progress.reset();
         entry.state.send_replace(Slot::Preparing);
-        let result = self.prepare_now(&entry.source, probe).await;
+        let result = self.prepare_now(entry, probe).await;
         match result {
             Ok(ready) => {
                 tracing::info!(image = %entry.source, digest = %ready.image.manifest_digest, python = %ready.python.version, implementation = %ready.python.implementation, "image ready");
@@ -325,21 +329,29 @@ impl Images {
         }
     }
 
-    async fn prepare_now<P, F>(&self, source: &ImageSource, probe: &P) -> Result<Arc<Ready>, String>
+    async fn prepare_now<P, F>(&self, entry: &Entry, probe: &P) -> Result<Arc<Ready>, String>
     where
         P: Fn(Arc<Image>) -> F,
         F: Future<Output = Result<PythonInfo, String>>,
     {
-        let image = self.ensure(source).await?;
+        let options = PullOptions {
+            progress: Some(entry.progress.clone()),
+            ..self.options.clone()
+        };
+        let image = self.ensure(&entry.source, &options).await?;
         let python = python_of(&image, probe).await?;
         Ok(Arc::new(Ready { image, python }))
     }
 
     /// The image of `source`: from the cache, else pulled or imported.
-    async fn ensure(&self, source: &ImageSource) -> Result<Arc<Image>, String> {
+    async fn ensure(
+        &self,
+        source: &ImageSource,
+        options: &PullOptions,
+    ) -> Result<Arc<Image>, String> {
         let image = self
             .store
-            .ensure_source(source, &self.options)
+            .ensure_source(source, options)
             .await
             .map_err(|e| ci_runner::error_chain(&e))?;
         Ok(Arc::new(image))
@@ -352,6 +364,25 @@ impl Images {
             .enumerate()
             .map(|(i, e)| python_view(i, e))
             .collect()
+    }
+
+    /// How far the pull of the image a job of `python` waits for is (`None`: the default's):
+    /// bytes so far and the total once known; `None` when no such image is being pulled
+    /// from a registry.
+    pub fn pull_progress(&self, python: Option<&str>) -> Option<(u64, Option<u64>)> {
+        let entries = self.snapshot();
+        let pulling = |e: &&Arc<Entry>| {
+            matches!(*e.state.borrow(), Slot::Preparing)
+                && matches!(e.source, ImageSource::Registry(_))
+        };
+        let entry = match python {
+            None => entries.first().filter(pulling),
+            // A named Python's image is known only once ready: a job that waits for one
+            // waits for the images being prepared, the first of them first.
+            Some(name) if ready_named(&entries, name).is_some() => None,
+            Some(_) => entries.iter().find(pulling),
+        }?;
+        Some(entry.progress.get())
     }
 
     /// [`Self::views`] once no image is pending or preparing, or `wait` has passed.
@@ -442,7 +473,7 @@ impl Images {
         }
 
         let image = self
-            .ensure(&canonical)
+            .ensure(&canonical, &self.options)
             .await
             .map_err(ImageAdminError::Invalid)?;
         let fresh = !before.contains(&image.manifest_digest);
@@ -876,6 +907,39 @@ mod tests {
             .err()
             .expect("refused");
         assert!(e.contains("images.json"), "{e}");
+    }
+
+    #[test]
+    fn the_pull_progress_is_that_of_the_image_a_job_waits_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("cache"));
+        let sources = vec![
+            "python:3.12-slim".parse().unwrap(),
+            "python:3.13-slim".parse().unwrap(),
+        ];
+        let images = Images::new(store, PullOptions::default(), sources);
+        let entries = images.snapshot();
+        assert_eq!(images.pull_progress(None), None, "nothing is being pulled");
+        entries[0].state.send_replace(Slot::Preparing);
+        assert_eq!(images.pull_progress(None), Some((0, None)));
+        entries[0].progress.set_total(1000);
+        entries[0].progress.add(250);
+        assert_eq!(images.pull_progress(None), Some((250, Some(1000))));
+        // A named Python waits for the images being prepared, the first first.
+        assert_eq!(images.pull_progress(Some("3.13")), Some((250, Some(1000))));
+        entries[0]
+            .state
+            .send_replace(Slot::Unavailable("gone".into()));
+        assert_eq!(images.pull_progress(None), None);
+        assert_eq!(images.pull_progress(Some("3.13")), None);
+        entries[1].state.send_replace(Slot::Preparing);
+        entries[1].progress.add(7);
+        assert_eq!(images.pull_progress(Some("3.13")), Some((7, None)));
+        assert_eq!(
+            images.pull_progress(None),
+            None,
+            "the default is not pulled"
+        );
     }
 
     #[test]

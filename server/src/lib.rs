@@ -8,6 +8,7 @@ pub mod auth;
 pub mod bytecode;
 pub mod cache;
 pub mod config;
+pub mod config_file;
 pub mod db;
 pub mod doctor;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod jobs;
 pub mod layout;
 pub mod lifecycle;
 pub mod listener;
+pub mod lock;
 pub mod logs;
 pub mod model;
 pub mod output;
@@ -37,6 +39,7 @@ pub mod supervisor;
 pub mod timing;
 pub mod tools;
 pub mod upload;
+pub mod web;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -98,6 +101,8 @@ pub fn router(state: AppState, body_timeout: std::time::Duration) -> Router {
             post(admin::import_image).get(admin::list_images),
         )
         .route("/v1/admin/images/{digest}", delete(admin::remove_image))
+        // The web page and its assets; anything else, `/v1/` included, stays a JSON 404.
+        .merge(web::routes())
         .fallback(api::no_such_endpoint)
         .method_not_allowed_fallback(api::wrong_method)
         // JSON bodies only: uploads are streamed and capped by `api::submit` itself.
@@ -117,6 +122,8 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         let (args, root) = (args.clone(), layout.root().to_path_buf());
         tokio::task::spawn_blocking(move || {
             fs_err::create_dir_all(&root).context("cannot create the data directory")?;
+            // Before anything in it is touched; held as long as the process lives.
+            Box::leak(Box::new(lock::acquire(&root)?));
             let sandbox = start_up_check(&args)?;
             anyhow::Ok((sandbox, args.ca_bundle()))
         })
@@ -142,6 +149,7 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
     let store = ci_rootfs::Store::new(std::path::absolute(args.image_cache())?);
     let options = ci_rootfs::PullOptions {
         insecure_registries: args.insecure_registries.clone(),
+        progress: None,
     };
     if ca_bundle.is_none() {
         tracing::warn!(

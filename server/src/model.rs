@@ -52,6 +52,10 @@ pub struct Job {
     /// of its log after the image's).
     #[serde(default)]
     pub python_note: Option<String>,
+    /// The submitted project's name (`SubmitQuery::project`), checked by
+    /// [`ci_protocol::project_name_error`]; every job of a run carries it.
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 impl Job {
@@ -77,6 +81,7 @@ impl Job {
             python: None,
             run_id: None,
             python_note: None,
+            project: None,
         }
     }
 }
@@ -149,9 +154,7 @@ pub fn job_view(job: &Job, queue_position: Option<usize>, log_bytes: u64) -> Job
         tests: job.tests,
         python: job.python.clone(),
         run_id: job.run_id.clone(),
-        // Filled in by the server issue's helper: the submitted project's name, and the pull
-        // progress of a job waiting for its image.
-        project: None,
+        project: job.project.clone(),
         pull: None,
     }
 }
@@ -178,5 +181,25 @@ pub fn key_view(key: &ApiKey, user_email: &str) -> KeyView {
         created: rfc3339(key.created_ms),
         last_used: key.last_used_ms.map(rfc3339),
         revoked: key.revoked,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_of_an_older_server_loads_without_a_project() {
+        let old = r#"{"id":"j1","owner":"u1","seq":3,"status":"passed","phase":null,"created_ms":1,"started_ms":2,"finished_ms":3,"exit_code":0,"reason":null,"timeout_secs":60}"#;
+        let job: Job = serde_json::from_str(old).unwrap();
+        assert_eq!(job.project, None);
+        let view = job_view(&job, None, 0);
+        assert_eq!((view.project, view.pull), (None, None));
+        let named = Job {
+            project: Some("my-lib".into()),
+            ..job
+        };
+        let again: Job = serde_json::from_str(&serde_json::to_string(&named).unwrap()).unwrap();
+        assert_eq!(job_view(&again, None, 0).project.as_deref(), Some("my-lib"));
     }
 }

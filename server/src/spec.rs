@@ -114,6 +114,7 @@ pub fn test(
     pytest_args: &[String],
     config_env: &BTreeMap<String, String>,
     shard: Option<Shard>,
+    verbose: bool,
 ) -> ContainerSpec {
     let mut extra = vec![
         (bytecode::ENV.to_string(), bytecode::PREFIX.to_string()),
@@ -155,14 +156,13 @@ pub fn test(
         extra.extend(config_env.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
     let python = format!("{}/bin/python", install::VENV);
-    let mut args = vec![
-        python.as_str(),
-        "-m",
-        "pytest",
-        "-v",
-        "-p",
-        "no:cacheprovider",
-    ];
+    let mut args = vec![python.as_str(), "-m", "pytest"];
+    // One line per test unless the project chose its verbosity
+    // (`ci_project::pytest_verbose`): pytest adds up `-v`s and `-q`s, so ours would shift it.
+    if verbose {
+        args.push("-v");
+    }
+    args.extend(["-p", "no:cacheprovider"]);
     // Before the user's arguments, so that a --junitxml of theirs wins. xunit1 is the
     // family whose test cases say their file and line, from which node ids are rebuilt.
     let junit = format!("--junitxml={}", crate::report::IN_CONTAINER);
@@ -572,6 +572,7 @@ mod tests {
             &args,
             &config_env,
             None,
+            !ci_project::sets_verbosity(&args),
         )
     }
 
@@ -624,6 +625,7 @@ mod tests {
                 &[],
                 &BTreeMap::new(),
                 None,
+                true,
             ),
             compile_bytecode(&cfg),
             test(
@@ -633,6 +635,7 @@ mod tests {
                 &[],
                 &BTreeMap::new(),
                 Some(Shard { index: 2, count: 3 }),
+                true,
             ),
         ];
         for plan in [
@@ -743,6 +746,7 @@ mod tests {
             &[],
             &BTreeMap::new(),
             None,
+            true,
         );
         assert_eq!(spec.limits, Limits::default());
     }
@@ -868,6 +872,7 @@ mod tests {
             &[],
             &BTreeMap::new(),
             None,
+            true,
         );
         let cache = mount(&spec, bytecode::PREFIX).unwrap();
         assert_eq!(
@@ -896,6 +901,7 @@ mod tests {
             &["-x".to_string()],
             &env,
             Some(Shard { index: 2, count: 3 }),
+            true,
         );
         assert_eq!(spec.id, "ci-j1-test-2");
         assert_eq!(env_value(&spec, shards::SHARD_ENV), Some("2/3"));
@@ -981,6 +987,16 @@ mod tests {
             let path = env_value(&spec, "PATH").unwrap();
             assert!(path.starts_with("/venv/bin:"), "{}: {path}", spec.id);
         }
+    }
+
+    #[test]
+    fn no_v_when_the_project_sets_its_verbosity() {
+        let spec = test_spec(&Venv::Layer(DEPS.into()), &["-q"], &[]);
+        assert_eq!(
+            spec.args[..5],
+            ["/venv/bin/python", "-m", "pytest", "-p", "no:cacheprovider"]
+        );
+        assert_eq!(spec.args.last().map(String::as_str), Some("-q"));
     }
 
     #[test]

@@ -76,6 +76,9 @@ const DIR_MODE: u32 = 0o777;
 pub enum UploadError {
     #[error("empty upload: send the project as a tar.gz body")]
     Empty,
+    /// A valid archive of directories and links only: nothing pytest could find.
+    #[error("the upload holds no files: nothing to test")]
+    NoFiles,
     #[error("the upload is not a valid tar.gz archive: {0}")]
     Malformed(std::io::Error),
     #[error(
@@ -188,6 +191,7 @@ pub fn unpack(archive: impl Read, dest: &Path, limits: Limits) -> Result<u64, Up
     let mut tar = tar::Archive::new(meter.wrap(flate2::read::GzDecoder::new(archive)));
     let mut unpacker = Unpacker::new(dest, limits)?;
     let mut last = Vec::new();
+    let mut files: u64 = 0;
     for entry in tar.entries().map_err(|e| meter.error(e, &last))? {
         let mut entry = entry.map_err(|e| meter.error(e, &last))?;
         last.clear();
@@ -195,6 +199,7 @@ pub fn unpack(archive: impl Read, dest: &Path, limits: Limits) -> Result<u64, Up
         unpacker.count()?;
         let data = match entry.header().entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
+                files += 1;
                 unpacker.add_bytes(entry.size())?;
                 entry.size()
             }
@@ -216,6 +221,9 @@ pub fn unpack(archive: impl Read, dest: &Path, limits: Limits) -> Result<u64, Up
             UploadError::Malformed(e)
         }
     })?;
+    if files == 0 {
+        return Err(UploadError::NoFiles);
+    }
     Ok(unpacker.bytes)
 }
 
@@ -894,6 +902,19 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_archive_without_files_is_refused() {
+        let (_root, r) = unpack_into(&[E::Dir("./src/"), E::Symlink("src/b.py", "a.py")]);
+        let e = r.unwrap_err();
+        assert!(matches!(e, UploadError::NoFiles), "{e:?}");
+        assert_eq!(e.to_string(), "the upload holds no files: nothing to test");
+        assert_eq!(e.fault(), Fault::Client);
+        let (_root, r) = unpack_into(&[]);
+        assert!(matches!(r, Err(UploadError::NoFiles)), "{r:?}");
+        let (_root, r) = unpack_into(&[E::File("./empty.py", Vec::new())]);
+        assert_eq!(r.unwrap(), 0, "an empty file is a file");
+    }
+
     fn rejected(entries: &[E]) -> UploadError {
         let (root, r) = unpack_into(entries);
         let names: Vec<_> = walk(root.path());
@@ -1008,7 +1029,8 @@ mod tests {
         let deep = format!("{}x", "a/../".repeat(128));
         let e = rejected(&[E::Symlink("l", &deep)]);
         assert!(e.to_string().contains("is 257 names deep"), "{e}");
-        unpack_into(&[E::Symlink("l", &deep[5..])]).1.unwrap();
+        let file = E::File("f.py", Vec::new());
+        unpack_into(&[E::Symlink("l", &deep[5..]), file]).1.unwrap();
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod abuse_connections;
 mod artifacts;
 mod bytecode;
+mod cli;
 mod errors;
 mod fairness;
 mod hostile;
@@ -19,7 +20,9 @@ mod retention;
 mod rootless;
 mod sandbox;
 mod seed;
+mod service;
 mod shards;
 mod snapshots;
 mod uploads;
 mod users;
+mod web;

@@ -5,6 +5,7 @@
 //! The tests need a registry on loopback serving the stand-in image: `scripts/test` starts one
 //! and exports `CI_TEST_REGISTRY=127.0.0.1:PORT`.
 
+pub mod browser;
 pub mod tarball;
 
 use std::io::{Read, Write};

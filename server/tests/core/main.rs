@@ -6,6 +6,7 @@ mod cancel;
 mod caps;
 mod claim;
 mod images;
+mod projects;
 mod pythons;
 mod queue;
 mod race;
