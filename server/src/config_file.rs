@@ -133,7 +133,7 @@ fn args_from_file(
                 for item in items {
                     let text = scalar(item)
                         .ok_or_else(|| fail(format!("key \"{key}\" must be a list of strings")))?;
-                    args.extend([flag.clone().into(), text.into()]);
+                    args.push(format!("{flag}={text}").into());
                 }
             }
             _ => {
@@ -142,7 +142,8 @@ fn args_from_file(
                         "key \"{key}\" must be a single value (a string, number or boolean)"
                     ))
                 })?;
-                args.extend([flag.into(), text.into()]);
+                // One argument, so that a value starting with `-` is never read as a flag.
+                args.push(format!("{flag}={text}").into());
             }
         }
         out.push((key.clone(), args));

@@ -53,11 +53,19 @@ fn try_each(candidates: &[&str], url: &str) -> Result<String, String> {
         let Some(program) = words.next() else {
             continue;
         };
+        // xdg-open lists every browser it could not find on stderr; its failure is said in
+        // one line below instead. A `$BROWSER` of the user's keeps its own words.
+        let stderr = if program == "xdg-open" {
+            Stdio::null()
+        } else {
+            Stdio::inherit()
+        };
         let status = Command::new(program)
             .args(words)
             .arg(url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(stderr)
             .status();
         match status {
             Ok(s) if s.success() => return Ok(program.to_string()),
