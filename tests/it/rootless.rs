@@ -15,8 +15,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use ci_e2e::{
-    bin, fixture, poll, project, scratch, test_image, wait_with_timeout, RunAs, Server,
-    ServerOptions,
+    bin, fixture, output_text, poll, project, scratch, test_image, wait_with_timeout, RunAs,
+    Server, ServerOptions,
 };
 
 /// Shared with the runner's rootless tests, which delegate to it too (idempotent).
@@ -73,15 +73,6 @@ fn ci_server_as(user: RunAs, args: &[&str]) -> Output {
     wait_with_timeout(child, Duration::from_secs(60))
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "exit: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 #[test]
 fn a_server_run_by_a_normal_user_runs_jobs_as_that_user() {
     let user = delegated_user();
@@ -102,7 +93,7 @@ fn a_server_run_by_a_normal_user_runs_jobs_as_that_user() {
     let mut args = vec!["doctor", "--data-dir", data, "--image", &image];
     args.extend(LIMITS);
     let doctor = ci_server_as(user, &args);
-    let report = text(&doctor);
+    let report = output_text(&doctor);
     assert!(doctor.status.success(), "{report}");
     assert!(
         report.contains("`ci-server serve` with these flags would start."),
@@ -337,7 +328,7 @@ fn a_user_without_delegated_cgroups_is_refused_with_the_reason() {
     let mut args = vec!["doctor", "--data-dir", data, "--image", &image];
     args.extend(LIMITS);
     let doctor = ci_server_as(user, &args);
-    let report = text(&doctor);
+    let report = output_text(&doctor);
     assert_eq!(doctor.status.code(), Some(1), "{report}");
     assert!(report.contains("would refuse to start"), "{report}");
     for why in &why {
@@ -356,7 +347,7 @@ fn a_user_without_delegated_cgroups_is_refused_with_the_reason() {
     args.extend(LIMITS);
     let serve = ci_server_as(user, &args);
     let stderr = String::from_utf8_lossy(&serve.stderr);
-    assert_eq!(serve.status.code(), Some(1), "{}", text(&serve));
+    assert_eq!(serve.status.code(), Some(1), "{}", output_text(&serve));
     assert!(
         stderr.contains("cannot isolate jobs on this machine"),
         "{stderr}"

@@ -8,17 +8,9 @@ use std::time::Duration;
 
 use ci_e2e::tarball::{gz, Entry};
 use ci_e2e::{
-    bin, fixture, http, poll, project, scratch, shared_server, test_image, wait_with_timeout,
-    Server, ServerOptions,
+    bin, fixture, free_port, http, output_text, poll, project, scratch, shared_server, test_image,
+    wait_with_timeout, Server, ServerOptions,
 };
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn temp_dir(prefix: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -40,15 +32,6 @@ fn ci_server(args: &[&str]) -> Output {
         .spawn()
         .expect("run ci-server");
     wait_with_timeout(child, Duration::from_secs(120))
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "exit: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// The dummy project as a tar.gz body, its files read from the fixture.
@@ -211,7 +194,7 @@ fn an_unknown_key_is_refused_with_its_name_and_the_file() {
         "--data-dir",
         data.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         stderr.trim(),
@@ -220,16 +203,16 @@ fn an_unknown_key_is_refused_with_its_name_and_the_file() {
             config.display()
         ),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert!(!data.exists(), "nothing is created");
     // A wrong type names its key.
     std::fs::write(&config, "max-jobs = \"four\"\n").unwrap();
     let out = ci_server(&["doctor", "--config", config.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("key \"max-jobs\""), "{}", text(&out));
-    assert_eq!(stderr.trim().lines().count(), 1, "{}", text(&out));
+    assert!(stderr.contains("key \"max-jobs\""), "{}", output_text(&out));
+    assert_eq!(stderr.trim().lines().count(), 1, "{}", output_text(&out));
 }
 
 /// A second server on a taken port fails before it creates anything; one on a data dir in
@@ -257,15 +240,15 @@ fn a_second_server_is_refused_before_it_creates_anything() {
         "--image",
         &image,
     ]);
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!("cannot listen on {}", server.addr)),
         "{}",
-        text(&out)
+        output_text(&out)
     );
-    assert!(!data.join("admin.key").exists(), "{}", text(&out));
-    assert!(!data.join("db").exists(), "{}", text(&out));
+    assert!(!data.join("admin.key").exists(), "{}", output_text(&out));
+    assert!(!data.join("db").exists(), "{}", output_text(&out));
 
     let other = format!("127.0.0.1:{}", free_port());
     let out = ci_server(&[
@@ -277,15 +260,20 @@ fn a_second_server_is_refused_before_it_creates_anything() {
         "--image",
         &image,
     ]);
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let expected = format!(
         "another ci-server is using {} (pid {})",
         server.data_dir.display(),
         server.pid()
     );
-    assert_eq!(stderr.matches(&expected).count(), 1, "{}", text(&out));
-    assert!(!stderr.contains("WouldBlock"), "{}", text(&out));
+    assert_eq!(
+        stderr.matches(&expected).count(),
+        1,
+        "{}",
+        output_text(&out)
+    );
+    assert!(!stderr.contains("WouldBlock"), "{}", output_text(&out));
     // The first server is unharmed.
     assert!(matches!(
         http("GET", &server.addr, "/healthz", None, b""),
@@ -301,11 +289,19 @@ fn a_second_server_is_refused_before_it_creates_anything() {
         "--image",
         &image,
     ]);
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("the port is taken"), "{}", text(&out));
-    assert!(stdout.contains("would refuse to start"), "{}", text(&out));
-    assert!(!stdout.contains("would start."), "{}", text(&out));
+    assert!(
+        stdout.contains("the port is taken"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(
+        stdout.contains("would refuse to start"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!stdout.contains("would start."), "{}", output_text(&out));
 }
 
 /// `-v` is only the default: a project whose pytest configuration says `-q` gets no
@@ -360,7 +356,7 @@ fn install_puts_the_files_in_place_and_the_unit_verifies() {
             .spawn()
             .unwrap();
         let out = wait_with_timeout(child, Duration::from_secs(60));
-        assert!(out.status.success(), "{what}: {}", text(&out));
+        assert!(out.status.success(), "{what}: {}", output_text(&out));
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let said = install("first install");
@@ -389,7 +385,7 @@ fn install_puts_the_files_in_place_and_the_unit_verifies() {
         p.join("data").to_str().unwrap(),
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("listen"), "{}", text(&out));
+    assert!(stdout.contains("listen"), "{}", output_text(&out));
 
     std::fs::write(p.join("etc/ci-server/config.toml"), "max-jobs = 2\n").unwrap();
     let said = install("second install");
@@ -422,8 +418,8 @@ fn install_puts_the_files_in_place_and_the_unit_verifies() {
             .arg(&path)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", text(&out));
-        assert!(out.stderr.is_empty(), "{}", text(&out));
+        assert!(out.status.success(), "{}", output_text(&out));
+        assert!(out.stderr.is_empty(), "{}", output_text(&out));
     }
 }
 

@@ -131,12 +131,23 @@ pub fn scratch() -> &'static Path {
     })
 }
 
-fn free_port() -> u16 {
+/// A port free on loopback right now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A finished process's exit status, stdout and stderr, for an assertion's message.
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "exit: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// A minimal HTTP/1.1 request, enough for assertions on status and body.
