@@ -109,8 +109,39 @@ pub(crate) fn table(jobs: &[JobView], paint: crate::style::Paint, width: Option<
             ]
         })
         .collect();
-    crate::table::render_fit(&header, rows.into_iter().map(Vec::from), width, &SHRINK)
+    let fit = |hidden: &[usize]| {
+        let keep = |c: &usize| !hidden.contains(c);
+        let header: Vec<&str> = (0..header.len()).filter(keep).map(|c| header[c]).collect();
+        let rows = rows.iter().map(|row| {
+            (0..row.len())
+                .filter(keep)
+                .map(|c| row[c].clone())
+                .collect()
+        });
+        // The free-text columns keep their place among those left.
+        let shrink: Vec<usize> = SHRINK
+            .iter()
+            .map(|&c| c - hidden.iter().filter(|&&h| h < c).count())
+            .collect();
+        crate::table::render_fit(&header, rows, width, &shrink)
+    };
+    let mut table = fit(&[]);
+    if let Some(width) = width {
+        // Still too wide with the free text cut: the columns the others imply go, the start
+        // and end times (CREATED and DURATION stay), then the phase.
+        for hidden in NARROW {
+            if table.lines().all(|l| crate::style::width(l) <= width) {
+                break;
+            }
+            table = fit(hidden);
+        }
+    }
+    table
 }
+
+/// The columns hidden, in turn, from a terminal too narrow for the table: STARTED and
+/// FINISHED, then PHASE too.
+const NARROW: [&[usize]; 2] = [&[7, 8], &[5, 7, 8]];
 
 #[cfg(test)]
 mod tests {
@@ -160,6 +191,34 @@ mod tests {
              def  -        -       failed  1/3    -      2026-11-21 10:50:54  -        -         1.0s      exit 1\n\
              abc  -        -       passed  -      -      2026-11-21 10:50:54  -        -         1.0s      exit 0\n"
         );
+    }
+
+    #[test]
+    fn a_narrow_terminal_hides_the_times_the_others_imply_then_the_phase() {
+        let ran = JobView {
+            id: "0a1b2c3d4e5f".into(),
+            project: Some("a-project-with-a-long-name".into()),
+            python: Some("3.13".into()),
+            started: Some("2026-11-21T10:50:55.5Z".into()),
+            finished: Some("2026-11-21T10:51:03Z".into()),
+            reason: Some("a reason long enough to be cut".into()),
+            ..job()
+        };
+        let header = |width| {
+            let shown = table(std::slice::from_ref(&ran), Paint::PLAIN, Some(width));
+            shown.lines().next().unwrap().to_string()
+        };
+        let full = table(std::slice::from_ref(&ran), Paint::PLAIN, None);
+        assert!(full.lines().all(|l| l.len() > 120), "{full}");
+        // Cut first, then hidden: STARTED and FINISHED, then PHASE.
+        assert!(header(120).contains("STARTED"), "{}", header(120));
+        assert!(!header(100).contains("STARTED"), "{}", header(100));
+        assert!(header(100).contains("PHASE"), "{}", header(100));
+        assert!(!header(85).contains("PHASE"), "{}", header(85));
+        for width in [120, 100, 85] {
+            let shown = table(std::slice::from_ref(&ran), Paint::PLAIN, Some(width));
+            assert!(shown.lines().all(|l| l.chars().count() <= width), "{shown}");
+        }
     }
 
     #[test]
