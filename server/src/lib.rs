@@ -69,6 +69,9 @@ pub struct AppState {
     pub job_retention: std::time::Duration,
     /// Concurrent uploads, their deadline, and the free disk a submission needs.
     pub uploads: upload::Intake,
+    /// The data directory's lock (`open` takes it before anything in the directory is
+    /// touched): held as long as the state is.
+    pub data_lock: Option<Arc<lock::DataLock>>,
 }
 
 /// The API. `body_timeout` is the longest pause allowed between the chunks of a request body.
@@ -118,14 +121,14 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
     let layout = layout::DataLayout::new(std::path::absolute(args.data_dir())?);
     // The checks start processes and look at files: off the async threads, like everything
     // else that waits for the system here.
-    let (sandbox, ca_bundle) = {
+    let (data_lock, sandbox, ca_bundle) = {
         let (args, root) = (args.clone(), layout.root().to_path_buf());
         tokio::task::spawn_blocking(move || {
             fs_err::create_dir_all(&root).context("cannot create the data directory")?;
-            // Before anything in it is touched; held as long as the process lives.
-            Box::leak(Box::new(lock::acquire(&root)?));
+            // Before anything in it is touched.
+            let data_lock = lock::acquire(&root)?;
             let sandbox = start_up_check(&args)?;
-            anyhow::Ok((sandbox, args.ca_bundle()))
+            anyhow::Ok((data_lock, sandbox, args.ca_bundle()))
         })
         .await??
     };
@@ -187,7 +190,8 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         cgroup_parent: sandbox.cgroup_parent.clone(),
         sandbox,
     });
-    let state = AppState::new(db, Arc::new(logs), layout, executor, installer, args);
+    let mut state = AppState::new(db, Arc::new(logs), layout, executor, installer, args);
+    state.data_lock = Some(Arc::new(data_lock));
     api::bootstrap_admin(&state, &state.jobs.layout().admin_key()).await?;
     // Removes what a previous server process left, and settles its jobs.
     state.jobs.recover().await?;
@@ -251,6 +255,7 @@ impl AppState {
                 args.upload_timeout,
                 args.min_free_disk,
             ),
+            data_lock: None,
         }
     }
 }
