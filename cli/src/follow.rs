@@ -36,6 +36,17 @@ pub async fn follow_into(
     }
 }
 
+/// Where `ci wait` starts to print a job's log: at 0 with `--all`; a finished job at its end
+/// (only its summary and result follow); a running one at the start of the line its log
+/// stands in ([`line_start`]), not half-way through it.
+pub async fn join_at(client: &Client, job: &JobView, from_start: bool) -> u64 {
+    match (from_start, job.status.is_terminal()) {
+        (true, _) => 0,
+        (false, true) => job.log_bytes,
+        (false, false) => line_start(client, &job.id, job.log_bytes).await,
+    }
+}
+
 /// How far back `ci wait` looks for the start of the line a running job's log stands in.
 pub const LINE_START_WINDOW: u64 = 64 * 1024;
 

@@ -55,7 +55,7 @@ pub async fn follow(
                 ended.push(job.clone());
                 continue;
             }
-            let offset = if from_start { 0 } else { job.log_bytes };
+            let offset = follow::join_at(client, job, from_start).await;
             let end = follow::follow_into(client, &job.id, offset, out).await?;
             let report = crate::report_if_failed(client, &end).await;
             for line in crate::end_lines(&end, report.as_ref(), Paint::stdout()) {

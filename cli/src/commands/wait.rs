@@ -28,13 +28,7 @@ pub async fn run(client: &Client, args: WaitArgs) -> anyhow::Result<u8> {
         return Ok(crate::exit::of(job.status));
     }
     eprintln!("{}", crate::commands::submit::page_line(client, &job));
-    // A finished job: its summary and result (and, with --all, its log first). A running one
-    // is joined at the start of the line its log stands in, not half-way through it.
-    let offset = match (args.all, job.status.is_terminal()) {
-        (true, _) => 0,
-        (false, true) => job.log_bytes,
-        (false, false) => crate::follow::line_start(client, &job.id, job.log_bytes).await,
-    };
+    let offset = crate::follow::join_at(client, &job, args.all).await;
     crate::follow_to_end(client, &job.id, offset).await
 }
 
