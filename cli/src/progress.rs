@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use ci_protocol::{JobView, Phase, Status};
 
 use crate::client::Client;
+use crate::table::human_size;
 
 /// How often the job is asked how it is doing.
 const POLL_EVERY: Duration = Duration::from_secs(1);
@@ -37,10 +38,10 @@ pub fn render(job: &JobView, elapsed: Duration) -> Option<String> {
                 Some(pull) => match pull.total_bytes {
                     Some(total) => format!(
                         "{image}: {} of {} ({took})",
-                        size(pull.done_bytes),
-                        size(total)
+                        human_size(pull.done_bytes),
+                        human_size(total)
                     ),
-                    None => format!("{image}: {} ({took})", size(pull.done_bytes)),
+                    None => format!("{image}: {} ({took})", human_size(pull.done_bytes)),
                 },
                 None => format!("{image} ({took})"),
             })
@@ -63,21 +64,6 @@ fn clock(d: Duration) -> String {
     } else {
         format!("{}m{:02}s", s / 60, s % 60)
     }
-}
-
-/// `812 B`, `12.3 KiB`, `45.0 MiB`, `1.2 GiB`.
-pub fn size(bytes: u64) -> String {
-    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// The line's owner: draws and erases it, and hears of every write of the log.
@@ -267,8 +253,8 @@ mod tests {
         );
         check(job(Status::Running, Some(Phase::Testing)), 12, None);
         check(job(Status::Passed, None), 12, None);
-        assert_eq!(size(812), "812 B");
-        assert_eq!(size(3 << 30), "3.0 GiB");
+        assert_eq!(human_size(812), "812 B");
+        assert_eq!(human_size(3 << 30), "3.0 GiB");
     }
 
     /// A sink the test can read while the progress holds it.

@@ -106,6 +106,21 @@ pub fn clock_after(t: Option<&str>, since: &str) -> String {
     }
 }
 
+/// `512 B`, `1.5 KiB`, `3.0 MiB`, ... (artifacts fetched, an image pull's progress).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut size = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while size >= 1024.0 && unit < UNITS.len() - 1 {
+        size /= 1024.0;
+        unit += 1;
+    }
+    format!("{size:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

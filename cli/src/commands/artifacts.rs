@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use crate::client::Client;
 use crate::exit;
 use crate::summary::clean;
+use crate::table::human_size;
 
 #[derive(clap::Args, Debug)]
 pub struct ArtifactsArgs {
@@ -135,21 +136,6 @@ impl Unpacked {
         let s = if self.files == 1 { "" } else { "s" };
         format!("{} file{s} ({})", self.files, human_size(self.bytes))
     }
-}
-
-/// `512 B`, `1.5 KiB`, `3.0 MiB`, ...
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut size = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while size >= 1024.0 && unit < UNITS.len() - 1 {
-        size /= 1024.0;
-        unit += 1;
-    }
-    format!("{size:.1} {}", UNITS[unit])
 }
 
 /// Unpacks a tar.gz into `dir`, an empty directory: only regular files and directories, each
