@@ -71,7 +71,6 @@ pub struct Settings {
 /// Resolves the server URL and key: `--server`/`--api-key` (which clap already merged with
 /// `CI_SERVER_URL`/`CI_API_KEY`), then the config file.
 pub fn resolve(server: Option<String>, api_key: Option<String>) -> anyhow::Result<Settings> {
-    let given = |v: Option<String>| v.map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
     let (server, api_key) = (given(server), given(api_key));
     // Read even when flags cover everything, so a key readable by others is always reported;
     // an unreadable file only matters when something must come from it.
@@ -90,14 +89,19 @@ pub fn resolve(server: Option<String>, api_key: Option<String>) -> anyhow::Resul
 /// The server URL alone (`ci --version --verbose` needs no key): `--server`/`CI_SERVER_URL`,
 /// then the config file, then the default.
 pub fn resolve_server(server: Option<String>) -> anyhow::Result<String> {
-    let server = server
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty());
+    let server = given(server);
     let file = match (&server, config_path()) {
         (None, Some(path)) => FileConfig::load(&path)?.server_url,
         _ => None,
     };
-    checked_server(server.or(file.filter(|v| !v.trim().is_empty())))
+    checked_server(server.or(given(file)))
+}
+
+/// A setting as given, trimmed; none when blank.
+fn given(value: Option<String>) -> Option<String> {
+    value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 /// The URL, or the default, without a trailing `/`; only http and https.
