@@ -67,7 +67,7 @@ pub fn parse<P: clap::Parser>(argv: Vec<OsString>) -> Result<P, ParseError> {
     let Some(file) = file else {
         return P::from_arg_matches(&matches).map_err(ParseError::Clap);
     };
-    let text = fs_err::read_to_string(&file).map_err(|e| ParseError::File(e.to_string()))?;
+    let text = read_capped(&file)?;
     let extra = args_from_file(&sub_command, sub_matches, &file, &text)?;
     if extra.is_empty() {
         return P::from_arg_matches(&matches).map_err(ParseError::Clap);
@@ -80,6 +80,27 @@ pub fn parse<P: clap::Parser>(argv: Vec<OsString>) -> Result<P, ParseError> {
         ParseError::File(value_error(&file, &extra, &e).unwrap_or_else(|| first_line(&e)))
     })?;
     P::from_arg_matches(&reparsed).map_err(ParseError::Clap)
+}
+
+/// The most a config file may hold: far above any real one, and `--config /dev/zero` ends.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// The file's text, refused past [`MAX_FILE_BYTES`].
+fn read_capped(path: &Path) -> Result<String, ParseError> {
+    use std::io::Read;
+    let fail = |message: String| ParseError::File(format!("{}: {message}", path.display()));
+    let file = fs_err::File::open(path).map_err(|e| ParseError::File(e.to_string()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(e.to_string()))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(fail(format!(
+            "larger than {} KiB: not a config file",
+            MAX_FILE_BYTES >> 10
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| fail("not UTF-8 text".to_string()))
 }
 
 /// The arguments `text` (the file at `path`) stands for, key by key, for the options of
@@ -406,6 +427,23 @@ mod tests {
         assert!(e.starts_with("FILE: key \"job-timeout\": "), "{e}");
         let e = parse_err("listen = \n");
         assert!(e.starts_with("FILE: "), "{e}");
+    }
+
+    #[test]
+    fn an_endless_or_binary_file_is_refused() {
+        let e = match read_capped(Path::new("/dev/zero")) {
+            Err(ParseError::File(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(e, "/dev/zero: larger than 1024 KiB: not a config file");
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("c.toml");
+        std::fs::write(&binary, [0xff, 0xfe, 0x00]).unwrap();
+        let e = match read_capped(&binary) {
+            Err(ParseError::File(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert!(e.ends_with("c.toml: not UTF-8 text"), "{e}");
     }
 
     #[test]
