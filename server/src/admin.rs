@@ -134,7 +134,7 @@ pub async fn create_key(
     let name = valid_name("key name", &new.name)?;
     let _guard = WRITES.lock().await;
     let user = user_by_email(&state, new.email.trim()).await?;
-    let (key, record) = crate::auth::create_key(&state.db, &user.id, &name).await?;
+    let (key, record) = crate::auth::create_key(&*state.db, &user.id, &name).await?;
     tracing::info!(by = %caller.0.email, user = %user.email, key_id = %record.id, "API key created");
     Ok((
         StatusCode::CREATED,

@@ -14,7 +14,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::layout::JobDir;
 use crate::model::{job_view, now_ms, Job, Role, Status, User};
-use crate::results::Results;
+use crate::results::{Kept, ResultStore};
 use crate::upload::{self, BodyReader, Chunk, Fault, UploadError};
 use crate::AppState;
 
@@ -241,7 +241,9 @@ async fn accept(
             }
         }
     });
-    let receiving = tokio::time::timeout_at(deadline, send_body(body, tx, limits));
+    // A cluster's api node stores the upload as it came for the worker that runs the job.
+    let mut kept = state.jobs.cluster().map(|_| Vec::new());
+    let receiving = tokio::time::timeout_at(deadline, send_body(body, tx, limits, kept.as_mut()));
     let (dir, upload_bytes) = match join_upload(receiving, unpacking).await? {
         Joined::Unpacked(Ok(unpacked)) => unpacked,
         Joined::Unpacked(Err(e)) => return Err(upload_error(&id, e)),
@@ -311,7 +313,8 @@ async fn accept(
     if names.is_empty() {
         names.push(None);
     }
-    let first = queue_run(state, &template, names, dir).await?;
+    let upload = bytes::Bytes::from(kept.unwrap_or_default());
+    let first = queue_run(state, &template, names, dir, &upload).await?;
     drop(check);
     let (job, position) = first;
     tracing::info!(job = %job.id, run = ?job.run_id, python = ?job.python, user = %caller.0.email, upload_bytes, "job submitted");
@@ -366,6 +369,7 @@ async fn queue_run(
     template: &Job,
     pythons: Vec<Option<String>>,
     dir: crate::layout::JobDir,
+    upload: &bytes::Bytes,
 ) -> Result<(Job, usize), ApiError> {
     let mut dirs = vec![dir];
     let mut jobs = Vec::new();
@@ -406,7 +410,7 @@ async fn queue_run(
                 job.seq = seq;
                 state
                     .jobs
-                    .submit(job.clone(), dir)
+                    .submit(job.clone(), dir, upload)
                     .await
                     .map_err(ApiError::from)
             }
@@ -525,6 +529,7 @@ async fn send_body(
     body: &mut BodyDataStream,
     tx: tokio::sync::mpsc::Sender<Chunk>,
     limits: upload::Limits,
+    mut keep: Option<&mut Vec<u8>>,
 ) -> Result<(), BodyFailure> {
     let mut received: u64 = 0;
     while let Some(chunk) = body.next().await {
@@ -532,6 +537,9 @@ async fn send_body(
         received += chunk.len() as u64;
         if received > limits.max_compressed_bytes {
             return Err(BodyFailure::TooLarge);
+        }
+        if let Some(keep) = keep.as_deref_mut() {
+            keep.extend_from_slice(&chunk);
         }
         if tx.send(Chunk::Data(chunk)).await.is_err() {
             return Ok(());
@@ -641,9 +649,9 @@ async fn own_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job, Api
 }
 
 /// A job as the API shows it, with the length of its log (`log_bytes`).
-fn view(state: &AppState, job: &Job, log_bytes: u64) -> JobView {
+async fn view(state: &AppState, job: &Job, log_bytes: u64) -> JobView {
     let position = if job.status == Status::Queued {
-        state.jobs.queue_position(&job.id)
+        state.jobs.queue_position(&job.id).await
     } else {
         None
     };
@@ -666,7 +674,7 @@ pub async fn get_job(
 ) -> Result<Json<JobView>, ApiError> {
     let job = own_job(&state, &caller, &id).await?;
     let log_bytes = log_len(&state, &id).await;
-    Ok(Json(view(&state, &job, log_bytes)))
+    Ok(Json(view(&state, &job, log_bytes).await))
 }
 
 /// `GET /v1/pythons`: the server's Pythons, the default first, once its images are ready
@@ -726,10 +734,11 @@ fn of_project(job: &Job, name: Option<&str>) -> bool {
 async fn views_of(state: &AppState, jobs: &[Job]) -> Vec<JobView> {
     let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
     let lens = state.logs.lens(&ids).await;
-    jobs.iter()
-        .zip(lens)
-        .map(|(j, len)| view(state, j, len.unwrap_or(0)))
-        .collect()
+    let mut views = Vec::with_capacity(jobs.len());
+    for (job, len) in jobs.iter().zip(lens) {
+        views.push(view(state, job, len.unwrap_or(0)).await);
+    }
+    views
 }
 
 /// `GET /v1/jobs/{id}/log?offset=N`: the log from byte N, live until the job ends. The
@@ -766,34 +775,19 @@ pub async fn log(
     Ok(response)
 }
 
-/// What `job` kept in its results, read by `read` off the async threads: 410 when the job
-/// expired (`what` names it in the answer), `None` when it kept none.
-async fn kept<T: Send + 'static>(
+/// Where `job` kept its results: 410 when the job expired (`what` names it in the answer).
+fn kept(
     state: &AppState,
     job: &Job,
     what: &str,
-    read: impl FnOnce(&Results, &str) -> std::io::Result<Option<T>> + Send + 'static,
-) -> Result<Option<T>, ApiError> {
+) -> Result<std::sync::Arc<dyn ResultStore>, ApiError> {
     expired(state, job, what)?;
-    let (results, id) = (state.jobs.results(), job.id.clone());
-    let found = tokio::task::spawn_blocking(move || read(&results, &id))
-        .await
-        .map_err(ApiError::internal)??;
-    Ok(found)
-}
-
-/// A kept file and its length, for [`file_response`]. Blocking.
-fn sized(file: Option<std::fs::File>) -> std::io::Result<Option<(std::fs::File, u64)>> {
-    let Some(file) = file else {
-        return Ok(None);
-    };
-    let len = file.metadata()?.len();
-    Ok(Some((file, len)))
+    Ok(state.jobs.results())
 }
 
 /// The report of `job`: 410 when it expired, 404 (said in full) when it has none.
 async fn read_report(state: &AppState, job: &Job) -> Result<ci_protocol::TestReport, ApiError> {
-    let report = kept(state, job, "test report", |r, id| r.report(id)).await?;
+    let report = kept(state, job, "test report")?.report(&job.id).await?;
     report.ok_or_else(|| no_report(job))
 }
 
@@ -835,7 +829,7 @@ pub async fn junit(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let job = own_job(&state, &caller, &id).await?;
-    let file = kept(&state, &job, "test report", |r, id| sized(r.junit(id)?)).await?;
+    let file = kept(&state, &job, "test report")?.junit(&id).await?;
     let file = file.ok_or_else(|| no_report(&job))?;
     Ok(file_response(file, "application/xml", None))
 }
@@ -847,7 +841,7 @@ pub async fn artifacts(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let job = own_job(&state, &caller, &id).await?;
-    let file = kept(&state, &job, "artifacts", |r, id| sized(r.artifacts(id)?)).await?;
+    let file = kept(&state, &job, "artifacts")?.artifacts(&id).await?;
     let file = file.ok_or_else(|| {
         ApiError::Absent(if job.status.is_terminal() {
             format!("job {id} kept no artifacts: its tests wrote nothing to /artifacts")
@@ -859,14 +853,10 @@ pub async fn artifacts(
     Ok(file_response(file, "application/gzip", Some(name)))
 }
 
-/// A kept file of `len` bytes as a streamed body.
-fn file_response(
-    (file, len): (std::fs::File, u64),
-    content_type: &'static str,
-    disposition: Option<String>,
-) -> Response {
-    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
-    let mut response = Body::from_stream(stream).into_response();
+/// A kept file as a streamed body of its length.
+fn file_response(file: Kept, content_type: &'static str, disposition: Option<String>) -> Response {
+    let len = file.len();
+    let mut response = Body::from_stream(file.into_stream()).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -885,7 +875,14 @@ pub async fn cancel(
     let job = state.jobs.cancel(job).await?;
     tracing::info!(job = %id, user = %caller.0.email, "cancel requested");
     let log_bytes = log_len(&state, &id).await;
-    Ok(Json(view(&state, &job, log_bytes)))
+    Ok(Json(view(&state, &job, log_bytes).await))
+}
+
+/// Any request but health and version, on a cluster's worker-only node.
+pub async fn worker_only() -> ApiError {
+    ApiError::Absent(
+        "not served by this node: it runs jobs only (--role worker); ask an api node".into(),
+    )
 }
 
 pub async fn whoami(caller: Caller) -> Json<UserView> {

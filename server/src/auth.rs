@@ -12,9 +12,10 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::db::{Db, DbError};
+use crate::accounts::Accounts;
 use crate::error::ApiError;
 use crate::model::{now_ms, ApiKey, Role, User};
+use crate::store::StoreError;
 use crate::AppState;
 
 pub const KEY_PREFIX: &str = "ci_";
@@ -39,7 +40,11 @@ pub fn new_key(user_id: &str, name: &str) -> (String, ApiKey) {
 }
 
 /// A fresh key of the user, stored durably; its id is unique among the stored keys.
-pub async fn create_key(db: &Db, user_id: &str, name: &str) -> Result<(String, ApiKey), DbError> {
+pub async fn create_key(
+    db: &dyn Accounts,
+    user_id: &str,
+    name: &str,
+) -> Result<(String, ApiKey), StoreError> {
     loop {
         let (key, record) = new_key(user_id, name);
         if db.add_key(&record).await? {

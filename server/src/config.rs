@@ -214,6 +214,48 @@ pub struct ServeArgs {
     /// or `json` (one object per line: timestamp, level, target, fields).
     #[arg(long, value_enum, env = "CI_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// A PostgreSQL database that several servers share (`postgres://USER:PASSWORD@HOST/DB`):
+    /// job records, users and keys, uploads, logs and results live there, and any mix of
+    /// nodes (--role) may use it. Without it, everything is kept in the data directory and
+    /// this server is the only one.
+    #[arg(
+        long,
+        env = "CI_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
+    /// What this node does, with --database-url: `api` serves HTTP (submissions, logs, the
+    /// web page), `worker` claims jobs from the database and runs them; `api,worker` does both.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "api,worker")]
+    pub role: Vec<NodeRole>,
+
+    /// This node's name in the cluster, in the database and in the logs of the jobs it ran
+    /// [default: the host name and the port].
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// How often a worker renews the leases of its running jobs (and hears of their cancels).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// How long a job's lease lasts without a heartbeat: past it, any node queues the job
+    /// again for another worker (the silent worker's later writes are refused).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease_timeout: Duration,
+
+    /// How many times a job whose worker was lost is run again before it ends `lost`.
+    #[arg(long, default_value_t = 1)]
+    pub retry_lost: u32,
+}
+
+/// `--role`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRole {
+    Api,
+    Worker,
 }
 
 /// `--log-format`.
@@ -247,6 +289,28 @@ pub enum InstallNetwork {
 }
 
 impl ServeArgs {
+    /// Whether this node serves HTTP (always without a database: a single server does all).
+    pub fn serves_api(&self) -> bool {
+        self.database_url.is_none() || self.role.contains(&NodeRole::Api)
+    }
+
+    /// Whether this node runs jobs (always without a database).
+    pub fn runs_jobs(&self) -> bool {
+        self.database_url.is_none() || self.role.contains(&NodeRole::Worker)
+    }
+
+    /// This node's name: --node-name, else the host name and the port it listens on.
+    pub fn node_name(&self) -> String {
+        if let Some(name) = self.node_name.as_deref().filter(|n| !n.trim().is_empty()) {
+            return name.trim().to_string();
+        }
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "node".into());
+        format!("{host}:{}", self.listen.port())
+    }
+
     /// The data directory, with the per-user default applied.
     pub fn data_dir(&self) -> PathBuf {
         if let Some(dir) = &self.data_dir {

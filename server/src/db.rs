@@ -145,11 +145,20 @@ impl Db {
         Ok(jobs)
     }
 
+    fn all_users(&self) -> Result<Vec<User>, DbError> {
+        let mut users: Vec<User> = all(&self.users, "users")?;
+        users.sort_by_key(|u| u.created_ms);
+        Ok(users)
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::accounts::Accounts for Db {
     // Users and API keys: like the jobs, every call runs on the blocking pool (a scan reads
     // every record, a lookup may read the disk, a durable write waits for it).
 
     /// Stores a user, durably.
-    pub async fn put_user(&self, user: &User) -> Result<(), DbError> {
+    async fn put_user(&self, user: &User) -> Result<(), StoreError> {
         let (db, user) = (self.clone(), user.clone());
         blocking_db(move || {
             put(&db.users, &user.id, &user)?;
@@ -157,21 +166,24 @@ impl Db {
             Ok(())
         })
         .await
+        .map_err(backend)
     }
 
-    pub async fn user(&self, id: &str) -> Result<Option<User>, DbError> {
+    async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
         let (db, id) = (self.clone(), id.to_string());
-        blocking_db(move || get(&db.users, "users", &id)).await
+        blocking_db(move || get(&db.users, "users", &id))
+            .await
+            .map_err(backend)
     }
 
     /// Every user, oldest first.
-    pub async fn users(&self) -> Result<Vec<User>, DbError> {
+    async fn users(&self) -> Result<Vec<User>, StoreError> {
         let db = self.clone();
-        blocking_db(move || db.all_users()).await
+        blocking_db(move || db.all_users()).await.map_err(backend)
     }
 
     /// The user with `email`, whatever its case.
-    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, DbError> {
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         let (db, email) = (self.clone(), email.to_string());
         blocking_db(move || {
             Ok(db
@@ -180,17 +192,12 @@ impl Db {
                 .find(|u| u.email.eq_ignore_ascii_case(&email)))
         })
         .await
-    }
-
-    fn all_users(&self) -> Result<Vec<User>, DbError> {
-        let mut users: Vec<User> = all(&self.users, "users")?;
-        users.sort_by_key(|u| u.created_ms);
-        Ok(users)
+        .map_err(backend)
     }
 
     /// Stores a new key durably, unless a key with its id exists: then `false`, and nothing
     /// changed.
-    pub async fn add_key(&self, key: &ApiKey) -> Result<bool, DbError> {
+    async fn add_key(&self, key: &ApiKey) -> Result<bool, StoreError> {
         let (db, key) = (self.clone(), key.clone());
         blocking_db(move || {
             let bytes = serde_json::to_vec(&key).expect("records serialize");
@@ -204,10 +211,11 @@ impl Db {
             Ok(added)
         })
         .await
+        .map_err(backend)
     }
 
     /// Stores a changed key, durably.
-    pub async fn put_key(&self, key: &ApiKey) -> Result<(), DbError> {
+    async fn put_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         let (db, key) = (self.clone(), key.clone());
         blocking_db(move || {
             put(&db.keys, &key.id, &key)?;
@@ -215,21 +223,26 @@ impl Db {
             Ok(())
         })
         .await
+        .map_err(backend)
     }
 
     /// Records a key's last use. Not flushed: a crash loses at most that time.
-    pub async fn touch_key(&self, key: &ApiKey) -> Result<(), DbError> {
+    async fn touch_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         let (db, key) = (self.clone(), key.clone());
-        blocking_db(move || put(&db.keys, &key.id, &key)).await
+        blocking_db(move || put(&db.keys, &key.id, &key))
+            .await
+            .map_err(backend)
     }
 
-    pub async fn key(&self, id: &str) -> Result<Option<ApiKey>, DbError> {
+    async fn key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
         let (db, id) = (self.clone(), id.to_string());
-        blocking_db(move || get(&db.keys, "keys", &id)).await
+        blocking_db(move || get(&db.keys, "keys", &id))
+            .await
+            .map_err(backend)
     }
 
     /// Every key, oldest first.
-    pub async fn keys(&self) -> Result<Vec<ApiKey>, DbError> {
+    async fn keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let db = self.clone();
         blocking_db(move || {
             let mut keys: Vec<ApiKey> = all(&db.keys, "keys")?;
@@ -237,6 +250,7 @@ impl Db {
             Ok(keys)
         })
         .await
+        .map_err(backend)
     }
 }
 
@@ -356,6 +370,7 @@ fn all<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accounts::Accounts;
     use crate::model::Status;
     use std::os::unix::fs::PermissionsExt;
 
@@ -392,6 +407,13 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(60))
             .expect("concurrent flushes deadlocked");
         assert_eq!(db.jobs().unwrap().len(), 640);
+    }
+
+    #[tokio::test]
+    async fn sled_accounts_conform() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db")).unwrap();
+        crate::accounts::conformance::run(&db).await;
     }
 
     #[tokio::test]

@@ -107,11 +107,18 @@ impl From<std::io::Error> for ApiError {
     }
 }
 
+/// What a client is told to wait when the shared database is unavailable.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
             crate::store::StoreError::NotFound(id) => ApiError::NotFound(format!("job {id}")),
             crate::store::StoreError::Illegal(illegal) => ApiError::Conflict(illegal.to_string()),
+            crate::store::StoreError::Unavailable(_) => ApiError::Busy {
+                message: format!("{e}; try again shortly"),
+                retry_after_secs: UNAVAILABLE_RETRY_AFTER_SECS,
+            },
             e => ApiError::internal(e),
         }
     }

@@ -18,7 +18,7 @@ use crate::layout::JobPaths;
 use crate::lifecycle::{Transition, Verdict};
 use crate::logs::LiveLog;
 use crate::model::{Job, Phase};
-use crate::results::Results;
+use crate::results::ResultStore;
 use crate::store::JobStore;
 
 /// Runs claimed jobs.
@@ -105,6 +105,9 @@ pub enum StopReason {
     /// An admin disabled the job's owner.
     UserDisabled,
     Shutdown,
+    /// In a cluster: this worker's lease of the job was taken away (it was silent too long)
+    /// and the job queued again or ended; what it does from here is not recorded.
+    LeaseLost,
 }
 
 impl StopReason {
@@ -125,6 +128,9 @@ impl StopReason {
             },
             StopReason::Shutdown => Verdict::Lost {
                 reason: "the server shut down while the job was running".into(),
+            },
+            StopReason::LeaseLost => Verdict::Lost {
+                reason: "its worker's lease of the job was taken away".into(),
             },
         }
     }
@@ -216,7 +222,7 @@ pub struct JobEvents {
     id: String,
     log: Arc<LiveLog>,
     store: Arc<dyn JobStore>,
-    results: Results,
+    results: Arc<dyn ResultStore>,
 }
 
 impl JobEvents {
@@ -224,32 +230,23 @@ impl JobEvents {
         id: &str,
         log: Arc<LiveLog>,
         store: Arc<dyn JobStore>,
-        results: Results,
+        results: impl Into<Arc<dyn ResultStore>>,
     ) -> JobEvents {
         JobEvents {
             id: id.to_string(),
             log,
             store,
-            results,
+            results: results.into(),
         }
     }
 
     /// The job's tests ended and pytest's report at `junit` reads as `report`: kept with the
     /// job (the report and a copy of the file), and its counts recorded on the job.
     pub async fn report(&self, report: TestReport, junit: PathBuf) {
-        let (results, id, counts) = (self.results.clone(), self.id.clone(), report.counts);
-        let kept =
-            tokio::task::spawn_blocking(move || results.keep_report(&id, &report, &junit)).await;
-        match kept {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                self.note(&format!("the test report could not be kept: {e}"));
-                return;
-            }
-            Err(e) => {
-                tracing::error!(job = %self.id, error = %e, "keeping the report panicked");
-                return;
-            }
+        let counts = report.counts;
+        if let Err(e) = self.results.keep_report(&self.id, &report, &junit).await {
+            self.note(&format!("the test report could not be kept: {e}"));
+            return;
         }
         if let Err(e) = self.store.apply(&self.id, &Transition::Tests(counts)).await {
             tracing::error!(job = %self.id, error = %crate::error::chain(&e), "cannot record the job's tests");
@@ -267,12 +264,9 @@ impl JobEvents {
     /// The job's tests ended having written `dir` (`/artifacts`): what fits in `cap` bytes is
     /// kept with the job, and the log says what and how to fetch it.
     pub async fn artifacts(&self, dir: PathBuf, cap: u64) {
-        let (results, id) = (self.results.clone(), self.id.clone());
-        let kept =
-            tokio::task::spawn_blocking(move || results.keep_artifacts(&id, &dir, cap)).await;
-        match kept {
-            Ok(Ok(None)) => {}
-            Ok(Ok(Some(packed))) => {
+        match self.results.keep_artifacts(&self.id, &dir, cap).await {
+            Ok(None) => {}
+            Ok(Some(packed)) => {
                 let mut line = format!(
                     "kept {} artifact file{} ({}): ci artifacts {}",
                     packed.files,
@@ -289,8 +283,7 @@ impl JobEvents {
                 }
                 self.note(&line);
             }
-            Ok(Err(e)) => self.note(&format!("the artifacts could not be kept: {e}")),
-            Err(e) => tracing::error!(job = %self.id, error = %e, "keeping artifacts panicked"),
+            Err(e) => self.note(&format!("the artifacts could not be kept: {e}")),
         }
     }
 

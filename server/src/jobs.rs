@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::{Cluster, FencedStore};
 use crate::error::chain;
 pub use crate::executor::{Control, StopReason};
 use crate::executor::{Executor, JobEvents};
@@ -19,8 +20,9 @@ use crate::lifecycle::{Transition, Verdict};
 use crate::logs::{LiveLog, LogStore};
 use crate::model::{now_ms, Job, Status};
 use crate::queue::{FairQueue, Refusal, UserCaps};
-use crate::results::Results;
-use crate::store::{JobStore, StoreError};
+use crate::results::{ResultStore, Results};
+use crate::store::{Claimed, JobStore, SharedQueue, StoreError, SubmitRefused};
+use bytes::Bytes;
 
 /// How much the job manager runs and keeps waiting.
 #[derive(Clone, Copy, Debug)]
@@ -32,7 +34,13 @@ pub struct Limits {
     pub per_user: UserCaps,
     /// Bytes of output a job's log keeps (`--max-log-size`).
     pub log_cap: u64,
+    /// What an upload may hold: a cluster's worker unpacks it again.
+    pub upload: crate::upload::Limits,
 }
+
+/// A worker's longest wait between two looks at the database's queue when no notification
+/// comes (notifications are only wake-ups: one may be lost).
+const SHARED_POLL: Duration = Duration::from_secs(1);
 
 /// How long a cancel waits for the dispatcher to record the claim of the job it stops.
 const CLAIM_WAIT: Duration = Duration::from_secs(5);
@@ -64,6 +72,8 @@ struct Inner {
     queue: FairQueue,
     /// Running jobs by id: their owner and the handle to stop them.
     running: HashMap<String, (String, Arc<Control>)>,
+    /// In a cluster, the jobs this worker holds and by which attempt (their leases).
+    held: HashMap<String, i32>,
     accepting: bool,
 }
 
@@ -79,6 +89,9 @@ pub struct Jobs {
     slots: Arc<Semaphore>,
     tasks: TaskTracker,
     limits: Limits,
+    results: Arc<dyn ResultStore>,
+    /// `Some` when the queue is a database several nodes share.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Jobs {
@@ -89,6 +102,7 @@ impl Jobs {
         layout: DataLayout,
         limits: Limits,
     ) -> Jobs {
+        let layout_results = layout.results();
         Jobs {
             store,
             logs,
@@ -101,7 +115,41 @@ impl Jobs {
             wake: Arc::new(Notify::new()),
             slots: Arc::new(Semaphore::new(limits.max_jobs)),
             tasks: TaskTracker::new(),
+            results: Arc::new(Results::new(layout_results)),
             limits,
+            cluster: None,
+        }
+    }
+
+    /// Keeps what ended jobs keep (reports, artifacts) in `results` instead of the data
+    /// directory.
+    pub fn with_results(mut self, results: Arc<dyn ResultStore>) -> Jobs {
+        self.results = results;
+        self
+    }
+
+    /// Makes this job manager a node of `cluster`: its queue is the database's.
+    pub fn with_cluster(mut self, cluster: Cluster) -> Jobs {
+        self.cluster = Some(Arc::new(cluster));
+        self
+    }
+
+    /// The cluster this node is part of, if any.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// The jobs this worker holds, with their attempts (for the heartbeat).
+    pub fn held(&self) -> Vec<(String, i32)> {
+        let inner = self.inner.lock().expect("jobs lock");
+        inner.held.iter().map(|(id, a)| (id.clone(), *a)).collect()
+    }
+
+    /// Asks a job running here to stop, if it runs here.
+    pub fn request_stop(&self, id: &str, reason: StopReason) {
+        let inner = self.inner.lock().expect("jobs lock");
+        if let Some((_, control)) = inner.running.get(id) {
+            control.request(reason);
         }
     }
 
@@ -109,6 +157,21 @@ impl Jobs {
     /// jobs become `lost`, queued jobs go back in the queue, and job directories that no
     /// queued job owns (an upload cut short by a crash) are removed.
     pub async fn recover(&self) -> Result<(), JobsError> {
+        if let Some(cluster) = &self.cluster {
+            // The records are the cluster's: a job this node ran before it stopped is
+            // queued again by a reaper once its lease expires. What is local goes.
+            if cluster.worker {
+                self.executor.reconcile().await;
+            }
+            let layout = self.layout.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for name in layout.job_dirs() {
+                    layout.remove_job_dir_now(&name);
+                }
+            })
+            .await;
+            return Ok(());
+        }
         self.executor.reconcile().await;
         for job in self.store.list().await? {
             match job.status {
@@ -181,6 +244,10 @@ impl Jobs {
         if !inner.accepting {
             return Err(JobsError::ShuttingDown);
         }
+        if self.cluster.is_some() {
+            // Counted by the database as each job is recorded.
+            return Ok(());
+        }
         let queued = inner.queue.queued_by(owner);
         if queued + count > self.limits.per_user.queued {
             return Err(JobsError::OverCap {
@@ -203,8 +270,25 @@ impl Jobs {
     /// Records a new job whose project is unpacked in `dir`, and queues it; from here the
     /// job manager owns the directory. Refused when the server shuts down or the owner is
     /// over a per-user cap: then nothing of the job stays. Returns its place in the queue.
-    pub async fn submit(&self, job: Job, dir: JobDir) -> Result<usize, JobsError> {
+    pub async fn submit(&self, job: Job, dir: JobDir, upload: &Bytes) -> Result<usize, JobsError> {
         debug_assert_eq!(job.id, dir.id());
+        if let Some(cluster) = &self.cluster {
+            // The upload was unpacked here to check it; a worker unpacks it again from the
+            // database.
+            dir.remove().await;
+            if !self.inner.lock().expect("jobs lock").accepting {
+                return Err(JobsError::ShuttingDown);
+            }
+            return match cluster
+                .queue
+                .submit_with_upload(&job, upload, self.limits.per_user)
+                .await
+            {
+                Ok(()) => Ok(cluster.queue.queue_position(&job.id).await?.unwrap_or(1)),
+                Err(SubmitRefused::OverCap(r)) => Err(self.refusal(r)),
+                Err(SubmitRefused::Store(e)) => Err(e.into()),
+            };
+        }
         // Whatever refuses the job, its directory is gone before the answer.
         if let Err(e) = self.admits_bytes(&job.owner, job.upload_bytes) {
             dir.remove().await;
@@ -290,6 +374,10 @@ impl Jobs {
         if !inner.accepting {
             return Err(JobsError::ShuttingDown);
         }
+        if self.cluster.is_some() {
+            // Counted by the database as the job is recorded.
+            return Ok(());
+        }
         inner
             .queue
             .admits(owner, bytes, self.limits.per_user)
@@ -321,9 +409,13 @@ impl Jobs {
         inner.running.get(id).and_then(|(_, c)| c.requested())
     }
 
-    /// 1-based place of a queued job, in the order jobs will start if none ends meanwhile.
-    pub fn queue_position(&self, id: &str) -> Option<usize> {
-        self.inner.lock().expect("jobs lock").queue.position(id)
+    /// 1-based place of a queued job, in the order jobs will start if none ends meanwhile
+    /// (in a cluster, in submission order: the database's queue).
+    pub async fn queue_position(&self, id: &str) -> Option<usize> {
+        match &self.cluster {
+            Some(cluster) => cluster.queue.queue_position(id).await.ok().flatten(),
+            None => self.inner.lock().expect("jobs lock").queue.position(id),
+        }
     }
 
     /// Cancels a queued or running job. Returns the job as it is after the request.
@@ -358,6 +450,25 @@ impl Jobs {
         };
         if job.status.is_terminal() {
             return Err(ended(&job));
+        }
+        if let Some(cluster) = &self.cluster {
+            let asked = cluster
+                .queue
+                .request_stop(
+                    &job.id,
+                    crate::cluster::stop_name(reason),
+                    reason.cancel_reason(false),
+                    now_ms(),
+                )
+                .await;
+            return match asked {
+                Ok(now) => Ok(now),
+                Err(StoreError::Illegal(_)) => {
+                    let now = self.store.get(&job.id).await?.unwrap_or(job);
+                    Err(ended(&now))
+                }
+                Err(e) => Err(e.into()),
+            };
         }
         // A job is either in the queue or running (the dispatcher moves it under this
         // lock), or it has ended.
@@ -417,6 +528,12 @@ impl Jobs {
     /// ([`FairQueue::pop`]). A job is taken from the queue and marked running under one lock,
     /// so a cancel always finds it in one of the two.
     pub async fn dispatch(self) {
+        if let Some(cluster) = self.cluster.clone() {
+            if cluster.worker {
+                self.dispatch_shared(cluster).await;
+            }
+            return;
+        }
         loop {
             // A slot is taken only once a job can run: an idle dispatcher holds none, so
             // that a running job may take the free ones for its shards.
@@ -476,6 +593,137 @@ impl Jobs {
         }
     }
 
+    /// A worker's dispatcher: claims jobs from the database as slots free up, until shutdown.
+    async fn dispatch_shared(self, cluster: Arc<Cluster>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                return;
+            };
+            let notified = self.wake.notified();
+            if !self.inner.lock().expect("jobs lock").accepting {
+                return;
+            }
+            let claimed = cluster
+                .queue
+                .claim(&cluster.node, cluster.lease, self.limits.per_user)
+                .await;
+            let claimed = match claimed {
+                Ok(Some(claimed)) => {
+                    backoff = Duration::from_millis(100);
+                    claimed
+                }
+                Ok(None) => {
+                    drop(permit);
+                    tokio::select! {
+                        _ = cluster.queue.wait_for_work(SHARED_POLL) => {}
+                        _ = notified => {}
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    drop(permit);
+                    tracing::warn!(error = %chain(&e), "cannot claim a job");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let (id, owner) = (claimed.job.id.clone(), claimed.job.owner.clone());
+            let (control, token) = {
+                let mut inner = self.inner.lock().expect("jobs lock");
+                let control = Control::with_slots(self.slots.clone());
+                inner
+                    .running
+                    .insert(id.clone(), (owner.clone(), control.clone()));
+                inner.held.insert(id.clone(), claimed.attempt);
+                (control, self.tasks.token())
+            };
+            control.claimed();
+            let this = self.clone();
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                this.run_shared(claimed, &cluster, &control).await;
+                {
+                    let mut inner = this.inner.lock().expect("jobs lock");
+                    inner.running.remove(&id);
+                    inner.held.remove(&id);
+                }
+                drop(permit);
+                drop(token);
+            });
+        }
+    }
+
+    /// Runs a job this worker claimed: its upload is fetched and unpacked into a job
+    /// directory here, and every write is fenced by the claim's attempt.
+    async fn run_shared(&self, claimed: Claimed, cluster: &Cluster, control: &Arc<Control>) {
+        let Claimed { job, attempt } = claimed;
+        tracing::info!(job = %job.id, attempt, "job claimed");
+        let fenced: Arc<dyn JobStore> = Arc::new(FencedStore {
+            store: self.store.clone(),
+            queue: cluster.queue.clone(),
+            node: cluster.node.clone(),
+            attempt,
+        });
+        let log = match self.open_log(&job.id).await {
+            Ok(log) => log,
+            Err(e) => {
+                let verdict = Verdict::error(format!("cannot open the job's log: {}", chain(&e)));
+                self.finish_with(&fenced, &job, verdict).await;
+                return;
+            }
+        };
+        if attempt > 1 {
+            let _ = log.note(&format!("attempt {attempt}, on worker {}", cluster.node));
+        }
+        let verdict = match self.fetch_upload(&job, &cluster.queue).await {
+            Ok(()) => {
+                let events = JobEvents::new(&job.id, log, fenced.clone(), self.results.clone());
+                let paths = self.layout.job_paths(&job.id);
+                self.executor.run(&job, &paths, &events, control).await
+            }
+            Err(reason) => Verdict::error(reason),
+        };
+        self.finish_with(&fenced, &job, verdict).await;
+    }
+
+    /// Unpacks the stored upload of `job` into its directory here, with the same checks as
+    /// the api node made when it arrived.
+    async fn fetch_upload(&self, job: &Job, queue: &Arc<dyn SharedQueue>) -> Result<(), String> {
+        let bytes = match queue.upload(&job.id).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Err("the job's upload is missing from the database".into()),
+            Err(e) => return Err(format!("cannot fetch the job's upload: {}", chain(&e))),
+        };
+        let dir = self.layout.new_job_dir(&job.id);
+        let limits = self.limits.upload;
+        let unpacked = tokio::task::spawn_blocking(move || {
+            let project = dir.path().join("project");
+            let result = fs_err::create_dir_all(&project)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    crate::upload::unpack(&bytes[..], &project, limits).map_err(|e| e.to_string())
+                });
+            match result {
+                Ok(_) => {
+                    dir.keep();
+                    Ok(())
+                }
+                Err(e) => {
+                    dir.remove_now();
+                    Err(e)
+                }
+            }
+        })
+        .await;
+        match unpacked {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot unpack the job's upload: {e}")),
+            Err(e) => Err(format!("cannot unpack the job's upload: {e}")),
+        }
+    }
+
     /// Runs a claimed job to its end and records how it ended.
     async fn run(&self, job: Job, control: &Control) {
         tracing::info!(job = %job.id, "job started");
@@ -502,17 +750,26 @@ impl Jobs {
     /// that reaches the log's end reads the final status. The result is not written into the
     /// log, where a job's output could imitate it.
     async fn finish(&self, job: &Job, verdict: Verdict) {
+        let store = self.store.clone();
+        self.finish_with(&store, job, verdict).await;
+    }
+
+    /// [`Self::finish`] through `store` (a worker's fenced view of it, in a cluster).
+    async fn finish_with(&self, store: &Arc<dyn JobStore>, job: &Job, verdict: Verdict) {
         let _finish = crate::timing::step(&job.id, "finish: directory removed, end recorded");
         self.layout.remove_job_dir(&job.id).await;
         let finish = Transition::Finish {
             verdict,
             at_ms: now_ms(),
         };
-        match self.store.apply(&job.id, &finish).await {
+        match store.apply(&job.id, &finish).await {
             Ok(ended) => {
                 let secs = (ended.finished_ms.unwrap_or(0) - ended.started_ms.unwrap_or(0)) as f64
                     / 1000.0;
                 tracing::info!(job = %job.id, status = ended.status.as_str(), secs, "job ended");
+            }
+            Err(e @ StoreError::Fenced { .. }) => {
+                tracing::warn!(job = %job.id, error = %chain(&e), "the job's end was not recorded: another attempt holds it")
             }
             Err(e) => {
                 tracing::error!(job = %job.id, error = %chain(&e), "cannot record the job's end")
@@ -547,8 +804,8 @@ impl Jobs {
     }
 
     /// What ended jobs keep: their reports and artifacts.
-    pub fn results(&self) -> Results {
-        Results::new(self.layout.results())
+    pub fn results(&self) -> Arc<dyn ResultStore> {
+        self.results.clone()
     }
 
     /// Whether a job directory named `id` exists (new ids must not collide); one that cannot

@@ -1,12 +1,14 @@
 //! The CI server: HTTP API, job queue, logs and users. It launches containers only through
 //! helper processes of `ci-runner`, never in its own process.
 
+pub mod accounts;
 pub mod admin;
 pub mod api;
 pub mod artifacts;
 pub mod auth;
 pub mod bytecode;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod config_file;
 pub mod db;
@@ -27,6 +29,7 @@ pub mod logs;
 pub mod model;
 pub mod output;
 pub mod perms;
+pub mod pg;
 pub mod queue;
 pub mod report;
 pub mod results;
@@ -56,7 +59,7 @@ pub use config::ServeArgs;
 #[derive(Clone)]
 pub struct AppState {
     /// Users and API keys.
-    pub db: db::Db,
+    pub db: Arc<dyn accounts::Accounts>,
     /// Job records; every status change goes through `jobs`.
     pub store: Arc<dyn store::JobStore>,
     /// Job logs; written through `jobs`, read by the API, removed by retention.
@@ -72,6 +75,8 @@ pub struct AppState {
     /// The data directory's lock (`open` takes it before anything in the directory is
     /// touched): held as long as the state is.
     pub data_lock: Option<Arc<lock::DataLock>>,
+    /// Whether this node serves the API (a cluster's worker-only node does not).
+    pub serves_api: bool,
 }
 
 /// The API. `body_timeout` is the longest pause allowed between the chunks of a request body.
@@ -113,6 +118,16 @@ pub fn router(state: AppState, body_timeout: std::time::Duration) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             body_timeout,
         ))
+        .with_state(state)
+}
+
+/// What a cluster's worker-only node answers over HTTP: its health and version; anything
+/// else is an api node's.
+pub fn worker_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/v1/version", get(api::version))
+        .fallback(api::worker_only)
         .with_state(state)
 }
 
@@ -190,11 +205,74 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         cgroup_parent: sandbox.cgroup_parent.clone(),
         sandbox,
     });
-    let mut state = AppState::new(db, Arc::new(logs), layout, executor, installer, args);
+    let mut state = match &args.database_url {
+        None => AppState::new(db, Arc::new(logs), layout, executor, installer, args),
+        Some(url) => {
+            // The data directory's sled database stays unused: a cluster's records are the
+            // database's.
+            drop(db);
+            cluster_state(url, layout, executor, installer, args).await?
+        }
+    };
     state.data_lock = Some(Arc::new(data_lock));
     api::bootstrap_admin(&state, &state.jobs.layout().admin_key()).await?;
     // Removes what a previous server process left, and settles its jobs.
     state.jobs.recover().await?;
+    Ok(state)
+}
+
+/// The state of a node of a cluster: records, users and keys, logs, uploads and results in
+/// the database at `url`.
+async fn cluster_state(
+    url: &str,
+    layout: layout::DataLayout,
+    executor: Arc<dyn executor::Executor>,
+    installer: ci_project::Installer,
+    args: &ServeArgs,
+) -> anyhow::Result<AppState> {
+    let pg = pg::Pg::connect(url)
+        .await
+        .context("cannot use the database of --database-url")?;
+    let node = args.node_name();
+    let roles = args
+        .role
+        .iter()
+        .map(|r| match r {
+            config::NodeRole::Api => "api",
+            config::NodeRole::Worker => "worker",
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let queue: Arc<dyn store::SharedQueue> = Arc::new(pg.clone());
+    queue
+        .register_node(&node, &roles, env!("CARGO_PKG_VERSION"))
+        .await
+        .context("cannot register this node in the database")?;
+    tracing::info!(database = %pg::redacted(pg.config()), node = %node, roles = %roles, "cluster node");
+    let spool = layout.logs();
+    let logs = pg::logs::PgLogs::new(pg.clone(), spool).context("cannot open the log spool")?;
+    let mut state = AppState::with_store(
+        Arc::new(pg.clone()),
+        Arc::new(pg.clone()),
+        Arc::new(logs),
+        layout,
+        executor,
+        installer,
+        args,
+    );
+    state.jobs = state
+        .jobs
+        .clone()
+        .with_results(Arc::new(pg::results::PgResults::new(pg.clone())))
+        .with_cluster(cluster::Cluster {
+            queue,
+            node,
+            worker: args.runs_jobs(),
+            heartbeat: args.heartbeat_interval,
+            lease: args.lease_timeout,
+            retry_lost: args.retry_lost,
+        });
+    state.serves_api = args.serves_api();
     Ok(state)
 }
 
@@ -209,12 +287,12 @@ impl AppState {
         args: &ServeArgs,
     ) -> AppState {
         let store: Arc<dyn store::JobStore> = Arc::new(db.clone());
-        AppState::with_store(db, store, logs, layout, executor, installer, args)
+        AppState::with_store(Arc::new(db), store, logs, layout, executor, installer, args)
     }
 
     /// [`AppState::new`] with the job records in `store` (tests wrap sled to widen races).
     pub fn with_store(
-        db: db::Db,
+        db: Arc<dyn accounts::Accounts>,
         store: Arc<dyn store::JobStore>,
         logs: Arc<dyn logs::LogStore>,
         layout: layout::DataLayout,
@@ -236,6 +314,7 @@ impl AppState {
                     running: args.max_running_per_user(),
                 },
                 log_cap: args.max_log_size,
+                upload: upload_limits(args),
             },
         );
         AppState {
@@ -244,11 +323,7 @@ impl AppState {
             logs,
             jobs,
             installer,
-            upload_limits: upload::Limits {
-                max_compressed_bytes: args.max_upload_size,
-                max_unpacked_bytes: args.max_unpacked_size,
-                max_entries: args.max_upload_entries,
-            },
+            upload_limits: upload_limits(args),
             job_retention: args.job_retention,
             uploads: upload::Intake::new(
                 args.max_concurrent_uploads,
@@ -256,7 +331,16 @@ impl AppState {
                 args.min_free_disk,
             ),
             data_lock: None,
+            serves_api: true,
         }
+    }
+}
+
+fn upload_limits(args: &ServeArgs) -> upload::Limits {
+    upload::Limits {
+        max_compressed_bytes: args.max_upload_size,
+        max_unpacked_bytes: args.max_unpacked_size,
+        max_entries: args.max_upload_entries,
     }
 }
 
@@ -323,6 +407,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let dispatcher = tokio::spawn(state.jobs.clone().dispatch());
+    // A cluster's node renews its jobs' leases (a worker) and looks for silent workers.
+    let cluster_tasks: Vec<tokio::task::JoinHandle<()>> = match state.jobs.cluster() {
+        Some(cluster) => {
+            let mut tasks = vec![tokio::spawn(cluster::reaper(cluster.clone()))];
+            if cluster.worker {
+                tasks.push(tokio::spawn(cluster::heartbeats(
+                    state.jobs.clone(),
+                    cluster.clone(),
+                )));
+            }
+            tasks
+        }
+        None => Vec::new(),
+    };
     // The executor's upkeep: caches, warming the image.
     let upkeep = {
         let jobs = state.jobs.clone();
@@ -343,11 +441,18 @@ pub async fn serve(
         tracing::info!("shutting down: no new jobs");
         let _ = stopped_tx.send(());
     };
-    let app = router(state, limits.body_timeout);
+    let app = if state.serves_api {
+        router(state, limits.body_timeout)
+    } else {
+        worker_router(state)
+    };
     let server = tokio::spawn(listener::serve(listener, app, limits, graceful));
     let _ = stopped_rx.await;
     // Running jobs get the grace period; log followers see their end, then the server stops.
     jobs.shutdown(grace).await;
+    for task in cluster_tasks {
+        task.abort();
+    }
     dispatcher.abort();
     upkeep.abort();
     retention.abort();

@@ -8,6 +8,8 @@
 //!    │ cancel           │ lose (the server stopped while it ran)
 //!    ▼                  ▼
 //!  cancelled           lost        (terminal statuses never change again)
+//!
+//!  running ──requeue──▶ queued     (a cluster's worker went silent: another attempt)
 //! ```
 //!
 //! Nothing else writes a job's status: the executor reports a [`Verdict`], the job manager
@@ -101,8 +103,12 @@ pub enum Transition {
     Finish { verdict: Verdict, at_ms: i64 },
     /// A queued job was cancelled before it ran.
     CancelQueued { reason: String, at_ms: i64 },
-    /// A running job is found after a restart: its server went away while it ran.
+    /// A running job is found after a restart: its server went away while it ran (or, in a
+    /// cluster, its worker went silent and its retries are used up).
     Lose { reason: String, at_ms: i64 },
+    /// A cluster's running job whose worker went silent goes back in the queue for another
+    /// attempt, on any worker.
+    Requeue,
 }
 
 /// Why a transition was refused; the record is left as it was.
@@ -124,6 +130,7 @@ impl Transition {
             Transition::Finish { .. } => "finish it",
             Transition::CancelQueued { .. } => "cancel it in the queue",
             Transition::Lose { .. } => "mark it lost",
+            Transition::Requeue => "queue it again",
         }
     }
 }
@@ -157,6 +164,12 @@ pub fn apply(job: &mut Job, transition: &Transition) -> Result<(), Illegal> {
             job.status = Status::Cancelled;
             job.reason = Some(reason.clone());
             end(job, *at_ms);
+        }
+        (Status::Running, Transition::Requeue) => {
+            job.status = Status::Queued;
+            job.started_ms = None;
+            job.phase = None;
+            job.tests = None;
         }
         (Status::Running, Transition::Lose { reason, at_ms }) => {
             job.status = Status::Lost;
@@ -205,6 +218,7 @@ mod tests {
                 ..TestCounts::default()
             }),
             Transition::Python("3.13".into()),
+            Transition::Requeue,
         ]
     }
 
@@ -233,6 +247,7 @@ mod tests {
             (Status::Running, 4, Status::Lost),
             (Status::Running, 5, Status::Running),
             (Status::Running, 6, Status::Running),
+            (Status::Running, 7, Status::Queued),
         ];
         for from in Status::ALL {
             for (i, t) in every_transition().iter().enumerate() {

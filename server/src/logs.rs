@@ -584,16 +584,27 @@ pub mod conformance {
     /// Runs every check against a fresh, empty store from `new`. Needs a multi-threaded
     /// runtime: the writer writes from a thread of its own while followers read.
     pub async fn run<L: LogStore>(new: impl Fn() -> L) {
-        let new = || -> Arc<dyn LogStore> { Arc::new(new()) };
-        followers_resume_losslessly_at_any_offset_while_the_job_writes(new()).await;
-        the_cap_drops_job_output_but_not_server_notes(new()).await;
-        a_note_after_output_without_a_newline_starts_its_own_line(new()).await;
-        a_follower_sees_the_end_once_the_log_is_closed(new()).await;
-        only_closed_logs_are_removed_and_missing_ones_count_as_removed(new()).await;
-        offsets_past_the_end(new()).await;
-        an_open_log_has_one_writer(new()).await;
-        lengths(new()).await;
+        run_async(|| std::future::ready(new())).await;
     }
+
+    /// [`run`] with stores that take a while to make (a fresh database each).
+    pub async fn run_async<L: LogStore, F: std::future::Future<Output = L>>(new: impl Fn() -> F) {
+        let new = || {
+            let store = new();
+            async move { Arc::new(store.await) as Arc<dyn LogStore> }
+        };
+        followers_resume_losslessly_at_any_offset_while_the_job_writes(new().await).await;
+        the_cap_drops_job_output_but_not_server_notes(new().await).await;
+        a_note_after_output_without_a_newline_starts_its_own_line(new().await).await;
+        a_follower_sees_the_end_once_the_log_is_closed(new().await).await;
+        only_closed_logs_are_removed_and_missing_ones_count_as_removed(new().await).await;
+        offsets_past_the_end(new().await).await;
+        an_open_log_has_one_writer(new().await).await;
+        lengths(new().await).await;
+    }
+
+    /// The job ids the checks write logs of (a store that needs job records makes these).
+    pub const JOB_IDS: [&str; 5] = ["j", "k", "q", "a", "b"];
 
     /// Everything a stream from `offset` yields, until it ends (within a minute).
     pub async fn collect(store: &dyn LogStore, id: &str, offset: u64) -> Vec<u8> {

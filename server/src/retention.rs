@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::logs::LogStore;
 use crate::model::Job;
-use crate::results::Results;
+use crate::results::ResultStore;
 use crate::store::{JobStore, StoreError};
 
 /// How often the collector looks: a quarter of the retention (so a log outlives it by at
@@ -41,7 +41,7 @@ pub fn is_due(job: &Job, now_ms: i64, retention: Duration) -> bool {
 pub async fn collect(
     store: &dyn JobStore,
     logs: &dyn LogStore,
-    results: &Results,
+    results: &dyn ResultStore,
     retention: Duration,
     now_ms: i64,
 ) -> Result<usize, StoreError> {
@@ -54,20 +54,9 @@ pub async fn collect(
         .collect();
     let mut expired = 0;
     for id in due {
-        let removed = {
-            let (results, id) = (results.clone(), id.clone());
-            tokio::task::spawn_blocking(move || results.remove(&id)).await
-        };
-        match removed {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(job = %id, error = %e, "cannot remove an expired job's report and artifacts");
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(job = %id, error = %e, "removing an expired job's results panicked");
-                continue;
-            }
+        if let Err(e) = results.remove(&id).await {
+            tracing::warn!(job = %id, error = %e, "cannot remove an expired job's report and artifacts");
+            continue;
         }
         match logs.remove(&id).await {
             Ok(true) => {}
@@ -89,15 +78,16 @@ pub async fn collect(
 pub async fn run(
     store: Arc<dyn JobStore>,
     logs: Arc<dyn LogStore>,
-    results: Results,
+    results: impl Into<Arc<dyn ResultStore>>,
     retention: Duration,
 ) {
+    let results: Arc<dyn ResultStore> = results.into();
     let mut every = tokio::time::interval(interval(retention));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
         let now = crate::model::now_ms();
-        match collect(&*store, &*logs, &results, retention, now).await {
+        match collect(&*store, &*logs, &*results, retention, now).await {
             Ok(0) => {}
             Ok(expired) => {
                 tracing::info!(expired, retention = %describe(retention), "removed the logs of old jobs");
@@ -126,6 +116,7 @@ pub fn describe(retention: Duration) -> String {
 mod tests {
     use super::*;
     use crate::model::Status;
+    use crate::results::Results;
 
     const DAY: Duration = Duration::from_secs(86_400);
 

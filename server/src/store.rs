@@ -20,6 +20,13 @@ pub enum StoreError {
     NotFound(String),
     #[error(transparent)]
     Illegal(#[from] Illegal),
+    /// The worker's claim of the job was taken away (its lease expired and another worker
+    /// claimed it, or it was requeued): nothing it writes is stored any more.
+    #[error("job {id}: attempt {attempt} no longer holds it")]
+    Fenced { id: String, attempt: i32 },
+    /// The shared database cannot be reached now: worth retrying (the API answers 503).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("job store: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -28,6 +35,142 @@ impl StoreError {
     pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
         StoreError::Backend(Box::new(e))
     }
+}
+
+/// A job a worker node claimed from a [`SharedQueue`]: the record after the claim and the
+/// attempt it holds it by (the fencing token every later write of that worker carries).
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub job: Job,
+    pub attempt: i32,
+}
+
+/// What a heartbeat learned about the jobs a node holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Held jobs someone asked to stop (cancel from any api node, owner disabled), with the
+    /// reason as stored (`StopReason::as_str`).
+    pub stop: Vec<(String, String)>,
+    /// Held jobs this node no longer holds by that attempt: their leases were taken away.
+    /// The node kills their containers; their writes are refused anyway.
+    pub lost: Vec<String>,
+}
+
+/// A job whose worker's lease expired, as the reaper settled it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reaped {
+    pub id: String,
+    /// The node that held it.
+    pub node: String,
+    /// The attempt that was lost.
+    pub attempt: i32,
+    /// Queued again for another attempt (`true`), or ended `lost` (retries used up).
+    pub requeued: bool,
+}
+
+/// Why a shared submission was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitRefused {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The owner is over a per-user cap, counted in the database under the owner's lock.
+    #[error("over a per-user cap")]
+    OverCap(crate::queue::Refusal),
+}
+
+/// The queue of a cluster, in a database several nodes share: api nodes submit and cancel,
+/// worker nodes claim jobs under a lease, renew it by heartbeat, and every node's reaper
+/// requeues the jobs of a worker that went silent. Every write of a worker after its claim
+/// is fenced by its attempt ([`StoreError::Fenced`]). The embedded single-node store has no
+/// such queue: its job manager keeps the queue in memory.
+#[async_trait]
+pub trait SharedQueue: Send + Sync + 'static {
+    /// Records a queued job and its upload (the client's gzipped tar, whole) in one
+    /// transaction, after checking the owner's per-user queue caps under a lock of that
+    /// owner; then wakes the workers.
+    async fn submit_with_upload(
+        &self,
+        job: &Job,
+        upload: &[u8],
+        caps: crate::queue::UserCaps,
+    ) -> Result<(), SubmitRefused>;
+
+    /// The stored upload of a job (for the worker that claimed it); `None` when gone.
+    async fn upload(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Claims the next job for `node`: among owners with fewer than `caps.running` jobs
+    /// running on this node (the flag is each server's), the one with the fewest jobs running
+    /// in the whole cluster, then the oldest job (`FOR UPDATE SKIP LOCKED`, so claiming
+    /// workers never wait on each other). The job becomes running with `attempt + 1`, this
+    /// node, and a lease of `lease` from the database's now.
+    async fn claim(
+        &self,
+        node: &str,
+        lease: std::time::Duration,
+        caps: crate::queue::UserCaps,
+    ) -> Result<Option<Claimed>, StoreError>;
+
+    /// Renews, in one statement, the leases of the jobs `node` holds (`held`: id and
+    /// attempt), records that the node is alive, and says which of them were asked to stop
+    /// and which it no longer holds.
+    async fn heartbeat(
+        &self,
+        node: &str,
+        lease: std::time::Duration,
+        held: &[(String, i32)],
+    ) -> Result<Heartbeat, StoreError>;
+
+    /// [`JobStore::apply`] by the worker that claimed the job with `attempt`: refused with
+    /// [`StoreError::Fenced`] when the job is no longer held by that attempt on that node.
+    async fn apply_as(
+        &self,
+        id: &str,
+        node: &str,
+        attempt: i32,
+        transition: &crate::lifecycle::Transition,
+    ) -> Result<Job, StoreError>;
+
+    /// Stops a job from any node: a queued one is cancelled at once (the record after it is
+    /// returned); a running one gets `reason` stored for its worker's next heartbeat (the
+    /// record as it is is returned). [`StoreError::Illegal`] for an ended job.
+    async fn request_stop(
+        &self,
+        id: &str,
+        reason: &str,
+        cancel_reason: &str,
+        at_ms: i64,
+    ) -> Result<Job, StoreError>;
+
+    /// Settles running jobs whose lease expired by the database's clock: each is queued
+    /// again (node cleared, so the old worker is fenced at once) while it has had at most
+    /// `retry_lost` retries, else it ends `lost`; either way a line
+    /// `==> worker NODE lost; attempt N` (or that it is lost for good) is appended to its log
+    /// in the same transaction.
+    async fn reap(&self, retry_lost: u32, at_ms: i64) -> Result<Vec<Reaped>, StoreError>;
+
+    /// 1-based place of a queued job in submission order; `None` when it is not queued.
+    async fn queue_position(&self, id: &str) -> Result<Option<usize>, StoreError>;
+
+    /// Records this node at start (its roles and version), and forgets nodes silent for a
+    /// day.
+    async fn register_node(&self, node: &str, roles: &str, version: &str)
+        -> Result<(), StoreError>;
+
+    /// The nodes and how many seconds ago each was last seen, by the database's clock.
+    async fn nodes(&self) -> Result<Vec<NodeSeen>, StoreError>;
+
+    /// Resolves when a job may be waiting for a worker: a `NOTIFY` after a submission or a
+    /// requeue, or `poll` elapsed (a notification may be lost: it is only a wake-up).
+    async fn wait_for_work(&self, poll: std::time::Duration);
+}
+
+/// A node of the cluster as the database last saw it.
+#[derive(Clone, Debug)]
+pub struct NodeSeen {
+    pub name: String,
+    pub roles: String,
+    pub version: String,
+    pub seen_secs_ago: f64,
 }
 
 /// The job records. Every write is durable when it returns: a client is told of a job

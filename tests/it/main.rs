@@ -4,6 +4,7 @@ mod abuse_connections;
 mod artifacts;
 mod bytecode;
 mod cli;
+mod cluster;
 mod errors;
 mod fairness;
 mod hostile;

@@ -186,7 +186,7 @@ async fn an_expired_jobs_report_and_artifacts_are_gone() {
     let collect = ci_server::retention::collect(
         &*state.store,
         &*state.logs,
-        &results,
+        &*results,
         std::time::Duration::ZERO,
         now,
     );

@@ -437,7 +437,15 @@ impl TestApp {
             None => AppState::new(db, logs, layout.clone(), executor, installer, &args),
             Some(wrap) => {
                 let store = wrap(db.clone());
-                AppState::with_store(db, store, logs, layout.clone(), executor, installer, &args)
+                AppState::with_store(
+                    std::sync::Arc::new(db),
+                    store,
+                    logs,
+                    layout.clone(),
+                    executor,
+                    installer,
+                    &args,
+                )
             }
         };
         ci_server::api::bootstrap_admin(&state, &layout.admin_key())

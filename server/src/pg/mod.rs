@@ -1,0 +1,230 @@
+//! The PostgreSQL backend (`--database-url`): the job records, users and keys, logs, uploads
+//! and results of a cluster of `ci-server` nodes that share one database. Without a database
+//! URL the server keeps all of it in its data directory (sled and files), as a single node.
+//!
+//! One [`Pg`] is a connection pool (deadpool over tokio-postgres). Its schema is applied at
+//! start, under an advisory lock, so nodes that start together agree on it. Every time a
+//! cluster compares (leases, heartbeats) is the database's `now()`, never a node's clock.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+pub mod accounts;
+pub mod jobs;
+pub mod logs;
+pub mod results;
+
+/// The migrations, in order; a database records the last one applied in `schema_version`.
+const MIGRATIONS: &[&str] = &[include_str!("schema.sql")];
+
+/// Any number that no other user of the database is likely to take: the advisory lock held
+/// while the schema is applied.
+const MIGRATION_LOCK: i64 = 0x6369_2d73_6572_7665; // "ci-serve"
+
+/// Connections a node keeps to the database at most.
+const POOL_SIZE: usize = 16;
+
+/// How long a node waits for a connection from its pool, or for a new one, before it says
+/// the database is unavailable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The database cannot be reached now (down, restarting, the pool timed out): worth
+    /// retrying; the API answers 503 with `Retry-After`.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("bad database URL: {0}")]
+    Url(String),
+    #[error("corrupt record in {table}: {source}")]
+    Corrupt {
+        table: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+impl PgError {
+    /// Whether this is an outage rather than a refusal: the connection is closed or cannot
+    /// be made, or the server is shutting down or starting.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            PgError::Unavailable(_) => true,
+            PgError::Query(e) => is_outage(e),
+            _ => false,
+        }
+    }
+}
+
+/// Whether a client error means the database went away, not that it refused a statement.
+pub fn is_outage(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        // Class 08 (connection exception), 57P01-57P03 (admin shutdown, crash shutdown,
+        // cannot connect now).
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+        }
+        // No SQLSTATE: an I/O error on the socket.
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}
+
+/// A database error as the stores report it: an outage is [`StoreError::Unavailable`] (worth
+/// retrying, 503), anything else a backend error.
+pub(crate) fn store_error(e: impl Into<PgError>) -> crate::store::StoreError {
+    let e = e.into();
+    if e.is_unavailable() {
+        crate::store::StoreError::Unavailable(match e {
+            PgError::Unavailable(text) => text,
+            other => other.to_string(),
+        })
+    } else {
+        crate::store::StoreError::backend(e)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for PgError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) if !is_outage(&e) => PgError::Query(e),
+            e => PgError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// A pool of connections to the cluster's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Pg {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    /// The connection of its own that listens for `ci_work` ([`crate::store::SharedQueue::wait_for_work`]),
+    /// made on first use.
+    listener: std::sync::Arc<jobs::WorkListener>,
+}
+
+impl std::fmt::Debug for Pg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pg")
+            .field("url", &redacted(&self.config))
+            .finish()
+    }
+}
+
+/// The database as a log line may name it: user, host(s), port(s) and database, never the
+/// password.
+pub fn redacted(config: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        config.get_user().unwrap_or(""),
+        hosts.join(","),
+        ports.join(","),
+        config.get_dbname().unwrap_or("")
+    )
+}
+
+impl Pg {
+    /// Connects to `url` and applies the schema. Fails when the database cannot be reached:
+    /// a node does not start without its database.
+    pub async fn connect(url: &str) -> Result<Pg, PgError> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e: tokio_postgres::Error| {
+                PgError::Url(format!(
+                    "{e} (expected postgres://USER:PASSWORD@HOST:PORT/DB)"
+                ))
+            })?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.application_name("ci-server");
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                // A connection that the database closed (a restart) is noticed before it is
+                // handed out again.
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| PgError::Url(e.to_string()))?;
+        let pg = Pg {
+            pool,
+            config,
+            listener: Default::default(),
+        };
+        pg.migrate().await?;
+        Ok(pg)
+    }
+
+    /// A connection from the pool.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, PgError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// The connection settings, for a connection of its own (`LISTEN`).
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// Applies the migrations this database has not seen yet, one transaction each, while
+    /// holding an advisory lock: nodes that start at once apply each one once.
+    async fn migrate(&self) -> Result<(), PgError> {
+        let mut client = self.client().await?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        let applied = async {
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)",
+                )
+                .await?;
+            let row = client
+                .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+                .await?;
+            let current: i32 = row.get(0);
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+                let version = i as i32 + 1;
+                let tx = client.transaction().await?;
+                tx.batch_execute(sql).await?;
+                tx.execute("INSERT INTO schema_version VALUES ($1)", &[&version])
+                    .await?;
+                tx.commit().await?;
+                tracing::info!(version, "database schema migrated");
+            }
+            Ok::<_, PgError>(())
+        }
+        .await;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        applied
+    }
+
+    /// The server's version string (`SHOW server_version`), for `doctor`.
+    pub async fn server_version(&self) -> Result<String, PgError> {
+        let client = self.client().await?;
+        let row = client.query_one("SHOW server_version", &[]).await?;
+        Ok(row.get(0))
+    }
+}
