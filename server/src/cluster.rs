@@ -35,12 +35,15 @@ pub struct Cluster {
 }
 
 /// The job store as the worker holding a job by `attempt` sees it: its transitions are
-/// fenced ([`SharedQueue::apply_as`]); reads go to the store.
+/// fenced ([`SharedQueue::apply_as`]); reads go to the store. A write refused because the
+/// lease was taken away stops the job at once (`control`), without waiting for the next
+/// heartbeat to say so.
 pub struct FencedStore {
     pub store: Arc<dyn JobStore>,
     pub queue: Arc<dyn SharedQueue>,
     pub node: String,
     pub attempt: i32,
+    pub control: Arc<crate::executor::Control>,
 }
 
 #[async_trait]
@@ -54,9 +57,14 @@ impl JobStore for FencedStore {
     }
 
     async fn apply(&self, id: &str, transition: &Transition) -> Result<Job, StoreError> {
-        self.queue
+        let applied = self
+            .queue
             .apply_as(id, &self.node, self.attempt, transition)
-            .await
+            .await;
+        if let Err(StoreError::Fenced { .. }) = &applied {
+            self.control.request(crate::executor::StopReason::LeaseLost);
+        }
+        applied
     }
 
     async fn withdraw(&self, id: &str) -> Result<(), StoreError> {
@@ -105,7 +113,21 @@ pub fn stop_from_name(name: &str) -> crate::executor::StopReason {
 /// (it waits a lease period after an outage).
 pub async fn heartbeats(jobs: crate::jobs::Jobs, cluster: Arc<Cluster>) {
     let mut failing = false;
+    // What this worker last told the api nodes of its Pythons.
+    let mut published: Option<String> = None;
     loop {
+        if cluster.worker {
+            let pythons = jobs.executor().pythons(Duration::ZERO).await;
+            let json = serde_json::to_string(&pythons).unwrap_or_default();
+            if published.as_ref() != Some(&json) {
+                match cluster.queue.publish_pythons(&cluster.node, &pythons).await {
+                    Ok(()) => published = Some(json),
+                    Err(e) => {
+                        tracing::debug!(error = %crate::error::chain(&e), "cannot publish this worker's Pythons")
+                    }
+                }
+            }
+        }
         let held = jobs.held();
         match cluster
             .queue
@@ -133,6 +155,46 @@ pub async fn heartbeats(jobs: crate::jobs::Jobs, cluster: Arc<Cluster>) {
             }
         }
         tokio::time::sleep(cluster.heartbeat).await;
+    }
+}
+
+/// The executor of an api-only node: it runs nothing, and offers the Pythons the workers
+/// published (the most recently seen one's), so that a submission is checked against what
+/// will run it.
+pub struct WorkersPythons {
+    pub queue: Arc<dyn SharedQueue>,
+    /// How recently a worker must have been seen to count (the lease timeout).
+    pub fresh: Duration,
+}
+
+#[async_trait]
+impl crate::executor::Executor for WorkersPythons {
+    async fn run(
+        &self,
+        _job: &Job,
+        _paths: &crate::layout::JobPaths,
+        _events: &crate::executor::JobEvents,
+        _stop: &crate::executor::Control,
+    ) -> crate::lifecycle::Verdict {
+        crate::lifecycle::Verdict::error("this node runs no jobs (--role api)")
+    }
+
+    async fn pythons(&self, wait: Duration) -> Vec<ci_protocol::PythonView> {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let pythons = self
+                .queue
+                .worker_pythons(self.fresh)
+                .await
+                .unwrap_or_default();
+            let settled = pythons
+                .iter()
+                .all(|p| p.status != ci_protocol::ImageStatus::Preparing);
+            if (!pythons.is_empty() && settled) || tokio::time::Instant::now() >= until {
+                return pythons;
+            }
+            tokio::time::sleep(Duration::from_millis(500).min(wait)).await;
+        }
     }
 }
 

@@ -38,9 +38,82 @@ fn row(check: &str, finding: &Result<String, String>) -> Row {
 /// Prints the report; returns true when `serve` with `args` would start.
 pub fn run(args: &ServeArgs) -> bool {
     let caps = ci_runner::probe::capabilities();
-    let (text, ok) = report(args, &caps, can_listen(args.listen));
+    let (database, db_ok) = match &args.database_url {
+        Some(url) => database_rows(url),
+        None => (Vec::new(), true),
+    };
+    let (text, ok) = report(args, &caps, can_listen(args.listen), database);
     print!("{text}");
-    ok
+    ok && db_ok
+}
+
+/// The cluster's database: reachable, its version, and the nodes it has seen. Blocking (a
+/// runtime of its own: `doctor` runs on the blocking pool).
+fn database_rows(url: &str) -> (Vec<Row>, bool) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let row = Row {
+                check: "database".into(),
+                status: "FAIL",
+                detail: e.to_string(),
+            };
+            return (vec![row], false);
+        }
+    };
+    runtime.block_on(async {
+        use crate::store::SharedQueue;
+        let pg = match crate::pg::Pg::connect(url).await {
+            Ok(pg) => pg,
+            Err(e) => {
+                let row = Row {
+                    check: "database".into(),
+                    status: "FAIL",
+                    detail: e.to_string(),
+                };
+                return (vec![row], false);
+            }
+        };
+        let version = pg.server_version().await.unwrap_or_else(|e| e.to_string());
+        let mut rows = vec![Row {
+            check: "database".into(),
+            status: "ok",
+            detail: format!(
+                "{} (PostgreSQL {version})",
+                crate::pg::redacted(pg.config())
+            ),
+        }];
+        match pg.nodes().await {
+            Ok(nodes) if nodes.is_empty() => rows.push(Row {
+                check: "  nodes".into(),
+                status: "info",
+                detail: "none yet".into(),
+            }),
+            Ok(nodes) => {
+                for n in nodes {
+                    rows.push(Row {
+                        check: format!("  node {}", n.name),
+                        status: "info",
+                        detail: format!(
+                            "{} (version {}), last seen {:.0}s ago",
+                            if n.roles.is_empty() { "?" } else { &n.roles },
+                            n.version,
+                            n.seen_secs_ago
+                        ),
+                    });
+                }
+            }
+            Err(e) => rows.push(Row {
+                check: "  nodes".into(),
+                status: "FAIL",
+                detail: e.to_string(),
+            }),
+        }
+        (rows, true)
+    })
 }
 
 /// Whether `serve` could listen on `addr` now: bound and let go at once.
@@ -56,7 +129,14 @@ pub fn can_listen(addr: std::net::SocketAddr) -> Result<(), String> {
     }
 }
 
-fn report(args: &ServeArgs, caps: &Capabilities, listen: Result<(), String>) -> (String, bool) {
+/// The report's text and whether `serve` would start; `database` are the rows of
+/// [`database_rows`], empty without --database-url.
+fn report(
+    args: &ServeArgs,
+    caps: &Capabilities,
+    listen: Result<(), String>,
+    database: Vec<Row>,
+) -> (String, bool) {
     let mut rows = vec![Row {
         check: "server user".into(),
         status: if caps.is_root() { "root" } else { "user" },
@@ -168,6 +248,8 @@ fn report(args: &ServeArgs, caps: &Capabilities, listen: Result<(), String>) -> 
             detail: e.to_string(),
         }),
     }
+
+    rows.extend(database);
 
     let dirs = sandbox::reachable_dirs(args);
     let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();

@@ -289,7 +289,12 @@ async fn execute(
     }
 
     drop(step);
-    let job_id = job.id.clone();
+    // A job run again after its worker was lost may meet its first attempt's containers on
+    // this host (a worker that was stopped, not dead): they are named apart.
+    let job_id = match job.attempt {
+        0 | 1 => job.id.clone(),
+        n => format!("{}-a{n}", job.id),
+    };
     let common = Common {
         ctx,
         spec: spec_config(ctx, &image, &job_id, paths),

@@ -665,6 +665,7 @@ impl Jobs {
             queue: cluster.queue.clone(),
             node: cluster.node.clone(),
             attempt,
+            control: control.clone(),
         });
         let log = match self.open_log(&job.id).await {
             Ok(log) => log,

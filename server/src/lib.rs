@@ -135,33 +135,77 @@ pub fn worker_router(state: AppState) -> Router {
 pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppState> {
     let layout = layout::DataLayout::new(std::path::absolute(args.data_dir())?);
     // The checks start processes and look at files: off the async threads, like everything
-    // else that waits for the system here.
+    // else that waits for the system here. A cluster's api-only node runs no job: it needs
+    // no sandbox.
     let (data_lock, sandbox, ca_bundle) = {
         let (args, root) = (args.clone(), layout.root().to_path_buf());
         tokio::task::spawn_blocking(move || {
             fs_err::create_dir_all(&root).context("cannot create the data directory")?;
             // Before anything in it is touched.
             let data_lock = lock::acquire(&root)?;
-            let sandbox = start_up_check(&args)?;
+            let sandbox = match args.runs_jobs() {
+                true => Some(start_up_check(&args)?),
+                false => None,
+            };
             anyhow::Ok((data_lock, sandbox, args.ca_bundle()))
         })
         .await??
     };
     // The database and the logs are the server's user's only; a data dir of an older
-    // version is tightened here, which walks every log once.
+    // version is tightened here, which walks every log once. A cluster's node keeps its
+    // records in the cluster's database, and only the spool of its jobs' logs here.
+    let embedded = args.database_url.is_none();
     let (db, logs) = {
         let layout = layout.clone();
         tokio::task::spawn_blocking(move || {
-            let db = db::Db::open(&layout.db())?;
-            let logs =
-                logs::FileLogs::new(layout.logs()).context("cannot open the log directory")?;
+            let stores = match embedded {
+                true => Some((
+                    db::Db::open(&layout.db())?,
+                    logs::FileLogs::new(layout.logs()).context("cannot open the log directory")?,
+                )),
+                false => None,
+            };
             perms::tighten(&layout.admin_key()).context("cannot make admin.key private")?;
             layout.create()?;
-            anyhow::Ok((db, logs))
+            anyhow::Ok(stores)
         })
         .await??
+        .unzip()
     };
+    let (installer, uv) = installer(args, ca_bundle.clone())?;
+    let executor = match sandbox {
+        Some(sandbox) => Some(
+            container_executor(args, &layout, helper_exe, sandbox, ca_bundle, installer, uv)
+                .await?,
+        ),
+        None => None,
+    };
+    let mut state = match (&args.database_url, db, logs, executor) {
+        (None, Some(db), Some(logs), Some(executor)) => {
+            AppState::new(db, Arc::new(logs), layout, executor, installer, args)
+        }
+        (Some(url), _, _, executor) => {
+            cluster_state(url, layout, executor, installer, args).await?
+        }
+        _ => unreachable!("a single server has its stores and its executor"),
+    };
+    state.data_lock = Some(Arc::new(data_lock));
+    api::bootstrap_admin(&state, &state.jobs.layout().admin_key()).await?;
+    // Removes what a previous server process left, and settles its jobs.
+    state.jobs.recover().await?;
+    Ok(state)
+}
 
+/// What runs jobs here: containers from the server's images, in `sandbox`.
+async fn container_executor(
+    args: &ServeArgs,
+    layout: &layout::DataLayout,
+    helper_exe: PathBuf,
+    sandbox: sandbox::Sandbox,
+    ca_bundle: Option<PathBuf>,
+    installer: ci_project::Installer,
+    uv: Option<tools::UvProvider>,
+) -> anyhow::Result<Arc<dyn executor::Executor>> {
     let sources = args.image_sources()?;
     // Paths end up in container specs, which take absolute paths only.
     let store = ci_rootfs::Store::new(std::path::absolute(args.image_cache())?);
@@ -184,8 +228,7 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         .await?
         .map_err(anyhow::Error::msg)?
     };
-    let (installer, uv) = installer(args, ca_bundle.clone())?;
-    let executor = Arc::new(execute::ContainerExecutor {
+    Ok(Arc::new(execute::ContainerExecutor {
         helper_exe,
         state_root: layout.containers(),
         cache_dir: layout.cache(),
@@ -204,21 +247,7 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
         log_cap: args.max_log_size,
         cgroup_parent: sandbox.cgroup_parent.clone(),
         sandbox,
-    });
-    let mut state = match &args.database_url {
-        None => AppState::new(db, Arc::new(logs), layout, executor, installer, args),
-        Some(url) => {
-            // The data directory's sled database stays unused: a cluster's records are the
-            // database's.
-            drop(db);
-            cluster_state(url, layout, executor, installer, args).await?
-        }
-    };
-    state.data_lock = Some(Arc::new(data_lock));
-    api::bootstrap_admin(&state, &state.jobs.layout().admin_key()).await?;
-    // Removes what a previous server process left, and settles its jobs.
-    state.jobs.recover().await?;
-    Ok(state)
+    }))
 }
 
 /// The state of a node of a cluster: records, users and keys, logs, uploads and results in
@@ -226,7 +255,7 @@ pub async fn open(args: &ServeArgs, helper_exe: PathBuf) -> anyhow::Result<AppSt
 async fn cluster_state(
     url: &str,
     layout: layout::DataLayout,
-    executor: Arc<dyn executor::Executor>,
+    executor: Option<Arc<dyn executor::Executor>>,
     installer: ci_project::Installer,
     args: &ServeArgs,
 ) -> anyhow::Result<AppState> {
@@ -249,6 +278,13 @@ async fn cluster_state(
         .await
         .context("cannot register this node in the database")?;
     tracing::info!(database = %pg::redacted(pg.config()), node = %node, roles = %roles, "cluster node");
+    // An api-only node offers the Pythons the workers have.
+    let executor = executor.unwrap_or_else(|| {
+        Arc::new(cluster::WorkersPythons {
+            queue: queue.clone(),
+            fresh: args.lease_timeout,
+        })
+    });
     let spool = layout.logs();
     let logs = pg::logs::PgLogs::new(pg.clone(), spool).context("cannot open the log spool")?;
     let mut state = AppState::with_store(
@@ -410,14 +446,12 @@ pub async fn serve(
     // A cluster's node renews its jobs' leases (a worker) and looks for silent workers.
     let cluster_tasks: Vec<tokio::task::JoinHandle<()>> = match state.jobs.cluster() {
         Some(cluster) => {
-            let mut tasks = vec![tokio::spawn(cluster::reaper(cluster.clone()))];
-            if cluster.worker {
-                tasks.push(tokio::spawn(cluster::heartbeats(
-                    state.jobs.clone(),
-                    cluster.clone(),
-                )));
-            }
-            tasks
+            // Every node beats (the database's list of nodes says who is alive); a worker's
+            // beat renews its leases too.
+            vec![
+                tokio::spawn(cluster::reaper(cluster.clone())),
+                tokio::spawn(cluster::heartbeats(state.jobs.clone(), cluster.clone())),
+            ]
         }
         None => Vec::new(),
     };

@@ -145,6 +145,7 @@ pub fn apply(job: &mut Job, transition: &Transition) -> Result<(), Illegal> {
     };
     match (job.status, transition) {
         (Status::Queued, Transition::Claim { at_ms }) => {
+            job.attempt += 1;
             job.status = Status::Running;
             job.started_ms = Some(*at_ms);
             job.phase = None;

@@ -56,6 +56,10 @@ pub struct Job {
     /// [`ci_protocol::project_name_error`]; every job of a run carries it.
     #[serde(default)]
     pub project: Option<String>,
+    /// How many times it was claimed: more than once only in a cluster, where a job whose
+    /// worker was lost runs again. Its containers are named apart by it.
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 impl Job {
@@ -82,6 +86,7 @@ impl Job {
             run_id: None,
             python_note: None,
             project: None,
+            attempt: 0,
         }
     }
 }

@@ -159,6 +159,20 @@ pub trait SharedQueue: Send + Sync + 'static {
     /// The nodes and how many seconds ago each was last seen, by the database's clock.
     async fn nodes(&self) -> Result<Vec<NodeSeen>, StoreError>;
 
+    /// Records the Pythons a worker's images have (what its `GET /v1/pythons` would say).
+    async fn publish_pythons(
+        &self,
+        node: &str,
+        pythons: &[ci_protocol::PythonView],
+    ) -> Result<(), StoreError>;
+
+    /// The Pythons of the worker seen most recently within `fresh` that published any:
+    /// what an api node without images of its own offers. Empty when no worker is alive.
+    async fn worker_pythons(
+        &self,
+        fresh: std::time::Duration,
+    ) -> Result<Vec<ci_protocol::PythonView>, StoreError>;
+
     /// Resolves when a job may be waiting for a worker: a `NOTIFY` after a submission or a
     /// requeue, or `poll` elapsed (a notification may be lost: it is only a wake-up).
     async fn wait_for_work(&self, poll: std::time::Duration);

@@ -116,7 +116,8 @@ fn wait_terminal(api: &Server, id: &str) -> serde_json::Value {
 #[test]
 fn jobs_spread_over_both_workers_and_any_api_node_serves_them() {
     let pg = TestPostgres::start();
-    let cluster = Cluster::start(&pg.fresh_database());
+    let db = pg.fresh_database();
+    let cluster = Cluster::start(&db);
     let (api1, api2) = (&cluster.apis[0], &cluster.apis[1]);
     let project = ticking_project(3);
     let ids: Vec<String> = (0..4).map(|_| api1.submit_async(project.path())).collect();
@@ -140,6 +141,29 @@ fn jobs_spread_over_both_workers_and_any_api_node_serves_them() {
         used.insert(by[0]);
     }
     assert_eq!(used.len(), 2, "every job ran on one worker: {used:?}");
+    // The api nodes took the workers' Pythons: they have no image of their own.
+    let pythons = api2.get_json("/v1/pythons");
+    assert_eq!(pythons[0]["version"], "3.11.2", "{pythons}");
+    // `doctor` names the database and the four nodes it has seen.
+    let scratch = tempfile::tempdir().unwrap();
+    let doctor = std::process::Command::new(ci_e2e::bin("ci-server"))
+        .args(["doctor", "--database-url", &db, "--data-dir"])
+        .arg(scratch.path())
+        .args(["--listen", &format!("127.0.0.1:{}", ci_e2e::free_port())])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(text.contains("PostgreSQL 15"), "{text}");
+    for name in ["api-1", "api-2", "worker-1", "worker-2"] {
+        assert!(
+            text.contains(&format!("node {name}")),
+            "{name} missing:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("api,worker") || text.contains("worker ("),
+        "{text}"
+    );
     // A worker-only node serves no API.
     let (status, _) = http(
         "GET",

@@ -626,6 +626,47 @@ impl SharedQueue for Pg {
         Ok(())
     }
 
+    async fn publish_pythons(
+        &self,
+        node: &str,
+        pythons: &[ci_protocol::PythonView],
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_value(pythons).map_err(StoreError::backend)?;
+        let client = self.client().await.map_err(store_error)?;
+        client
+            .execute(
+                "UPDATE nodes SET pythons = $2, seen_at = now() WHERE name = $1",
+                &[&node, &json],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn worker_pythons(
+        &self,
+        fresh: Duration,
+    ) -> Result<Vec<ci_protocol::PythonView>, StoreError> {
+        let client = self.client().await.map_err(store_error)?;
+        let row = client
+            .query_opt(
+                "SELECT pythons FROM nodes \
+                 WHERE seen_at > now() - make_interval(secs => $1) \
+                   AND jsonb_array_length(pythons) > 0 \
+                 ORDER BY seen_at DESC LIMIT 1",
+                &[&secs(fresh)],
+            )
+            .await
+            .map_err(store_error)?;
+        match row {
+            None => Ok(Vec::new()),
+            Some(row) => {
+                let json: serde_json::Value = row.get(0);
+                serde_json::from_value(json).map_err(StoreError::backend)
+            }
+        }
+    }
+
     async fn nodes(&self) -> Result<Vec<NodeSeen>, StoreError> {
         let client = self.client().await.map_err(store_error)?;
         let rows = client

@@ -76,5 +76,7 @@ CREATE TABLE nodes (
     roles       text NOT NULL,
     version     text NOT NULL,
     started_at  timestamptz NOT NULL DEFAULT now(),
-    seen_at     timestamptz NOT NULL DEFAULT now()
+    seen_at     timestamptz NOT NULL DEFAULT now(),
+    -- A worker's Pythons (`GET /v1/pythons` of its images), for api nodes that have none.
+    pythons     jsonb NOT NULL DEFAULT '[]'::jsonb
 );
