@@ -42,6 +42,10 @@ pub struct Limits {
 /// comes (notifications are only wake-ups: one may be lost).
 const SHARED_POLL: Duration = Duration::from_secs(1);
 
+/// How long a cluster's worker keeps trying to reach an unavailable database for what a job
+/// cannot go without (its upload, the record of its end) before it gives up on it.
+const OUTAGE_PATIENCE: Duration = Duration::from_secs(600);
+
 /// How long a cancel waits for the dispatcher to record the claim of the job it stops.
 const CLAIM_WAIT: Duration = Duration::from_secs(5);
 
@@ -692,7 +696,15 @@ impl Jobs {
     /// Unpacks the stored upload of `job` into its directory here, with the same checks as
     /// the api node made when it arrived.
     async fn fetch_upload(&self, job: &Job, queue: &Arc<dyn SharedQueue>) -> Result<(), String> {
-        let bytes = match queue.upload(&job.id).await {
+        let mut fetched = queue.upload(&job.id).await;
+        let give_up = tokio::time::Instant::now() + OUTAGE_PATIENCE;
+        while matches!(fetched, Err(StoreError::Unavailable(_)))
+            && tokio::time::Instant::now() < give_up
+        {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            fetched = queue.upload(&job.id).await;
+        }
+        let bytes = match fetched {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Err("the job's upload is missing from the database".into()),
             Err(e) => return Err(format!("cannot fetch the job's upload: {}", chain(&e))),
@@ -763,7 +775,19 @@ impl Jobs {
             verdict,
             at_ms: now_ms(),
         };
-        match store.apply(&job.id, &finish).await {
+        // In a cluster, an end reached while the database is out is recorded once it is back
+        // (the job's lease is renewed meanwhile: it is still held here).
+        let mut recorded = store.apply(&job.id, &finish).await;
+        let give_up = tokio::time::Instant::now() + OUTAGE_PATIENCE;
+        let mut wait = Duration::from_millis(250);
+        while matches!(recorded, Err(StoreError::Unavailable(_)))
+            && tokio::time::Instant::now() < give_up
+        {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+            recorded = store.apply(&job.id, &finish).await;
+        }
+        match recorded {
             Ok(ended) => {
                 let secs = (ended.finished_ms.unwrap_or(0) - ended.started_ms.unwrap_or(0)) as f64
                     / 1000.0;
