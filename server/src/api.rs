@@ -241,9 +241,17 @@ async fn accept(
             }
         }
     });
-    // A cluster's api node stores the upload as it came for the worker that runs the job.
-    let mut kept = state.jobs.cluster().map(|_| Vec::new());
-    let receiving = tokio::time::timeout_at(deadline, send_body(body, tx, limits, kept.as_mut()));
+    // A cluster's api node keeps the upload as it came, for the worker that runs the job:
+    // in a file beside the job directories (never whole in memory), removed when the
+    // submission is answered.
+    let mut kept = match state.jobs.cluster() {
+        Some(_) => Some(kept_upload(state, &id).await?),
+        None => None,
+    };
+    let receiving = tokio::time::timeout_at(
+        deadline,
+        send_body(body, tx, limits, kept.as_mut().map(|(_, file)| file)),
+    );
     let (dir, upload_bytes) = match join_upload(receiving, unpacking).await? {
         Joined::Unpacked(Ok(unpacked)) => unpacked,
         Joined::Unpacked(Err(e)) => return Err(upload_error(&id, e)),
@@ -313,12 +321,34 @@ async fn accept(
     if names.is_empty() {
         names.push(None);
     }
-    let upload = bytes::Bytes::from(kept.unwrap_or_default());
-    let first = queue_run(state, &template, names, dir, &upload).await?;
+    // Everything written to the file is on disk before a worker may read it back.
+    if let Some((_, file)) = kept.as_mut() {
+        use tokio::io::AsyncWriteExt;
+        file.flush().await.map_err(ApiError::internal)?;
+    }
+    let upload = kept.as_ref().map(|(temp, _)| temp.path());
+    let first = queue_run(state, &template, names, dir, upload).await?;
     drop(check);
     let (job, position) = first;
     tracing::info!(job = %job.id, run = ?job.run_id, python = ?job.python, user = %caller.0.email, upload_bytes, "job submitted");
     Ok((StatusCode::CREATED, Json(job_view(&job, Some(position), 0))).into_response())
+}
+
+/// A file for a cluster's upload as it arrives, in the jobs' directory (the same disk the
+/// free-space check looked at), removed when dropped; and its open handle.
+async fn kept_upload(
+    state: &AppState,
+    id: &str,
+) -> Result<(tempfile::NamedTempFile, tokio::fs::File), ApiError> {
+    let (dir, prefix) = (state.jobs.layout().jobs(), format!(".{id}-upload-"));
+    tokio::task::spawn_blocking(move || {
+        let temp = tempfile::Builder::new().prefix(&prefix).tempfile_in(dir)?;
+        let file = temp.reopen()?;
+        Ok::<_, std::io::Error>((temp, tokio::fs::File::from_std(file)))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)
 }
 
 /// Most Pythons one submission may ask for.
@@ -369,7 +399,7 @@ async fn queue_run(
     template: &Job,
     pythons: Vec<Option<String>>,
     dir: crate::layout::JobDir,
-    upload: &bytes::Bytes,
+    upload: Option<&std::path::Path>,
 ) -> Result<(Job, usize), ApiError> {
     let mut dirs = vec![dir];
     let mut jobs = Vec::new();
@@ -507,6 +537,8 @@ enum BodyFailure {
     TooLarge,
     TimedOut,
     Read(axum::Error),
+    /// The upload could not be kept for a cluster's worker.
+    Keep(std::io::Error),
 }
 
 impl BodyFailure {
@@ -518,6 +550,7 @@ impl BodyFailure {
                 humantime::format_duration(state.uploads.timeout)
             )),
             BodyFailure::Read(e) => ApiError::BadRequest(format!("cannot read the upload: {e}")),
+            BodyFailure::Keep(e) => ApiError::internal(e),
         }
     }
 }
@@ -529,7 +562,7 @@ async fn send_body(
     body: &mut BodyDataStream,
     tx: tokio::sync::mpsc::Sender<Chunk>,
     limits: upload::Limits,
-    mut keep: Option<&mut Vec<u8>>,
+    mut keep: Option<&mut tokio::fs::File>,
 ) -> Result<(), BodyFailure> {
     let mut received: u64 = 0;
     while let Some(chunk) = body.next().await {
@@ -539,7 +572,8 @@ async fn send_body(
             return Err(BodyFailure::TooLarge);
         }
         if let Some(keep) = keep.as_deref_mut() {
-            keep.extend_from_slice(&chunk);
+            use tokio::io::AsyncWriteExt;
+            keep.write_all(&chunk).await.map_err(BodyFailure::Keep)?;
         }
         if tx.send(Chunk::Data(chunk)).await.is_err() {
             return Ok(());

@@ -22,7 +22,6 @@ use crate::model::{now_ms, Job, Status};
 use crate::queue::{FairQueue, Refusal, UserCaps};
 use crate::results::{ResultStore, Results};
 use crate::store::{Claimed, JobStore, SharedQueue, StoreError, SubmitRefused};
-use bytes::Bytes;
 
 /// How much the job manager runs and keeps waiting.
 #[derive(Clone, Copy, Debug)]
@@ -274,7 +273,15 @@ impl Jobs {
     /// Records a new job whose project is unpacked in `dir`, and queues it; from here the
     /// job manager owns the directory. Refused when the server shuts down or the owner is
     /// over a per-user cap: then nothing of the job stays. Returns its place in the queue.
-    pub async fn submit(&self, job: Job, dir: JobDir, upload: &Bytes) -> Result<usize, JobsError> {
+    ///
+    /// In a cluster, `upload` is the client's archive as it came: stored with the job for the
+    /// worker that runs it (`None` only on a single server).
+    pub async fn submit(
+        &self,
+        job: Job,
+        dir: JobDir,
+        upload: Option<&std::path::Path>,
+    ) -> Result<usize, JobsError> {
         debug_assert_eq!(job.id, dir.id());
         if let Some(cluster) = &self.cluster {
             // The upload was unpacked here to check it; a worker unpacks it again from the
@@ -283,9 +290,17 @@ impl Jobs {
             if !self.inner.lock().expect("jobs lock").accepting {
                 return Err(JobsError::ShuttingDown);
             }
+            let Some(upload) = upload else {
+                return Err(JobsError::Log(std::io::Error::other(
+                    "a cluster's submission came without its upload",
+                )));
+            };
+            let mut file = tokio::fs::File::open(upload)
+                .await
+                .map_err(JobsError::Log)?;
             return match cluster
                 .queue
-                .submit_with_upload(&job, upload, self.limits.per_user)
+                .submit_with_upload(&job, &mut file, self.limits.per_user)
                 .await
             {
                 Ok(()) => Ok(cluster.queue.queue_position(&job.id).await?.unwrap_or(1)),
@@ -696,28 +711,40 @@ impl Jobs {
     /// Unpacks the stored upload of `job` into its directory here, with the same checks as
     /// the api node made when it arrived.
     async fn fetch_upload(&self, job: &Job, queue: &Arc<dyn SharedQueue>) -> Result<(), String> {
-        let mut fetched = queue.upload(&job.id).await;
-        let give_up = tokio::time::Instant::now() + OUTAGE_PATIENCE;
-        while matches!(fetched, Err(StoreError::Unavailable(_)))
-            && tokio::time::Instant::now() < give_up
-        {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            fetched = queue.upload(&job.id).await;
-        }
-        let bytes = match fetched {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return Err("the job's upload is missing from the database".into()),
-            Err(e) => return Err(format!("cannot fetch the job's upload: {}", chain(&e))),
-        };
         let dir = self.layout.new_job_dir(&job.id);
+        let archive = dir.path().join("upload.tar.gz");
+        let fetch = async {
+            tokio::fs::create_dir_all(dir.path()).await?;
+            let mut file = tokio::fs::File::create(&archive).await?;
+            let mut fetched = queue.upload_to(&job.id, &mut file).await;
+            let give_up = tokio::time::Instant::now() + OUTAGE_PATIENCE;
+            while matches!(fetched, Err(StoreError::Unavailable(_)))
+                && tokio::time::Instant::now() < give_up
+            {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                file = tokio::fs::File::create(&archive).await?;
+                fetched = queue.upload_to(&job.id, &mut file).await;
+            }
+            file.sync_data().await?;
+            Ok::<_, std::io::Error>(fetched)
+        };
+        match fetch.await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return Err("the job's upload is missing from the database".into()),
+            Ok(Err(e)) => return Err(format!("cannot fetch the job's upload: {}", chain(&e))),
+            Err(e) => return Err(format!("cannot fetch the job's upload: {e}")),
+        }
         let limits = self.limits.upload;
         let unpacked = tokio::task::spawn_blocking(move || {
             let project = dir.path().join("project");
             let result = fs_err::create_dir_all(&project)
+                .and_then(|()| fs_err::File::open(&archive))
                 .map_err(|e| e.to_string())
-                .and_then(|()| {
-                    crate::upload::unpack(&bytes[..], &project, limits).map_err(|e| e.to_string())
+                .and_then(|file| {
+                    crate::upload::unpack(std::io::BufReader::new(file), &project, limits)
+                        .map_err(|e| e.to_string())
                 });
+            let _ = fs_err::remove_file(&archive);
             match result {
                 Ok(_) => {
                     dir.keep();

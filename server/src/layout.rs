@@ -102,6 +102,13 @@ impl DataLayout {
     /// [`Self::remove_job_dir`], blocking.
     pub fn remove_job_dir_now(&self, id: &str) {
         let dir = self.job(id);
+        // A cluster's upload kept while it was submitted (a crash left it) is a file.
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| !m.is_dir()) {
+            if let Err(e) = std::fs::remove_file(&dir) {
+                tracing::warn!(path = %dir.display(), error = %e, "cannot remove a left-over upload");
+            }
+            return;
+        }
         if let Err(e) = cache::remove_tree(&dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot remove job directory");
         }

@@ -85,18 +85,23 @@ pub enum SubmitRefused {
 /// such queue: its job manager keeps the queue in memory.
 #[async_trait]
 pub trait SharedQueue: Send + Sync + 'static {
-    /// Records a queued job and its upload (the client's gzipped tar, whole) in one
-    /// transaction, after checking the owner's per-user queue caps under a lock of that
-    /// owner; then wakes the workers.
+    /// Records a queued job and its upload (the client's gzipped tar, read from `upload` to
+    /// its end, in chunks) in one transaction, after checking the owner's per-user queue
+    /// caps under a lock of that owner; then wakes the workers.
     async fn submit_with_upload(
         &self,
         job: &Job,
-        upload: &[u8],
+        upload: &mut (dyn tokio::io::AsyncRead + Unpin + Send),
         caps: crate::queue::UserCaps,
     ) -> Result<(), SubmitRefused>;
 
-    /// The stored upload of a job (for the worker that claimed it); `None` when gone.
-    async fn upload(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes the stored upload of a job (for the worker that claimed it) to `to`, a chunk
+    /// at a time; `false` when it is gone.
+    async fn upload_to(
+        &self,
+        id: &str,
+        to: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    ) -> Result<bool, StoreError>;
 
     /// Claims the next job for `node`: among owners with fewer than `caps.running` jobs
     /// running on this node (the flag is each server's), the one with the fewest jobs running

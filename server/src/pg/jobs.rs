@@ -153,6 +153,46 @@ async fn close_log(tx: &Transaction<'_>, job: &str) -> Result<(), PgError> {
     Ok(())
 }
 
+impl Pg {
+    /// The whole stored upload of a job, in memory (tests and tools; a worker streams it
+    /// with [`SharedQueue::upload_to`]); `None` when it is gone.
+    pub async fn upload(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await.map_err(store_error)?;
+        let rows = client
+            .query(
+                "SELECT bytes FROM uploads WHERE job = $1 ORDER BY idx",
+                &[&id],
+            )
+            .await
+            .map_err(store_error)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        for row in rows {
+            bytes.extend_from_slice(row.get::<_, &[u8]>(0));
+        }
+        Ok(Some(bytes))
+    }
+}
+
+/// Reads into `buf` until it is full or the reader ends; how many bytes were read.
+async fn read_full(
+    from: &mut (dyn tokio::io::AsyncRead + Unpin + Send),
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = from.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
 #[async_trait]
 impl JobStore for Pg {
     async fn next_seq(&self) -> Result<u64, StoreError> {
@@ -251,7 +291,7 @@ impl SharedQueue for Pg {
     async fn submit_with_upload(
         &self,
         job: &Job,
-        upload: &[u8],
+        upload: &mut (dyn tokio::io::AsyncRead + Unpin + Send),
         caps: UserCaps,
     ) -> Result<(), SubmitRefused> {
         let mut client = self.client().await.map_err(store_error)?;
@@ -282,13 +322,23 @@ impl SharedQueue for Pg {
             }));
         }
         insert_job(&*tx, job).await?;
-        for (idx, chunk) in upload.chunks(UPLOAD_CHUNK).enumerate() {
+        let mut chunk = vec![0u8; UPLOAD_CHUNK];
+        for idx in 0i32.. {
+            let len = read_full(upload, &mut chunk)
+                .await
+                .map_err(StoreError::backend)?;
+            if len == 0 {
+                break;
+            }
             tx.execute(
                 "INSERT INTO uploads (job, idx, bytes) VALUES ($1, $2, $3)",
-                &[&job.id, &(idx as i32), &chunk],
+                &[&job.id, &idx, &&chunk[..len]],
             )
             .await
             .map_err(store_error)?;
+            if len < chunk.len() {
+                break;
+            }
         }
         // Delivered when the transaction commits.
         tx.execute("SELECT pg_notify($1, $2)", &[&WORK_CHANNEL, &job.id])
@@ -298,23 +348,30 @@ impl SharedQueue for Pg {
         Ok(())
     }
 
-    async fn upload(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn upload_to(
+        &self,
+        id: &str,
+        to: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+    ) -> Result<bool, StoreError> {
+        use tokio::io::AsyncWriteExt;
         let client = self.client().await.map_err(store_error)?;
-        let rows = client
-            .query(
-                "SELECT bytes FROM uploads WHERE job = $1 ORDER BY idx",
-                &[&id],
-            )
-            .await
-            .map_err(store_error)?;
-        if rows.is_empty() {
-            return Ok(None);
+        // A chunk at a time: a worker never holds a whole upload in memory.
+        for idx in 0i32.. {
+            let row = client
+                .query_opt(
+                    "SELECT bytes FROM uploads WHERE job = $1 AND idx = $2",
+                    &[&id, &idx],
+                )
+                .await
+                .map_err(store_error)?;
+            let Some(row) = row else {
+                return Ok(idx > 0);
+            };
+            to.write_all(row.get::<_, &[u8]>(0))
+                .await
+                .map_err(StoreError::backend)?;
         }
-        let mut bytes = Vec::new();
-        for row in rows {
-            bytes.extend_from_slice(row.get::<_, &[u8]>(0));
-        }
-        Ok(Some(bytes))
+        Ok(true)
     }
 
     async fn claim(
@@ -807,7 +864,7 @@ mod tests {
     }
 
     async fn submit(pg: &Pg, id: &str, owner: &str, seq: u64) {
-        pg.submit_with_upload(&job(id, owner, seq, 10), b"tarball", CAPS)
+        pg.submit_with_upload(&job(id, owner, seq, 10), &mut &b"tarball"[..], CAPS)
             .await
             .unwrap();
     }
@@ -925,14 +982,14 @@ mod tests {
             queued_bytes: 100,
             running: 1,
         };
-        pg.submit_with_upload(&job("j1", "u", 1, 40), b"x", caps)
+        pg.submit_with_upload(&job("j1", "u", 1, 40), &mut &b"x"[..], caps)
             .await
             .unwrap();
-        pg.submit_with_upload(&job("j2", "u", 2, 40), b"x", caps)
+        pg.submit_with_upload(&job("j2", "u", 2, 40), &mut &b"x"[..], caps)
             .await
             .unwrap();
         let refused = pg
-            .submit_with_upload(&job("j3", "u", 3, 1), b"x", caps)
+            .submit_with_upload(&job("j3", "u", 3, 1), &mut &b"x"[..], caps)
             .await;
         assert!(
             matches!(
@@ -942,16 +999,16 @@ mod tests {
             "{refused:?}"
         );
         assert!(pg.get("j3").await.unwrap().is_none());
-        pg.submit_with_upload(&job("v1", "v", 4, 60), b"x", caps)
+        pg.submit_with_upload(&job("v1", "v", 4, 60), &mut &b"x"[..], caps)
             .await
             .unwrap();
-        pg.submit_with_upload(&job("v2", "v", 5, 1), b"x", caps)
+        pg.submit_with_upload(&job("v2", "v", 5, 1), &mut &b"x"[..], caps)
             .await
             .unwrap();
         let refused = pg
             .submit_with_upload(
                 &job("v3", "v", 6, 40),
-                b"x",
+                &mut &b"x"[..],
                 UserCaps { queued: 10, ..caps },
             )
             .await;
@@ -969,7 +1026,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        pg.submit_with_upload(&job("j4", "u", 7, 40), b"x", caps)
+        pg.submit_with_upload(&job("j4", "u", 7, 40), &mut &b"x"[..], caps)
             .await
             .unwrap();
         assert_eq!(pg.queue_position("j2").await.unwrap(), Some(1));
@@ -984,10 +1041,21 @@ mod tests {
         let upload: Vec<u8> = (0..3 * (1 << 20) + 12345)
             .map(|i| (i % 251) as u8)
             .collect();
-        pg.submit_with_upload(&job("j", "u", 1, upload.len() as u64), &upload, CAPS)
-            .await
-            .unwrap();
+        pg.submit_with_upload(
+            &job("j", "u", 1, upload.len() as u64),
+            &mut &upload[..],
+            CAPS,
+        )
+        .await
+        .unwrap();
         assert!(pg.upload("j").await.unwrap().unwrap() == upload);
+        let mut streamed = Vec::new();
+        assert!(pg.upload_to("j", &mut streamed).await.unwrap());
+        assert!(
+            streamed == upload,
+            "streamed chunk by chunk, the same bytes"
+        );
+        assert!(!pg.upload_to("none", &mut Vec::new()).await.unwrap());
         let client = pg.client().await.unwrap();
         let rows: i64 = client
             .query_one("SELECT count(*) FROM uploads WHERE job = 'j'", &[])
@@ -1315,7 +1383,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
             pg.submit_with_upload(
                 &job(&format!("k{}", start.elapsed().as_nanos()), "u", 2, 1),
-                b"x",
+                &mut &b"x"[..],
                 CAPS,
             )
             .await
