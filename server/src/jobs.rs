@@ -705,7 +705,30 @@ impl Jobs {
             }
             Err(reason) => Verdict::error(reason),
         };
+        if control.requested() == Some(StopReason::Shutdown) {
+            // This worker stops; the job is not lost: another worker runs it again.
+            self.requeue(&fenced, &job, &cluster.node).await;
+            return;
+        }
         self.finish_with(&fenced, &job, verdict).await;
+    }
+
+    /// Hands a job this worker stopped for its shutdown back to the cluster's queue: its log
+    /// says so and is stored whole first; the next attempt, on any worker, goes on with it.
+    async fn requeue(&self, store: &Arc<dyn JobStore>, job: &Job, node: &str) {
+        if let Ok(log) = self.open_log(&job.id).await {
+            let _ = log.note(&format!(
+                "worker {node} shut down: the job goes back to the queue"
+            ));
+        }
+        self.layout.remove_job_dir(&job.id).await;
+        self.logs.close(&job.id).await;
+        match store.apply(&job.id, &Transition::Requeue).await {
+            Ok(_) => tracing::info!(job = %job.id, "job queued again for another worker"),
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %chain(&e), "cannot queue the job again")
+            }
+        }
     }
 
     /// Unpacks the stored upload of `job` into its directory here, with the same checks as

@@ -221,6 +221,53 @@ fn a_job_of_a_killed_worker_runs_again_on_the_other() {
     cluster.workers[victim].restart();
 }
 
+/// A worker stopped with SIGTERM (a rolling restart) gives its running job back after its
+/// grace period: the other worker runs it, and nothing is lost.
+#[test]
+fn a_worker_that_shuts_down_hands_its_job_back() {
+    let pg = TestPostgres::start();
+    let db = pg.fresh_database();
+    let api = node(&db, "api-1", "api", &[]);
+    let mut workers: Vec<Server> = ["worker-1", "worker-2"]
+        .iter()
+        .map(|name| {
+            let mut w = node(&db, name, "worker", &["--shutdown-grace", "1s"]);
+            w.admin_key = api.admin_key.clone();
+            w
+        })
+        .collect();
+    let project = ticking_project(8);
+    let id = api.submit_async(project.path());
+    api.wait_job(&id, "the job to run its tests", |j| j["phase"] == "testing");
+    let claimed = |workers: &[Server]| -> Vec<usize> {
+        let needle = format!("job={id}");
+        (0..workers.len())
+            .filter(|&i| {
+                workers[i]
+                    .log()
+                    .lines()
+                    .any(|l| l.contains("job claimed") && l.contains(&needle))
+            })
+            .collect()
+    };
+    let first = poll(Duration::from_secs(30), "a worker to claim it", || {
+        claimed(&workers).first().copied()
+    });
+    let status = workers[first].stop_with(Signal::SIGTERM);
+    assert!(status.success(), "{status}");
+    let job = wait_terminal(&api, &id);
+    assert_eq!(job["status"], "passed", "{job}");
+    assert_eq!(claimed(&workers).len(), 2, "run again by the other worker");
+    let stored = String::from_utf8(log_from(&api, &id, 0)).unwrap();
+    let line = format!(
+        "==> worker worker-{} shut down: the job goes back to the queue",
+        first + 1
+    );
+    assert!(stored.contains(&line), "{stored}");
+    assert_eq!(stored.matches("8 passed").count(), 1, "{stored}");
+    workers.clear();
+}
+
 /// A worker stopped (SIGSTOP) past its lease: its job runs again elsewhere; once it wakes
 /// up, its late writes are refused and its container is killed.
 #[test]
