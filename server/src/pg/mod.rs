@@ -94,7 +94,8 @@ impl From<deadpool_postgres::PoolError> for PgError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
             deadpool_postgres::PoolError::Backend(e) if !is_outage(&e) => PgError::Query(e),
-            e => PgError::Unavailable(e.to_string()),
+            // "error connecting to server: Connection refused (os error 111)".
+            e => PgError::Unavailable(crate::error::chain(&e)),
         }
     }
 }
