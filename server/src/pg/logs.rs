@@ -18,6 +18,7 @@
 //! a `NOTIFY ci_log, '<id>'` (one `LISTEN` connection per [`PgLogs`], fanned out in the
 //! process) or a short poll, since notifications are lossy by contract.
 
+use crate::pg::io_error;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -234,17 +235,10 @@ impl PgLogs {
     }
 }
 
+/// A status as the `jobs.status` column holds it; one the server does not know counts as
+/// ended (a newer node's).
 fn is_terminal(status: &str) -> bool {
-    !matches!(status, "queued" | "running")
-}
-
-fn io_error(e: PgError) -> io::Error {
-    let kind = if e.is_unavailable() {
-        io::ErrorKind::ConnectionAborted
-    } else {
-        io::ErrorKind::Other
-    };
-    io::Error::new(kind, e)
+    crate::model::Status::parse(status).is_none_or(|s| s.is_terminal())
 }
 
 /// What a writer starts from.

@@ -90,6 +90,17 @@ pub(crate) fn store_error(e: impl Into<PgError>) -> crate::store::StoreError {
     }
 }
 
+/// A database error as an I/O error of the log and result stores: an outage is
+/// `ConnectionAborted`, so their callers can tell it from a refusal.
+pub(crate) fn io_error(e: PgError) -> std::io::Error {
+    let kind = if e.is_unavailable() {
+        std::io::ErrorKind::ConnectionAborted
+    } else {
+        std::io::ErrorKind::Other
+    };
+    std::io::Error::new(kind, e)
+}
+
 impl From<deadpool_postgres::PoolError> for PgError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {

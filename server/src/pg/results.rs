@@ -3,6 +3,7 @@
 //! [`CHUNK`] bytes each, written in one transaction per job and file, so that any node of the
 //! cluster serves what the worker that ran the job kept.
 
+use crate::pg::io_error;
 use std::io::{self, Read};
 use std::path::Path;
 
@@ -25,15 +26,6 @@ const ARTIFACTS: &str = "artifacts.tar.gz";
 #[derive(Clone, Debug)]
 pub struct PgResults {
     pg: Pg,
-}
-
-fn io_error(e: PgError) -> io::Error {
-    let kind = if e.is_unavailable() {
-        io::ErrorKind::ConnectionAborted
-    } else {
-        io::ErrorKind::Other
-    };
-    io::Error::new(kind, e)
 }
 
 fn from_pg(e: tokio_postgres::Error) -> io::Error {
