@@ -227,6 +227,12 @@ pub struct ServeArgs {
     )]
     pub database_url: Option<String>,
 
+    /// A PEM file of certificates to trust for the database's TLS besides the system's (a
+    /// database with a certificate of its own CA). TLS is as the URL's `sslmode` says:
+    /// `prefer` by default, `require` to refuse a database without it.
+    #[arg(long, env = "CI_DATABASE_CA", value_name = "FILE")]
+    pub database_ca: Option<PathBuf>,
+
     /// What this node does, with --database-url: `api` serves HTTP (submissions, logs, the
     /// web page), `worker` claims jobs from the database and runs them; `api,worker` does both.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "api,worker")]

@@ -39,7 +39,7 @@ fn row(check: &str, finding: &Result<String, String>) -> Row {
 pub fn run(args: &ServeArgs) -> bool {
     let caps = ci_runner::probe::capabilities();
     let (database, db_ok) = match &args.database_url {
-        Some(url) => database_rows(url),
+        Some(url) => database_rows(url, args.database_ca.as_deref()),
         None => (Vec::new(), true),
     };
     let (text, ok) = report(args, &caps, can_listen(args.listen), database);
@@ -49,7 +49,7 @@ pub fn run(args: &ServeArgs) -> bool {
 
 /// The cluster's database: reachable, its version, and the nodes it has seen. Blocking (a
 /// runtime of its own: `doctor` runs on the blocking pool).
-fn database_rows(url: &str) -> (Vec<Row>, bool) {
+fn database_rows(url: &str, ca: Option<&Path>) -> (Vec<Row>, bool) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -66,7 +66,7 @@ fn database_rows(url: &str) -> (Vec<Row>, bool) {
     };
     runtime.block_on(async {
         use crate::store::SharedQueue;
-        let pg = match crate::pg::Pg::connect(url).await {
+        let pg = match crate::pg::Pg::connect_with(url, ca).await {
             Ok(pg) => pg,
             Err(e) => {
                 let row = Row {

@@ -259,7 +259,7 @@ async fn cluster_state(
     installer: ci_project::Installer,
     args: &ServeArgs,
 ) -> anyhow::Result<AppState> {
-    let pg = pg::Pg::connect(url)
+    let pg = pg::Pg::connect_with(url, args.database_ca.as_deref())
         .await
         .context("cannot use the database of --database-url")?;
     let node = args.node_name();

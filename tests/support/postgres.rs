@@ -31,12 +31,27 @@ pub struct TestPostgres {
     run_as: Option<(u32, u32)>,
     /// Stops the server and removes `dir` if this process dies without dropping `self`.
     watchdog: Mutex<Option<Child>>,
+    /// Whether the server offers TLS (`start_tls`).
+    tls: bool,
 }
 
 impl TestPostgres {
     /// Creates a cluster and starts it; panics, with the server's log, when it does not come
     /// up within 30 s.
     pub fn start() -> TestPostgres {
+        TestPostgres::start_with(false)
+    }
+
+    /// [`TestPostgres::start`], with TLS on (`ssl = on`), its certificate for `127.0.0.1`
+    /// signed by a CA made for it with `openssl`; returns the server and that CA's PEM file
+    /// (what a client must trust).
+    pub fn start_tls() -> (TestPostgres, PathBuf) {
+        let pg = TestPostgres::start_with(true);
+        let ca = pg.data().join("ca.crt");
+        (pg, ca)
+    }
+
+    fn start_with(tls: bool) -> TestPostgres {
         let bindir = bindir();
         let run_as = run_as();
         let dir = tempfile::Builder::new()
@@ -60,6 +75,7 @@ impl TestPostgres {
             port: 0,
             run_as,
             watchdog: Mutex::new(None),
+            tls,
         };
         let initdb = pg
             .command("initdb")
@@ -75,6 +91,9 @@ impl TestPostgres {
             String::from_utf8_lossy(&initdb.stdout),
             String::from_utf8_lossy(&initdb.stderr)
         );
+        if tls {
+            pg.make_certificate();
+        }
         pg.start_watchdog();
         // The port was free a moment ago; another process may take it before the server
         // binds it, so a failed start tries another port.
@@ -181,6 +200,88 @@ impl TestPostgres {
     /// Settings after initdb's: appended, the last one of a name wins. No fsync (the data
     /// outlives the server, not the machine), but every commit is written before it returns:
     /// [`Self::stop_immediate`] loses no committed transaction.
+    /// A test CA (`ca.crt`, what a client must trust) and the server's certificate for
+    /// 127.0.0.1 signed by it, in the data directory; the key readable by the server's user
+    /// only.
+    fn make_certificate(&self) {
+        let data = self.data();
+        let ext = data.join("server.ext");
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("write server.ext");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&data)
+                .output()
+                .expect("run openssl (Debian's openssl package)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ci-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ]);
+        let (crt, key) = (data.join("server.crt"), data.join("server.key"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some((uid, gid)) = self.run_as {
+            for path in [&crt, &key] {
+                nix::unistd::chown(
+                    path,
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                )
+                .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+            }
+        }
+    }
+
     fn write_config(&self) {
         use std::io::Write;
         let conf = self.data().join("postgresql.conf");
@@ -197,6 +298,9 @@ impl TestPostgres {
             self.dir.path().join("sock").display()
         )
         .expect("write postgresql.conf");
+        if self.tls {
+            writeln!(file, "ssl = on").expect("write postgresql.conf");
+        }
     }
 
     fn try_start(&self) -> Result<(), String> {

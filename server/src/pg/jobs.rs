@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, GenericClient, NoTls, Transaction};
+use tokio_postgres::{AsyncMessage, GenericClient, Transaction};
 
 use super::{store_error, Pg, PgError};
 use crate::lifecycle::{self, Illegal, Transition};
@@ -747,7 +747,7 @@ impl SharedQueue for Pg {
 
     async fn wait_for_work(&self, poll: Duration) {
         let notified = self.listener.wake.notified();
-        self.listener.ensure(self.config());
+        self.listener.ensure(self.dedicated());
         let _ = tokio::time::timeout(poll, notified).await;
     }
 }
@@ -763,7 +763,7 @@ pub struct WorkListener {
 impl WorkListener {
     /// Starts the listening task unless it runs: never waits, never fails (a connection that
     /// cannot be made is tried again at the next call).
-    fn ensure(&self, config: &tokio_postgres::Config) {
+    fn ensure(&self, connect: super::Dedicated) {
         let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
@@ -771,7 +771,7 @@ impl WorkListener {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        *task = Some(runtime.spawn(listen(config.clone(), self.wake.clone())));
+        *task = Some(runtime.spawn(listen(connect, self.wake.clone())));
     }
 }
 
@@ -796,8 +796,8 @@ fn wake_all(wake: &Notify) {
 
 /// Listens on [`WORK_CHANNEL`] until the connection drops. One task: aborting it closes the
 /// connection.
-async fn listen(config: tokio_postgres::Config, wake: Arc<Notify>) {
-    let (client, mut connection) = match config.connect(NoTls).await {
+async fn listen(connect: super::Dedicated, wake: Arc<Notify>) {
+    let (client, mut connection) = match connect.connect().await {
         Ok(pair) => pair,
         Err(e) => {
             tracing::debug!("cannot listen for work: {e}");

@@ -136,9 +136,9 @@ impl PgLogs {
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
-        let config = self.inner.pg.config().clone();
+        let connect = self.inner.pg.dedicated();
         let waiters = Arc::downgrade(&self.inner.waiters);
-        *task = Some(tokio::spawn(listen(config, waiters)));
+        *task = Some(tokio::spawn(listen(connect, waiters)));
     }
 
     async fn open_now(&self, id: &str, cap: u64) -> io::Result<Arc<LiveLog>> {
@@ -641,10 +641,10 @@ impl Waiters {
 /// Listens for `ci_log` notifications on a connection of its own and wakes the readers of
 /// this process; reconnects with back-off while the database is away. Ends once the store
 /// is gone.
-async fn listen(config: tokio_postgres::Config, waiters: Weak<Waiters>) {
+async fn listen(connect: crate::pg::Dedicated, waiters: Weak<Waiters>) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        match config.connect(tokio_postgres::NoTls).await {
+        match connect.connect().await {
             Ok((client, mut connection)) => {
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
                 let driver = tokio::spawn(async move {

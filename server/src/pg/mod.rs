@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub mod accounts;
 pub mod jobs;
@@ -101,6 +101,59 @@ pub(crate) fn io_error(e: PgError) -> std::io::Error {
     std::io::Error::new(kind, e)
 }
 
+/// Opens a connection outside the pool, with the pool's settings and TLS.
+#[derive(Clone)]
+pub(crate) struct Dedicated {
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+}
+
+/// A connection of its own: the client and the connection future to drive.
+pub(crate) type DedicatedConnection = (
+    tokio_postgres::Client,
+    tokio_postgres::Connection<
+        tokio_postgres::Socket,
+        <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+    >,
+);
+
+impl Dedicated {
+    pub(crate) async fn connect(&self) -> Result<DedicatedConnection, tokio_postgres::Error> {
+        self.config.connect(self.tls.clone()).await
+    }
+}
+
+/// The TLS connector of every connection: the system's roots, and the certificates of `ca`.
+fn tls(ca: Option<&std::path::Path>) -> Result<MakeRustlsConnect, PgError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(ca) = ca {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(ca)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| PgError::Url(format!("{}: {e}", ca.display())))?;
+        if certs.is_empty() {
+            return Err(PgError::Url(format!(
+                "{}: no PEM certificate in it",
+                ca.display()
+            )));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| PgError::Url(format!("{}: {e}", ca.display())))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PgError::Url(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
 impl From<deadpool_postgres::PoolError> for PgError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
@@ -116,6 +169,10 @@ impl From<deadpool_postgres::PoolError> for PgError {
 pub struct Pg {
     pool: Pool,
     config: tokio_postgres::Config,
+    /// TLS for every connection, as the URL's `sslmode` asks (`prefer` by default: TLS when
+    /// the server offers it; `require` refuses a server that does not). Certificates are
+    /// verified against the system's roots and `--database-ca`.
+    tls: MakeRustlsConnect,
     /// The connection of its own that listens for `ci_work` ([`crate::store::SharedQueue::wait_for_work`]),
     /// made on first use.
     listener: std::sync::Arc<jobs::WorkListener>,
@@ -154,6 +211,13 @@ impl Pg {
     /// Connects to `url` and applies the schema. Fails when the database cannot be reached:
     /// a node does not start without its database.
     pub async fn connect(url: &str) -> Result<Pg, PgError> {
+        Pg::connect_with(url, None).await
+    }
+
+    /// [`Pg::connect`], trusting the certificates of the PEM file `ca` too (a database with a
+    /// certificate of its own CA: `--database-ca`).
+    pub async fn connect_with(url: &str, ca: Option<&std::path::Path>) -> Result<Pg, PgError> {
+        let tls = tls(ca)?;
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e: tokio_postgres::Error| {
                 PgError::Url(format!(
@@ -164,7 +228,7 @@ impl Pg {
         config.application_name("ci-server");
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 // A connection that the database closed (a restart) is noticed before it is
                 // handed out again.
@@ -182,6 +246,7 @@ impl Pg {
         let pg = Pg {
             pool,
             config,
+            tls,
             listener: Default::default(),
         };
         pg.migrate().await?;
@@ -191,6 +256,14 @@ impl Pg {
     /// A connection from the pool.
     pub async fn client(&self) -> Result<deadpool_postgres::Object, PgError> {
         Ok(self.pool.get().await?)
+    }
+
+    /// What opens a connection of its own, outside the pool (`LISTEN`).
+    pub(crate) fn dedicated(&self) -> Dedicated {
+        Dedicated {
+            config: self.config.clone(),
+            tls: self.tls.clone(),
+        }
     }
 
     /// The connection settings, for a connection of its own (`LISTEN`).
@@ -238,5 +311,59 @@ impl Pg {
         let client = self.client().await?;
         let row = client.query_one("SHOW server_version", &[]).await?;
         Ok(row.get(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With `sslmode=require`, the connections are TLS, verified: a database whose
+    /// certificate no trusted CA signed is refused, and `--database-ca` makes it trusted.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn tls_is_required_and_verified() {
+        let (server, ca) = tokio::task::spawn_blocking(ci_e2e::postgres::TestPostgres::start_tls)
+            .await
+            .unwrap();
+        let url = format!("{}?sslmode=require", server.url());
+        let refused = Pg::connect(&url).await.unwrap_err();
+        assert!(
+            crate::error::chain(&refused).contains("certificate"),
+            "{}",
+            crate::error::chain(&refused)
+        );
+        let pg = Pg::connect_with(&url, Some(&ca)).await.unwrap();
+        let row = pg
+            .client()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(row.get::<_, bool>(0), "the pool's connection is not TLS");
+        // The connection of its own (LISTEN) goes through TLS as well.
+        let (client, connection) = pg.dedicated().connect().await.unwrap();
+        tokio::spawn(connection);
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(row.get::<_, bool>(0), "the dedicated connection is not TLS");
+        // A file with no certificate is refused, naming it.
+        let empty = tempfile::NamedTempFile::new().unwrap();
+        let refused = Pg::connect_with(&url, Some(empty.path()))
+            .await
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("no PEM certificate"),
+            "{refused}"
+        );
+        drop(server);
     }
 }
