@@ -279,11 +279,19 @@ impl Pg {
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await?;
         let applied = async {
-            client
-                .batch_execute(
-                    "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)",
-                )
-                .await?;
+            // Looked for first: `IF NOT EXISTS` on a table that exists sends a NOTICE,
+            // which tokio-postgres logs on every start.
+            let exists: bool = client
+                .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
+                .await?
+                .get(0);
+            if !exists {
+                client
+                    .batch_execute(
+                        "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)",
+                    )
+                    .await?;
+            }
             let row = client
                 .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
                 .await?;
