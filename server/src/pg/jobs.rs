@@ -1179,6 +1179,39 @@ mod tests {
         ));
     }
 
+    /// A worker frozen in the middle of a log append (SIGSTOP) holds the log's row lock: the
+    /// database ends its session after a few seconds, and the reaper takes the job then
+    /// instead of waiting for ever (it did once: every node's reaper stuck behind the lock).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_worker_frozen_in_a_transaction_does_not_block_the_reaper() {
+        let pg = fresh().await;
+        submit(&pg, "j", "u", 1).await;
+        pg.claim("frozen", Duration::from_millis(1), CAPS)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut frozen = pg.client().await.unwrap();
+        let tx = frozen.transaction().await.unwrap();
+        tx.batch_execute(
+            "INSERT INTO logs (job) VALUES ('j') ON CONFLICT DO NOTHING; \
+             SELECT len FROM logs WHERE job = 'j' FOR UPDATE",
+        )
+        .await
+        .unwrap();
+        // The frozen worker sends nothing more.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        let reaped = pg.reap(1, 5).await.unwrap();
+        assert_eq!(reaped.len(), 1, "{reaped:?}");
+        assert!(reaped[0].requeued);
+        assert!(
+            started.elapsed() < Duration::from_secs(9),
+            "the reaper waited {:?}",
+            started.elapsed()
+        );
+        assert!(tx.commit().await.is_err(), "the frozen session was ended");
+    }
+
     #[tokio::test]
     async fn the_reaper_requeues_until_the_retries_are_used_up() {
         let pg = fresh().await;

@@ -30,6 +30,13 @@ const POOL_SIZE: usize = 16;
 /// the database is unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a session of a node may sit in a transaction without sending anything before
+/// the database ends it (a frozen node's locks are released).
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
+
+/// The longest any statement of a node waits for a lock.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
     /// The database cannot be reached now (down, restarting, the pool timed out): worth
@@ -225,6 +232,14 @@ impl Pg {
                 ))
             })?;
         config.connect_timeout(CONNECT_TIMEOUT);
+        // A node that freezes inside a transaction (SIGSTOP, a paused VM) holds its row
+        // locks only so long: the database ends its session, and the reaper can take its
+        // jobs. No statement of ours waits on a lock without end either.
+        config.options(&format!(
+            "-c idle_in_transaction_session_timeout={} -c lock_timeout={}",
+            IDLE_IN_TRANSACTION.as_millis(),
+            LOCK_TIMEOUT.as_millis()
+        ));
         config.application_name("ci-server");
         let manager = Manager::from_config(
             config.clone(),
