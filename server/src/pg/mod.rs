@@ -235,7 +235,7 @@ impl Pg {
         // A node that freezes inside a transaction (SIGSTOP, a paused VM) holds its row
         // locks only so long: the database ends its session, and the reaper can take its
         // jobs. No statement of ours waits on a lock without end either.
-        config.options(&format!(
+        config.options(format!(
             "-c idle_in_transaction_session_timeout={} -c lock_timeout={}",
             IDLE_IN_TRANSACTION.as_millis(),
             LOCK_TIMEOUT.as_millis()
