@@ -50,32 +50,26 @@ pub fn run(args: &ServeArgs) -> bool {
 /// The cluster's database: reachable, its version, and the nodes it has seen. Blocking (a
 /// runtime of its own: `doctor` runs on the blocking pool).
 fn database_rows(url: &str, ca: Option<&Path>) -> (Vec<Row>, bool) {
+    let failed = |detail: String| {
+        let row = Row {
+            check: "database".into(),
+            status: "FAIL",
+            detail,
+        };
+        (vec![row], false)
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
-        Err(e) => {
-            let row = Row {
-                check: "database".into(),
-                status: "FAIL",
-                detail: e.to_string(),
-            };
-            return (vec![row], false);
-        }
+        Err(e) => return failed(e.to_string()),
     };
     runtime.block_on(async {
         use crate::store::SharedQueue;
         let pg = match crate::pg::Pg::connect_with(url, ca).await {
             Ok(pg) => pg,
-            Err(e) => {
-                let row = Row {
-                    check: "database".into(),
-                    status: "FAIL",
-                    detail: e.to_string(),
-                };
-                return (vec![row], false);
-            }
+            Err(e) => return failed(e.to_string()),
         };
         let version = pg.server_version().await.unwrap_or_else(|e| e.to_string());
         let mut rows = vec![Row {

@@ -61,12 +61,23 @@ fn secs(d: Duration) -> f64 {
 /// Writes `job` back to its row with the columns beside it (the claim columns unchanged,
 /// but an ended or queued job holds no lease).
 async fn write_back(client: &impl GenericClient, job: &Job) -> Result<(), StoreError> {
+    with_columns(
+        client,
+        "UPDATE jobs SET seq = $2, owner = $3, status = $4, upload_bytes = $5, record = $6, \
+         lease_until = CASE WHEN $4 = 'running' THEN lease_until END \
+         WHERE id = $1",
+        job,
+    )
+    .await
+}
+
+/// Runs `sql` with the job's record and the columns kept beside it, as $1 id, $2 seq,
+/// $3 owner, $4 status, $5 upload bytes, $6 record.
+async fn with_columns(client: &impl GenericClient, sql: &str, job: &Job) -> Result<(), StoreError> {
     let record = encode(job)?;
     client
         .execute(
-            "UPDATE jobs SET seq = $2, owner = $3, status = $4, upload_bytes = $5, record = $6, \
-             lease_until = CASE WHEN $4 = 'running' THEN lease_until END \
-             WHERE id = $1",
+            sql,
             &[
                 &job.id,
                 &to_i64(job.seq),
@@ -267,23 +278,13 @@ impl JobStore for Pg {
 }
 
 async fn insert_job(client: &impl GenericClient, job: &Job) -> Result<(), StoreError> {
-    let record = encode(job)?;
-    client
-        .execute(
-            "INSERT INTO jobs (id, seq, owner, status, upload_bytes, record) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            &[
-                &job.id,
-                &to_i64(job.seq),
-                &job.owner,
-                &job.status.as_str(),
-                &to_i64(job.upload_bytes),
-                &record,
-            ],
-        )
-        .await
-        .map_err(store_error)?;
-    Ok(())
+    with_columns(
+        client,
+        "INSERT INTO jobs (id, seq, owner, status, upload_bytes, record) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        job,
+    )
+    .await
 }
 
 #[async_trait]
