@@ -81,10 +81,37 @@ pub fn resolve(server: Option<String>, api_key: Option<String>) -> anyhow::Resul
     };
     let server = checked_server(server.or(given(file.server_url)))?;
     let Some(api_key) = api_key.or(given(file.api_key)) else {
-        bail!("no API key: pass --api-key, set CI_API_KEY, or put api_key=<key> in ~/.ci/config");
+        return Err(NoKey.into());
     };
     Ok(Settings { server, api_key })
 }
+
+/// The server URL of the environment (`CI_SERVER_URL`), as clap merges it into `--server`.
+pub const SERVER_ENV: &str = "CI_SERVER_URL";
+/// The API key of the environment (`CI_API_KEY`), as clap merges it into `--api-key`.
+pub const API_KEY_ENV: &str = "CI_API_KEY";
+
+/// [`resolve`] for callers without clap (the Python library): an argument, else the
+/// environment, else the config file, else the default server; the same order as the flags.
+/// `Ok(None)` when no key is found anywhere, for the caller to say how to give one.
+pub fn resolve_from_env(
+    server: Option<String>,
+    api_key: Option<String>,
+) -> anyhow::Result<Option<Settings>> {
+    let env = |name: &str| std::env::var(name).ok();
+    let server = given(server).or_else(|| given(env(SERVER_ENV)));
+    let api_key = given(api_key).or_else(|| given(env(API_KEY_ENV)));
+    match resolve(server, api_key) {
+        Ok(settings) => Ok(Some(settings)),
+        Err(e) if e.downcast_ref::<NoKey>().is_some() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// No API key was given anywhere.
+#[derive(Debug, thiserror::Error)]
+#[error("no API key: pass --api-key, set CI_API_KEY, or put api_key=<key> in ~/.ci/config")]
+pub struct NoKey;
 
 /// The server URL alone (`ci --version --verbose` needs no key): `--server`/`CI_SERVER_URL`,
 /// then the config file, then the default.

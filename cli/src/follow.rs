@@ -29,11 +29,24 @@ pub async fn follow_into(
     out: &mut impl Write,
 ) -> anyhow::Result<JobView> {
     let progress = Progress::stderr();
+    let notice = |line: &str| eprintln!("ci: {line}");
     tokio::select! {
         biased;
-        job = follow_with(client, id, offset, out, &progress) => job,
+        job = follow_with(client, id, offset, out, &progress, &notice) => job,
         () = crate::progress::poll(client, id, &progress) => unreachable!("the poll never ends"),
     }
+}
+
+/// [`follow_into`] for a program rather than a person (the Python library): no progress line,
+/// and what the follow has to say (a lost connection, a removed log) goes to `notice`.
+pub async fn follow_quietly(
+    client: &Client,
+    id: &str,
+    offset: u64,
+    out: &mut impl Write,
+    notice: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<JobView> {
+    follow_with(client, id, offset, out, &Progress::to(None, 0), notice).await
 }
 
 /// Where `ci wait` starts to print a job's log: at 0 with `--all`; a finished job at its end
@@ -86,13 +99,14 @@ fn start_in(tail: &[u8], from: u64, end: u64) -> u64 {
     }
 }
 
-/// [`follow_into`], telling `progress` of every write.
+/// [`follow_into`], telling `progress` of every write and `notice` of a lost connection.
 async fn follow_with(
     client: &Client,
     id: &str,
     mut offset: u64,
     out: &mut impl Write,
     progress: &Progress,
+    notice: &(dyn Fn(&str) + Sync),
 ) -> anyhow::Result<JobView> {
     let mut backoff = Duration::from_millis(100);
     let mut away_since: Option<std::time::Instant> = None;
@@ -130,7 +144,7 @@ async fn follow_with(
             // The job ended long enough ago that the server removed its log.
             Err(RequestError::Http(410, message)) => {
                 progress.clear();
-                eprintln!("ci: {message}");
+                notice(&message);
                 return client.job(id).await.map_err(|e| anyhow!(e));
             }
             // The log is shorter than what was printed (it was removed or replaced on the
@@ -147,7 +161,7 @@ async fn follow_with(
             Err(e) => {
                 let since = *away_since.get_or_insert_with(|| {
                     progress.clear();
-                    eprintln!("ci: {e}; reconnecting...");
+                    notice(&format!("{e}; reconnecting..."));
                     std::time::Instant::now()
                 });
                 if since.elapsed() > GIVE_UP_AFTER {

@@ -94,6 +94,43 @@ pub enum Command {
     Man,
 }
 
+/// The whole of `ci`, from its arguments to its exit code: the `ci` binary's `main`, and the
+/// `ci` command of the Python package (`ci_client._native.run_cli`), so that both are the same
+/// program. Bad usage prints clap's message and gives its code (2; 0 for `--help`).
+pub fn main<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    default_signals();
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return u8::try_from(e.exit_code()).unwrap_or(exit::CLIENT_ERROR);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run(cli))
+}
+
+/// `ci logs ID | head` ends quietly, as `cat` would, instead of a panic on the closed pipe:
+/// the default action of SIGPIPE comes back (Rust starts programs with it ignored, and so does
+/// Python, which runs the package's `ci`). Ctrl+C likewise gets its default action (Python
+/// catches it) until a follow listens for it. Sockets are unaffected: the standard library
+/// sends with `MSG_NOSIGNAL`.
+fn default_signals() {
+    // SAFETY: only sets two signals' dispositions to their defaults, before anything of ci's
+    // listens for either (tokio's Ctrl+C handler is installed later, by the follow).
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+    }
+}
+
 /// Runs a command; returns the process exit code. Errors become one line on stderr.
 pub async fn run(cli: Cli) -> u8 {
     style::init(cli.color);
@@ -213,10 +250,7 @@ pub fn warn_unfinished(job: &JobView) {
 /// The report of a job whose counts say some tests failed or errored, to list them; `None` for
 /// any other job, and when the report cannot be had (the summary then shows the counts only:
 /// the run's result stands without it).
-pub(crate) async fn report_if_failed(
-    client: &Client,
-    job: &JobView,
-) -> Option<ci_protocol::TestReport> {
+pub async fn report_if_failed(client: &Client, job: &JobView) -> Option<ci_protocol::TestReport> {
     if job.tests?.not_passed() == 0 {
         return None;
     }

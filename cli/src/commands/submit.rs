@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use ci_project::python::ChoiceError;
 use ci_protocol::{ImageStatus, JobView, PythonView, SubmitQuery};
 
@@ -74,13 +74,14 @@ async fn submit_when_free(
     client: &Client,
     archive: &[u8],
     query: &SubmitQuery,
+    notice: &(dyn Fn(&str) + Sync),
 ) -> Result<JobView, RequestError> {
     let started = std::time::Instant::now();
     let mut pause = Duration::from_secs(1);
     loop {
         match client.submit(archive.to_vec(), query).await {
             Err(RequestError::Http(503, message)) if started.elapsed() < BUSY_PATIENCE => {
-                eprintln!("ci: {message}; trying again in {}s", pause.as_secs());
+                notice(&format!("{message}; trying again in {}s", pause.as_secs()));
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(10));
             }
@@ -91,6 +92,89 @@ async fn submit_when_free(
 
 pub async fn run(client: &Client, args: SubmitArgs) -> anyhow::Result<u8> {
     submit(client, args.options, args.failed_from.as_deref()).await
+}
+
+/// What one submission sends: the project and the options that shape its job (not how the job
+/// is followed). The CLI and the Python library both submit through [`submit_job`].
+#[derive(Debug)]
+pub struct Submission<'a> {
+    /// The project directory.
+    pub dir: &'a Path,
+    pub timeout: Option<Duration>,
+    pub shards: Option<ci_protocol::Shards>,
+    /// `--python`: versions, comma-separated.
+    pub python: Option<&'a str>,
+    pub pytest_args: &'a [String],
+    /// Run only the tests that failed or errored in this earlier job.
+    pub failed_from: Option<&'a str>,
+    /// Refuse, before anything is uploaded, a submission that would become several jobs (one
+    /// per Python): the library's `submit` returns one job.
+    pub one_job: bool,
+}
+
+/// Why a submission was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// No Python fits (or, with `one_job`, several do): nothing was uploaded.
+    #[error("{0}")]
+    Python(String),
+    /// The project cannot be read, packed or sent as it is.
+    #[error("{0:#}")]
+    Project(anyhow::Error),
+    /// The server refused it or could not be reached.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+}
+
+/// Decides the Pythons, packs the project and submits it (trying again while the server is
+/// busy); returns the job, whose `run_id` is set when it is one of several (one per Python).
+/// What a person would be told on the way (a Python note, a retry) goes to `notice`.
+pub async fn submit_job(
+    client: &Client,
+    submission: &Submission<'_>,
+    notice: &(dyn Fn(&str) + Sync),
+) -> Result<JobView, SubmitError> {
+    let given = submission.dir;
+    let dir = given
+        .canonicalize()
+        .with_context(|| format!("cannot open project directory {}", given.display()))
+        .map_err(SubmitError::Project)?;
+    // A rerun runs on the Python of the job it reruns, unless --python says otherwise.
+    let decide = submission.failed_from.is_none() || submission.python.is_some();
+    let chosen = if decide {
+        pythons(client, &dir, submission.python, notice).await?
+    } else {
+        Pythons::Server
+    };
+    let python = match chosen {
+        Pythons::Server => None,
+        Pythons::Chosen(names) if submission.one_job && names.len() > 1 => {
+            return Err(SubmitError::Python(format!(
+                "this project runs on several Pythons ({}): submit one at a time with python=",
+                names.join(", ")
+            )))
+        }
+        Pythons::Chosen(names) => Some(names.join(",")),
+        Pythons::Refused(e) => return Err(SubmitError::Python(e)),
+    };
+    let packed = pack::pack(&dir).map_err(SubmitError::Project)?;
+    if packed.files == 0 {
+        return Err(SubmitError::Project(anyhow::anyhow!(
+            "nothing to submit: {} holds no files",
+            dir.display()
+        )));
+    }
+    let query = SubmitQuery {
+        failed_from: submission.failed_from.map(str::to_string),
+        shards: submission.shards,
+        python,
+        project: project_name(&dir),
+        ..SubmitQuery::new(
+            submission.timeout.map(|t| t.as_secs().max(1)),
+            submission.pytest_args,
+        )
+    };
+    Ok(submit_when_free(client, &packed.archive, &query, notice).await?)
 }
 
 /// Packs the project, submits it (only the failed tests of `failed_from`, if given) and
@@ -109,40 +193,25 @@ pub async fn submit(
             return Ok(exit::SUCCESS);
         }
     }
-    let dir = options
-        .dir
-        .canonicalize()
-        .with_context(|| format!("cannot open project directory {}", options.dir.display()))?;
-    // A rerun runs on the Python of the job it reruns, unless --python says otherwise.
-    let decide = failed_from.is_none() || options.python.is_some();
-    let chosen = if decide {
-        pythons(client, &dir, options.python.as_deref()).await?
-    } else {
-        Pythons::Server
+    let submission = Submission {
+        dir: &options.dir,
+        timeout: options.timeout,
+        shards: options.shards,
+        python: options.python.as_deref(),
+        pytest_args: &options.pytest_args,
+        failed_from,
+        one_job: false,
     };
-    let python = match chosen {
-        Pythons::Server => None,
-        Pythons::Chosen(names) => Some(names.join(",")),
-        Pythons::Refused(e) => {
-            eprintln!("ci: {e}");
+    let notice = |line: &str| eprintln!("ci: {line}");
+    let job = match submit_job(client, &submission, &notice).await {
+        Ok(job) => job,
+        Err(SubmitError::Python(refusal)) => {
+            eprintln!("ci: {refusal}");
             return Ok(exit::CLIENT_ERROR);
         }
+        Err(SubmitError::Project(e)) => return Err(e),
+        Err(SubmitError::Request(e)) => return Err(e.into()),
     };
-    let packed = pack::pack(&dir)?;
-    if packed.files == 0 {
-        bail!("nothing to submit: {} holds no files", dir.display());
-    }
-    let query = SubmitQuery {
-        failed_from: failed_from.map(str::to_string),
-        shards: options.shards,
-        python,
-        project: project_name(&dir),
-        ..SubmitQuery::new(
-            options.timeout.map(|t| t.as_secs().max(1)),
-            &options.pytest_args,
-        )
-    };
-    let job = submit_when_free(client, &packed.archive, &query).await?;
     if let Some(run_id) = &job.run_id {
         return follow_run(client, run_id, options.detach).await;
     }
@@ -220,12 +289,19 @@ enum Pythons {
 /// Decides the Pythons when the command line, the project's `[tool.ci] python` or its
 /// `requires-python` says something about them, with the same rules the server has
 /// (`ci_project::python::choose`), and prints the note of a choice that is not the default.
-async fn pythons(client: &Client, dir: &Path, flag: Option<&str>) -> anyhow::Result<Pythons> {
+async fn pythons(
+    client: &Client,
+    dir: &Path,
+    flag: Option<&str>,
+    notice: &(dyn Fn(&str) + Sync),
+) -> Result<Pythons, SubmitError> {
     let asked = match flag {
         Some(flag) => {
             let names = ci_protocol::parse_python_list(flag);
             if names.is_empty() {
-                bail!("--python needs at least one version (e.g. --python 3.11,3.13)");
+                return Err(SubmitError::Project(anyhow::anyhow!(
+                    "--python needs at least one version (e.g. --python 3.11,3.13)"
+                )));
             }
             names
         }
@@ -245,7 +321,7 @@ async fn pythons(client: &Client, dir: &Path, flag: Option<&str>) -> anyhow::Res
         Ok(views) => views,
         Err(RequestError::Http(404, _)) => {
             if flag.is_some() {
-                eprintln!("ci: the server lists no Pythons (it is older than --python): running on its one image");
+                notice("the server lists no Pythons (it is older than --python): running on its one image");
             }
             return Ok(Pythons::Server);
         }
@@ -253,7 +329,7 @@ async fn pythons(client: &Client, dir: &Path, flag: Option<&str>) -> anyhow::Res
     };
     let (decided, note) = decide(&asked, requires.as_ref(), &views);
     if let Some(note) = note {
-        eprintln!("ci: {note}");
+        notice(&note);
     }
     Ok(decided)
 }
