@@ -4,6 +4,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ci_cli::client::{Client as Http, RequestError};
+
+use crate::conn::Conn;
 use ci_protocol::{JobView, TestCounts, TestReport};
 use pyo3::exceptions::PyTimeoutError;
 use pyo3::prelude::*;
@@ -22,16 +24,16 @@ use crate::{seconds, wait_for, warn};
 /// ('failed', 2)
 #[pyclass(frozen, module = "ci_client")]
 pub struct Job {
-    http: Arc<Http>,
+    conn: Arc<Conn>,
     id: String,
     /// Shared with the `LogStream`s of this job, which leave the job's end here.
     view: Arc<Mutex<JobView>>,
 }
 
 impl Job {
-    pub fn new(http: Arc<Http>, view: JobView) -> Job {
+    pub fn new(conn: Arc<Conn>, view: JobView) -> Job {
         Job {
-            http,
+            conn,
             id: view.id.clone(),
             view: Arc::new(Mutex::new(view)),
         }
@@ -39,6 +41,10 @@ impl Job {
 
     fn with<T>(&self, f: impl FnOnce(&JobView) -> T) -> T {
         f(&self.view.lock().unwrap())
+    }
+
+    fn http(&self) -> PyResult<Arc<Http>> {
+        self.conn.http().map_err(Raise::raise)
     }
 
     fn set(&self, view: JobView) {
@@ -130,8 +136,8 @@ impl Job {
 
     /// Its page on the server.
     #[getter]
-    fn url(&self) -> String {
-        self.http.job_url(&self.id)
+    fn url(&self) -> PyResult<String> {
+        Ok(self.http()?.job_url(&self.id))
     }
 
     /// Whether it has ended (any status but ``queued`` and ``running``).
@@ -143,7 +149,8 @@ impl Job {
     /// Asks the server how the job is now; returns the job itself.
     fn refresh(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
         let job = slf.get();
-        let view = wait_for(slf.py(), job.http.job(&job.id))?.map_err(Raise::raise)?;
+        let http = job.http()?;
+        let view = wait_for(slf.py(), http.job(&job.id))?.map_err(Raise::raise)?;
         job.set(view);
         Ok(slf)
     }
@@ -157,7 +164,7 @@ impl Job {
     /// ...     sys.stdout.write(chunk)
     #[pyo3(signature = (from_start = false))]
     fn follow(&self, py: Python<'_>, from_start: bool) -> PyResult<LogStream> {
-        let http = self.http.clone();
+        let http = self.http()?;
         let id = self.id.clone();
         let joined = wait_for(py, async move {
             let view = http.job(&id).await?;
@@ -167,7 +174,7 @@ impl Job {
         let (view, offset) = joined.map_err(Raise::raise)?;
         self.set(view);
         Ok(LogStream::start(
-            self.http.clone(),
+            self.http()?,
             self.id.clone(),
             offset,
             self.view.clone(),
@@ -183,7 +190,7 @@ impl Job {
     #[pyo3(signature = (timeout = None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Result> {
         let limit = timeout.map(seconds).transpose()?;
-        let http = self.http.clone();
+        let http = self.http()?;
         let id = self.id.clone();
         let ended = async move {
             let view = http.job(&id).await?;
@@ -219,7 +226,7 @@ impl Job {
     /// Its whole log, from the first byte to the end; waits for the end of a job still
     /// running.
     fn log(&self, py: Python<'_>) -> PyResult<String> {
-        let http = self.http.clone();
+        let http = self.http()?;
         let id = self.id.clone();
         let read = wait_for(py, async move {
             let mut bytes = Vec::new();
@@ -234,7 +241,8 @@ impl Job {
     /// Asks the server to cancel the job (queued or running); ``wait()`` then returns
     /// ``cancelled``, unless it ended first.
     fn cancel(&self, py: Python<'_>) -> PyResult<()> {
-        let view = wait_for(py, cancel(&self.http, &self.id))?.map_err(Raise::raise)?;
+        let http = self.http()?;
+        let view = wait_for(py, cancel(&http, &self.id))?.map_err(Raise::raise)?;
         self.set(view);
         Ok(())
     }

@@ -7,40 +7,27 @@
 //! Every call that waits does so with the GIL released (other Python threads run) and wakes
 //! every [`SIGNAL_CHECK`] to let Ctrl+C through as `KeyboardInterrupt`.
 
+mod conn;
 mod errors;
 mod job;
 mod log;
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use ci_cli::client::Client as Http;
 use ci_cli::commands::submit::{submit_job, Submission};
 use ci_protocol::{JobView, ListQuery, Status, VersionView};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use conn::{runtime, Conn};
 use errors::Raise;
 use job::Job;
 
 /// How often a wait wakes to see whether Ctrl+C was pressed.
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
-
-/// The runtime every call runs on: made at the first call, two worker threads (the follows of
-/// a `LogStream` run on them while Python does something else).
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("ci-client")
-            .enable_all()
-            .build()
-            .expect("the ci_client runtime")
-    })
-}
 
 /// Runs `fut` to its end with the GIL released; a Ctrl+C meanwhile drops it and raises
 /// `KeyboardInterrupt`.
@@ -76,7 +63,8 @@ fn warn(line: &str) {
 ///
 /// Settings are found as the ``ci`` command finds them: the arguments, else the environment
 /// (``CI_SERVER_URL``, ``CI_API_KEY``), else ``~/.ci/config`` (``server_url=``, ``api_key=``),
-/// else ``http://127.0.0.1:8000``. A client can be shared by threads.
+/// else ``http://127.0.0.1:8000``. A client can be shared by threads, and used
+/// in a child process after ``fork``.
 ///
 /// >>> client = ci_client.Client()                      # doctest: +SKIP
 /// >>> job = client.submit("my-project", pytest_args=["-x"])
@@ -84,7 +72,7 @@ fn warn(line: &str) {
 /// True
 #[pyclass(frozen, module = "ci_client")]
 struct Client {
-    http: Arc<Http>,
+    conn: Arc<Conn>,
 }
 
 #[pymethods]
@@ -99,16 +87,16 @@ impl Client {
             )),
             Err(e) => return Err(e.raise()),
         };
-        let http = Http::new(&settings).map_err(Raise::raise)?;
+        let conn = Conn::new(settings).map_err(Raise::raise)?;
         Ok(Client {
-            http: Arc::new(http),
+            conn: Arc::new(conn),
         })
     }
 
     /// The server's URL, as resolved.
     #[getter]
     fn server(&self) -> String {
-        self.http.base().to_string()
+        self.conn.base().to_string()
     }
 
     /// Packs the project at ``path`` (what ``.gitignore`` ignores, hidden files and
@@ -140,15 +128,16 @@ impl Client {
             failed_from: None,
             one_job: true,
         };
-        let http = &self.http;
-        let view = wait_for(py, submit_job(http, &submission, &warn))?.map_err(Raise::raise)?;
-        Ok(Job::new(self.http.clone(), view))
+        let http = self.conn.http().map_err(Raise::raise)?;
+        let view = wait_for(py, submit_job(&http, &submission, &warn))?.map_err(Raise::raise)?;
+        Ok(Job::new(self.conn.clone(), view))
     }
 
     /// The job ``id``, as the server has it now.
     fn job(&self, py: Python<'_>, id: &str) -> PyResult<Job> {
-        let view = wait_for(py, self.http.job(id))?.map_err(Raise::raise)?;
-        Ok(Job::new(self.http.clone(), view))
+        let http = self.conn.http().map_err(Raise::raise)?;
+        let view = wait_for(py, http.job(id))?.map_err(Raise::raise)?;
+        Ok(Job::new(self.conn.clone(), view))
     }
 
     /// Your jobs, newest first: at most ``limit``, only those with ``status`` (``"failed"``,
@@ -178,32 +167,35 @@ impl Client {
             project: project.clone(),
             ..ListQuery::new(limit, status)
         };
+        let http = self.conn.http().map_err(Raise::raise)?;
         let views: Vec<JobView> =
-            wait_for(py, self.http.get_json_with("/v1/jobs", &query))?.map_err(Raise::raise)?;
+            wait_for(py, http.get_json_with("/v1/jobs", &query))?.map_err(Raise::raise)?;
         Ok(views
             .into_iter()
             // A server older than projects ignores `project=`.
             .filter(|v| project.is_none() || v.project == project)
-            .map(|v| Job::new(self.http.clone(), v))
+            .map(|v| Job::new(self.conn.clone(), v))
             .collect())
     }
 
     /// Asks the server to cancel job ``id`` (queued or running); returns the job as it was
     /// when asked. Cancelling a finished job changes nothing.
     fn cancel(&self, py: Python<'_>, id: &str) -> PyResult<Job> {
-        let view = wait_for(py, job::cancel(&self.http, id))?.map_err(Raise::raise)?;
-        Ok(Job::new(self.http.clone(), view))
+        let http = self.conn.http().map_err(Raise::raise)?;
+        let view = wait_for(py, job::cancel(&http, id))?.map_err(Raise::raise)?;
+        Ok(Job::new(self.conn.clone(), view))
     }
 
     /// The server's version (``GET /v1/version``, which needs no key).
     fn server_version(&self, py: Python<'_>) -> PyResult<String> {
+        let http = self.conn.http().map_err(Raise::raise)?;
         let view: VersionView =
-            wait_for(py, self.http.get_json("/v1/version"))?.map_err(Raise::raise)?;
+            wait_for(py, http.get_json("/v1/version"))?.map_err(Raise::raise)?;
         Ok(view.version)
     }
 
     fn __repr__(&self) -> String {
-        format!("ci_client.Client(server={:?})", self.http.base())
+        format!("ci_client.Client(server={:?})", self.conn.base())
     }
 }
 
