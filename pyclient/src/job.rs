@@ -224,11 +224,19 @@ impl Job {
     }
 
     /// Its whole log, from the first byte to the end; waits for the end of a job still
-    /// running.
+    /// running. Raises ``NotFound`` (410) when the server removed it after its retention
+    /// period (the job's record stays).
     fn log(&self, py: Python<'_>) -> PyResult<String> {
         let http = self.http()?;
         let id = self.id.clone();
         let read = wait_for(py, async move {
+            let view = http.job(&id).await?;
+            if view.expired {
+                return Err(anyhow::Error::new(RequestError::Http(
+                    410,
+                    ci_cli::commands::wait::expired_line(&view),
+                )));
+            }
             let mut bytes = Vec::new();
             let view = ci_cli::follow::follow_quietly(&http, &id, 0, &mut bytes, &warn).await?;
             anyhow::Ok((view, bytes))

@@ -33,7 +33,7 @@ pub async fn run(client: &Client, args: WaitArgs) -> anyhow::Result<u8> {
 }
 
 /// One line about a job whose log the server removed.
-pub(crate) fn expired_line(job: &JobView) -> String {
+pub fn expired_line(job: &JobView) -> String {
     let status = job.status.as_str().replace('_', " ");
     let how = match (&job.reason, job.exit_code) {
         (Some(reason), _) => format!("{status}: {reason}"),
