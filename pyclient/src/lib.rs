@@ -5,7 +5,7 @@
 //! objects and exceptions. `run_cli` is the binary's `main`, whole.
 //!
 //! Every call that waits does so with the GIL released (other Python threads run) and wakes
-//! every [`SIGNAL_CHECK`] to let Ctrl+C through as `KeyboardInterrupt`.
+//! every 100 ms (`SIGNAL_CHECK`) to let Ctrl+C through as `KeyboardInterrupt`.
 
 mod conn;
 mod errors;
