@@ -332,6 +332,30 @@ def test_jobs_in_parallel_threads(client: ci_client.Client, fixtures: Path, tmp_
     assert all(r.counts is not None and r.counts.passed == 2 for r in results)
 
 
+def test_a_forked_child_uses_the_parents_client(client: ci_client.Client, fixtures: Path):
+    """multiprocessing's fork start method: fork copies only the calling thread, so the child
+    cannot use the parent's runtime threads; it must build its own and not hang."""
+    import multiprocessing
+
+    job = client.submit(fixtures / "dummy_project")  # the parent's runtime exists now
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+
+    def child() -> None:  # runs in the forked child; the closure is inherited, not pickled
+        out.put([j.id for j in client.jobs(limit=5)])
+
+    procs = [ctx.Process(target=child) for _ in range(2)]
+    for p in procs:
+        p.start()
+    seen = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0, p.exitcode
+    for ids in seen:
+        assert job.id in ids, ids
+    assert job.wait(timeout=JOB_TIMEOUT).status == "passed"
+
+
 # --- the package --------------------------------------------------------------------------
 
 

@@ -27,3 +27,4 @@ mod snapshots;
 mod uploads;
 mod users;
 mod web;
+mod wheel;
