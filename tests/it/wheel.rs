@@ -2,9 +2,11 @@
 //! installed with pip into a fresh venv or with `uv tool install`, its `ci` command behaving as
 //! the binary, and the library's own suite (`pyclient/tests`) run against a real server.
 //!
-//! `scripts/build-wheel` builds the wheel and prints `CI_TEST_WHEEL`, `CI_TEST_WHEELHOUSE`
-//! (pytest's wheels, for `pip --no-index`) and `CI_TEST_UV`; `scripts/test` exports them.
-//! Nothing here reaches past loopback: pip and uv install only from those files.
+//! `scripts/build-wheel --all` builds the wheels and prints `CI_TEST_WHEEL`,
+//! `CI_TEST_WHEELHOUSE` (pytest's wheels, for `pip --no-index`), `CI_TEST_UV`, and for the
+//! aarch64 wheel `CI_WHEEL_AARCH64` and `CI_TEST_AARCH64_ROOT` (Debian's arm64 Python, run
+//! with qemu-user); `scripts/test` exports them. Nothing here reaches past loopback: pip and uv
+//! install only from those files.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -294,4 +296,88 @@ fn the_library_suite_passes_against_a_real_server() {
     assert_eq!(run.code(), 0, "the library's suite failed\n{run}");
     assert!(run.stdout().contains(" passed"), "{run}");
     assert!(!run.stdout().contains("skipped"), "{run}");
+}
+
+/// The aarch64 wheel as an arm64 machine gets it: installed by Debian's arm64 pip and run by its
+/// arm64 Python under qemu-user (qemu is the program and `-L` its root, so nothing is registered
+/// with the host's binfmt_misc): the `ci` command's exit codes and the library, against the
+/// real server.
+#[test]
+fn the_aarch64_wheel_works_under_qemu() {
+    let server = shared_server();
+    let (_, key) = server.new_user("wheel-aarch64", false);
+    let (wheel, root) = (built("CI_WHEEL_AARCH64"), built("CI_TEST_AARCH64_ROOT"));
+    let dir = tempfile::tempdir_in(scratch()).unwrap();
+    let (site, home) = (dir.path().join("site"), dir.path().join("home"));
+    std::fs::create_dir_all(&home).unwrap();
+    let arm64_python = |cwd: &Path| -> Command {
+        let mut cmd = Command::new("qemu-aarch64-static");
+        cmd.current_dir(cwd)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("PYTHONPATH", &site)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("PIP_CONFIG_FILE", "/dev/null")
+            .env("CI_SERVER_URL", server.url())
+            .env("CI_API_KEY", &key)
+            .arg("-L")
+            .arg(&root)
+            .arg(root.join("usr/bin/python3"));
+        cmd
+    };
+    let minutes = Duration::from_secs(300);
+
+    run(
+        arm64_python(dir.path())
+            .args(["-m", "pip", "install", "--no-index", "--no-compile"])
+            .args(["--disable-pip-version-check", "--target"])
+            .arg(&site)
+            .arg(&wheel),
+        minutes,
+    )
+    .expect_code(0);
+    // Emulated, not the host's: the interpreter is aarch64, and it loaded the wheel's module.
+    let probe = run(
+        arm64_python(dir.path()).args([
+            "-c",
+            "import platform, ci_client._native as n; print(platform.machine(), n.__file__)",
+        ]),
+        minutes,
+    );
+    probe.expect_code(0);
+    assert_eq!(
+        probe.stdout().split_whitespace().collect::<Vec<_>>(),
+        [
+            "aarch64",
+            &site.join("ci_client/_native.abi3.so").display().to_string()
+        ],
+        "{probe}"
+    );
+
+    let ci = site.join("bin/ci");
+    let submit = |project: &str| {
+        run(
+            arm64_python(&fixture(project))
+                .arg(&ci)
+                .args(["submit", "test"]),
+            minutes,
+        )
+    };
+    submit("dummy_project")
+        .expect_code(0)
+        .expect_stdout("test_add PASSED")
+        .expect_stdout("==> result: passed");
+    submit("failing_project")
+        .expect_code(1)
+        .expect_stdout("==> result: failed");
+    let library = run(
+        arm64_python(&fixture("dummy_project")).args([
+            "-c",
+            "import ci_client; r = ci_client.Client().submit('.').wait(); \
+             print(r.status, r.counts.passed)",
+        ]),
+        minutes,
+    );
+    library.expect_code(0).expect_stdout("passed 2");
 }
