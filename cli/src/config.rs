@@ -34,8 +34,8 @@ impl FileConfig {
         config
     }
 
-    /// Reads the file if it exists, warning when others can read the key in it.
-    pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+    /// Reads the file if it exists, telling `warn` when others can read the key in it.
+    pub fn load(path: &Path, warn: &dyn Fn(&str)) -> anyhow::Result<FileConfig> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileConfig::default()),
@@ -46,11 +46,11 @@ impl FileConfig {
             use std::os::unix::fs::PermissionsExt;
             if let Ok(meta) = std::fs::metadata(path) {
                 if meta.permissions().mode() & 0o077 != 0 {
-                    eprintln!(
-                        "ci: warning: {} holds an API key and is readable by others; run: chmod 600 {}",
+                    warn(&format!(
+                        "{} holds an API key and is readable by others; run: chmod 600 {}",
                         path.display(),
                         path.display()
-                    );
+                    ));
                 }
             }
         }
@@ -71,10 +71,24 @@ pub struct Settings {
 /// Resolves the server URL and key: `--server`/`--api-key` (which clap already merged with
 /// `CI_SERVER_URL`/`CI_API_KEY`), then the config file.
 pub fn resolve(server: Option<String>, api_key: Option<String>) -> anyhow::Result<Settings> {
+    resolve_with(server, api_key, &warn_on_stderr)
+}
+
+/// `ci`'s warnings about its settings, on stderr.
+fn warn_on_stderr(line: &str) {
+    eprintln!("ci: warning: {line}");
+}
+
+/// [`resolve`], telling `warn` what `ci` would warn about (a key readable by others).
+fn resolve_with(
+    server: Option<String>,
+    api_key: Option<String>,
+    warn: &dyn Fn(&str),
+) -> anyhow::Result<Settings> {
     let (server, api_key) = (given(server), given(api_key));
     // Read even when flags cover everything, so a key readable by others is always reported;
     // an unreadable file only matters when something must come from it.
-    let file = match config_path().map(|p| FileConfig::load(&p)) {
+    let file = match config_path().map(|p| FileConfig::load(&p, warn)) {
         Some(Ok(file)) => file,
         Some(Err(e)) if server.is_none() || api_key.is_none() => return Err(e),
         _ => FileConfig::default(),
@@ -93,15 +107,17 @@ pub const API_KEY_ENV: &str = "CI_API_KEY";
 
 /// [`resolve`] for callers without clap (the Python library): an argument, else the
 /// environment, else the config file, else the default server; the same order as the flags.
-/// `Ok(None)` when no key is found anywhere, for the caller to say how to give one.
+/// `Ok(None)` when no key is found anywhere, for the caller to say how to give one. What
+/// `ci` would warn about on stderr goes to `warn`.
 pub fn resolve_from_env(
     server: Option<String>,
     api_key: Option<String>,
+    warn: &dyn Fn(&str),
 ) -> anyhow::Result<Option<Settings>> {
     let env = |name: &str| std::env::var(name).ok();
     let server = given(server).or_else(|| given(env(SERVER_ENV)));
     let api_key = given(api_key).or_else(|| given(env(API_KEY_ENV)));
-    match resolve(server, api_key) {
+    match resolve_with(server, api_key, warn) {
         Ok(settings) => Ok(Some(settings)),
         Err(e) if e.downcast_ref::<NoKey>().is_some() => Ok(None),
         Err(e) => Err(e),
@@ -118,7 +134,7 @@ pub struct NoKey;
 pub fn resolve_server(server: Option<String>) -> anyhow::Result<String> {
     let server = given(server);
     let file = match (&server, config_path()) {
-        (None, Some(path)) => FileConfig::load(&path)?.server_url,
+        (None, Some(path)) => FileConfig::load(&path, &warn_on_stderr)?.server_url,
         _ => None,
     };
     checked_server(server.or(given(file)))

@@ -80,7 +80,7 @@ impl Client {
     #[new]
     #[pyo3(signature = (server = None, api_key = None))]
     fn new(server: Option<String>, api_key: Option<String>) -> PyResult<Client> {
-        let settings = match ci_cli::config::resolve_from_env(server, api_key) {
+        let settings = match ci_cli::config::resolve_from_env(server, api_key, &warn) {
             Ok(Some(settings)) => settings,
             Ok(None) => return Err(errors::auth(
                 "no API key: pass api_key=, set CI_API_KEY, or put api_key=<key> in ~/.ci/config",

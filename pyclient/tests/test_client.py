@@ -314,6 +314,31 @@ def test_no_key_anywhere_is_an_auth_error(monkeypatch, tmp_path: Path, server_ur
     assert "api_key" in str(raised.value)
 
 
+def test_a_key_others_can_read_is_a_logged_warning(
+    monkeypatch, tmp_path: Path, caplog, capfd, server_url: str, api_key: str
+):
+    """What ci says on stderr about its config goes to the ci_client logger instead."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CI_API_KEY", raising=False)
+    monkeypatch.setenv("CI_SERVER_URL", server_url)
+    config = tmp_path / ".ci" / "config"
+    config.parent.mkdir()
+    config.write_text(f"api_key={api_key}\n")
+    config.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="ci_client"):
+        ci_client.Client().jobs(limit=1)
+    assert any(
+        "readable by others" in r.getMessage() and "chmod 600" in r.getMessage()
+        for r in caplog.records
+    ), caplog.text
+    assert "readable by others" not in capfd.readouterr().err
+    caplog.clear()
+    config.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="ci_client"):
+        ci_client.Client().jobs(limit=1)
+    assert not caplog.records, caplog.text
+
+
 # --- threads ------------------------------------------------------------------------------
 
 
