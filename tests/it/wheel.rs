@@ -68,8 +68,9 @@ fn venv() -> &'static Path {
     })
 }
 
-/// An installed `ci` against the shared server as the holder of `key`, from `dir`, with an
-/// empty HOME and nothing else of this process's environment but PATH.
+/// An installed `ci` (or what runs it: qemu and an arm64 Python) against the shared server as
+/// the holder of `key`, from `dir`, with an empty HOME and nothing else of this process's
+/// environment but PATH.
 fn installed_ci(exe: &Path, key: &str, dir: &Path, home: &Path) -> Command {
     let mut cmd = Command::new(exe);
     cmd.current_dir(dir)
@@ -311,16 +312,10 @@ fn the_aarch64_wheel_works_under_qemu() {
     let (site, home) = (dir.path().join("site"), dir.path().join("home"));
     std::fs::create_dir_all(&home).unwrap();
     let arm64_python = |cwd: &Path| -> Command {
-        let mut cmd = Command::new("qemu-aarch64-static");
-        cmd.current_dir(cwd)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", &home)
-            .env("PYTHONPATH", &site)
+        let mut cmd = installed_ci(Path::new("qemu-aarch64-static"), &key, cwd, &home);
+        cmd.env("PYTHONPATH", &site)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("PIP_CONFIG_FILE", "/dev/null")
-            .env("CI_SERVER_URL", server.url())
-            .env("CI_API_KEY", &key)
             .arg("-L")
             .arg(&root)
             .arg(root.join("usr/bin/python3"));
